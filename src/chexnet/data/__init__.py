@@ -1,0 +1,1 @@
+"""Data layer: NIH metadata and splits, image decoding, the uint8 cache, datasets, synthetic data."""
