@@ -1,0 +1,179 @@
+"""Command line: parse arguments, build a config, call one function per command. Nothing else lives here."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from chexnet import __version__
+
+EXAMPLES = """\
+examples:
+  chexnet synth    --out data/synth --images 3000
+  chexnet prepare  --data data/synth --out cache/synth-256
+  chexnet train    --cache cache/synth-256 --out runs/r1 --config chexnet --nproc 2
+  chexnet evaluate runs/r1
+  chexnet compare  runs/r1 runs/r2
+  chexnet demo
+"""
+
+# config fields exposed as flags (name, type, help); everything else via --set KEY=VALUE
+TRAIN_FLAGS = [
+    ("arch", str, "torchvision model name: densenet121, densenet169, vgg16, vgg16_bn, resnet50, efficientnet_b0, ..."),
+    ("weights", str, "imagenet | none | PATH (torchvision state dict or chexnet checkpoint)"),
+    ("head_bias_init", str, "initial bias of the 14-way head: zeros | ones"),
+    ("epochs", int, "number of epochs"),
+    ("batch_size", int, "images per worker per micro-batch"),
+    ("accum_steps", int, "gradient accumulation steps (DDP no_sync between them)"),
+    ("lr", float, "base learning rate, defined for a global batch of --lr-reference-batch"),
+    ("lr_reference_batch", int, "global batch the base LR is defined for"),
+    ("lr_scaling", str, "linear | sqrt | none | auto (linear for sgd, sqrt for adaptive optimizers)"),
+    ("optimizer", str, "adam | adamw | sgd | adadelta"),
+    ("weight_decay", float, "weight decay"),
+    ("momentum", float, "SGD momentum"),
+    ("warmup_epochs", float, "gradual LR warmup length in epochs (fractions allowed)"),
+    ("schedule", str, "after warmup: plateau | cosine | step | none"),
+    ("image_size", int, "network input size (random crop from the cache's images)"),
+    ("precision", str, "fp32 | bf16 | fp16 (autocast; GradScaler for fp16)"),
+    ("grad_compression", str, "DDP gradient compression hook: none | bf16 | fp16"),
+    ("seed", int, "random seed"),
+    ("workers", int, "data loader processes per training process"),
+    ("checkpoint_every", int, "also write last.pt every N optimizer steps (0: at epoch end only)"),
+    ("max_steps_per_epoch", int, "cap on optimizer steps per epoch (smoke tests, benchmarks)"),
+    ("log_every", int, "steps between training-loss records"),
+]
+TRAIN_SWITCHES = [
+    ("nesterov", "Nesterov momentum (sgd)"),
+    ("pos_weight", "class-balanced positive weights in the BCE loss (CheXNet's weighted loss)"),
+    ("channels_last", "channels-last memory format"),
+    ("compile", "torch.compile the model"),
+    ("skip_nonfinite", "skip steps with a non-finite loss instead of stopping"),
+    ("hflip", "random horizontal flips in training"),
+]
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a model on a prepared cache (1 process, --nproc N, torchrun, mpirun, srun)",
+                       description="Train a CheXNet-style classifier with synchronous data-parallel SGD (DDP). "
+                       "Config precedence: defaults < --config < flags < --set. The resolved config is saved in OUT.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="recipes: chexnet (the CheXNet paper), keras-horovod (the Keras + Horovod report), vgg16, demo\n"
+                       "multi-node: torchrun ... -m chexnet train ... | mpirun -np 64 chexnet train ... | srun chexnet train ...")
+    p.add_argument("--cache", required=True, help="prepared cache folder (chexnet prepare)")
+    p.add_argument("--out", required=True, help="run directory to create or resume")
+    p.add_argument("--config", help="YAML recipe: a file, or the name of a bundled recipe (chexnet, keras-horovod, vgg16, demo)")
+    for name, typ, text in TRAIN_FLAGS:
+        p.add_argument("--" + name.replace("_", "-"), dest=name, type=typ, default=None, help=text)
+    for name, text in TRAIN_SWITCHES:
+        p.add_argument("--" + name.replace("_", "-"), dest=name, action=argparse.BooleanOptionalAction, default=None, help=text)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config field (repeatable)")
+    p.add_argument("--resume", nargs="?", const="last", default=None,
+                   help="continue a run: 'last' (default when given bare), 'auto' (only if OUT has last.pt), or a checkpoint PATH")
+    p.add_argument("--nproc", type=int, default=None, help="start N local worker processes (torch elastic, like torchrun)")
+    p.add_argument("--max-restarts", type=int, default=0, help="with --nproc: restart the worker group up to K times after a failure, resuming from last.pt")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="chexnet", description="Train, test and tune CheXNet chest X-ray classifiers "
+                                     "(DenseNet-121, 14 pathologies, NIH ChestX-ray14) with data-parallel training.",
+                                     epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"chexnet {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("synth", help="write a synthetic NIH-format data set (images, metadata, lists, boxes)",
+                       description="Write a synthetic data set in NIH ChestX-ray14's layout: PNGs in images_001/images/, "
+                       "Data_Entry_2017.csv, train_val_list.txt, test_list.txt, BBox_List_2017.csv. Deterministic for a seed.")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--images", type=int, default=3000, help="number of images (default 3000)")
+    p.add_argument("--size", type=int, default=512, help="image side in pixels (default 512)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+
+    p = sub.add_parser("prepare", help="decode + resize all images once into a uint8 cache with patient-wise splits",
+                       description="Read NIH metadata and images (PNG/JPEG/DICOM), assign patient-wise splits "
+                       "(official lists when present, else 70/10/20), and write CACHE/images.u8, index.csv, meta.json. "
+                       "Resumable; bad images are reported and skipped.")
+    p.add_argument("--data", required=True, help="NIH data folder (Data_Entry_2017*.csv, images_*/images/ or images/)")
+    p.add_argument("--out", required=True, help="cache folder to write")
+    p.add_argument("--size", type=int, default=256, help="cached image side (default 256)")
+    p.add_argument("--workers", type=int, default=None, help="decoder processes (default: all cores)")
+    p.add_argument("--view", choices=["PA", "AP"], default=None, help="keep only this view position")
+    p.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="fraction of train_val patients used for validation with the official lists")
+
+    _add_train(sub)
+
+    p = sub.add_parser("demo", help="synth + prepare + 2-worker training + evaluation on a small synthetic set",
+                       description="End to end on a small synthetic set: synth, prepare, train with 2 workers, and a "
+                       "per-pathology validation/test AUROC table. About 10 minutes on 2 CPU cores.")
+    p.add_argument("--out", default="demo", help="working folder (default ./demo)")
+    p.add_argument("--images", type=int, default=None, help="synthetic images (default from the demo recipe)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default from the demo recipe)")
+    p.add_argument("--nproc", type=int, default=2, help="training processes (default 2)")
+    return parser
+
+
+def _train_cli_overrides(args) -> dict:
+    names = [n for n, _, _ in TRAIN_FLAGS] + [n for n, _ in TRAIN_SWITCHES]
+    return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+
+
+def cmd_train(args) -> int:
+    if args.nproc and args.nproc > 1 and "RANK" not in os.environ:
+        from chexnet.launch.local import strip_option, spawn
+
+        argv = strip_option(strip_option(sys.argv[1:], "--nproc"), "--max-restarts")
+        spawn(args.nproc, argv, max_restarts=args.max_restarts)
+        return 0
+    from chexnet.train import resolve_config, train
+
+    cfg = resolve_config(args.out, args.config, _train_cli_overrides(args), args.set, args.resume)
+    train(cfg, args.cache, args.out, resume=args.resume, progress=not args.no_progress)
+    return 0
+
+
+def cmd_synth(args) -> int:
+    from chexnet.data.synthetic import generate
+
+    summary = generate(args.out, images=args.images, size=args.size, seed=args.seed, workers=args.workers)
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def cmd_prepare(args) -> int:
+    from chexnet.data.cache import prepare
+
+    prepare(args.data, args.out, size=args.size, workers=args.workers, view=args.view, seed=args.seed,
+            val_fraction=args.val_fraction)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from chexnet.demo import run_demo
+
+    run_demo(args.out, images=args.images, epochs=args.epochs, nproc=args.nproc)
+    return 0
+
+
+COMMANDS = {"synth": cmd_synth, "prepare": cmd_prepare, "train": cmd_train, "demo": cmd_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("chexnet: interrupted", file=sys.stderr)
+        return 130
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        if os.environ.get("CHEXNET_DEBUG"):
+            raise
+        print(f"chexnet {args.command}: error: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,175 @@
+"""Training configuration: a dataclass, YAML recipe files, CLI overrides; the resolved config is saved in the run.
+
+Precedence: dataclass defaults < ``--config`` YAML file < explicit CLI flags < ``--set key=value``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from chexnet.labels import PATHOLOGIES
+
+
+@dataclass
+class TrainConfig:
+    # model
+    arch: str = "densenet121"
+    weights: str = "imagenet"  # imagenet | none | PATH to a state_dict / chexnet checkpoint
+    head_bias_init: str = "zeros"  # zeros | ones (the Keras + Horovod report used ones)
+    # data
+    image_size: int = 224  # network input; a random crop of this size from the cache's images
+    train_crop: str = "random"  # random | random_resized
+    hflip: bool = True
+    workers: int = 2  # loader processes per training process
+    # optimisation
+    epochs: int = 10
+    batch_size: int = 16  # per worker
+    accum_steps: int = 1
+    optimizer: str = "adam"  # adam | adamw | sgd | adadelta
+    lr: float = 1e-3  # base LR, defined for a global batch of lr_reference_batch
+    lr_reference_batch: int = 16
+    lr_scaling: str = "auto"  # linear | sqrt | none | auto (linear for sgd, sqrt for adaptive optimizers)
+    momentum: float = 0.9
+    nesterov: bool = False
+    betas: tuple[float, float] = (0.9, 0.999)
+    rho: float = 0.95  # adadelta
+    weight_decay: float = 0.0
+    warmup_epochs: float = 0.0
+    schedule: str = "plateau"  # plateau | cosine | step | none
+    plateau_patience: int = 1
+    plateau_factor: float = 0.1
+    step_size: int = 3  # epochs, for schedule=step
+    step_gamma: float = 0.1
+    min_lr: float = 0.0
+    pos_weight: bool = False  # class-balanced positive weights in the BCE loss (CheXNet's weighted loss)
+    grad_clip: float = 0.0  # 0 = off
+    # speed
+    precision: str = "fp32"  # fp32 | bf16 | fp16
+    channels_last: bool = False
+    compile: bool = False
+    grad_compression: str = "none"  # none | bf16 | fp16 (DDP communication hook)
+    # bookkeeping
+    seed: int = 0
+    checkpoint_every: int = 0  # also save last.pt every N optimizer steps (0 = only at epoch end)
+    log_every: int = 10  # steps between train-loss records in metrics.jsonl
+    skip_nonfinite: bool = False  # skip steps whose loss/gradients are not finite instead of stopping
+    max_steps_per_epoch: int = 0  # 0 = whole epoch (benchmarks and smoke tests use a cap)
+    eval_every: int = 1  # epochs between validation passes
+    labels: tuple[str, ...] = field(default_factory=lambda: PATHOLOGIES)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["betas"] = list(self.betas)
+        d["labels"] = list(self.labels)
+        return d
+
+
+CHOICES = {
+    "head_bias_init": ("zeros", "ones"),
+    "train_crop": ("random", "random_resized"),
+    "optimizer": ("adam", "adamw", "sgd", "adadelta"),
+    "lr_scaling": ("linear", "sqrt", "none", "auto"),
+    "schedule": ("plateau", "cosine", "step", "none"),
+    "precision": ("fp32", "bf16", "fp16"),
+    "grad_compression": ("none", "bf16", "fp16"),
+}
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _coerce(name: str, value: Any, default: Any) -> Any:
+    if isinstance(default, bool):
+        if isinstance(value, str):
+            if value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if value.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ConfigError(f"config field {name!r}: expected true/false, got {value!r}")
+        return bool(value)
+    if isinstance(default, tuple):
+        if isinstance(value, str):
+            value = [v for v in value.replace(",", " ").split()]
+        items = list(value)
+        if name == "betas":
+            return tuple(float(v) for v in items)
+        return tuple(str(v) for v in items)
+    if isinstance(default, int):
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"config field {name!r}: expected an integer, got {value!r}") from None
+    if isinstance(default, float):
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"config field {name!r}: expected a number, got {value!r}") from None
+    return str(value)
+
+
+def apply_overrides(cfg: TrainConfig, overrides: dict[str, Any], source: str) -> TrainConfig:
+    """Return a copy of ``cfg`` with ``overrides`` applied; unknown keys are an error naming ``source``."""
+    names = {f.name: f for f in dataclasses.fields(cfg)}
+    defaults = TrainConfig()
+    values = {}
+    for key, value in overrides.items():
+        key = key.replace("-", "_")
+        if key not in names:
+            raise ConfigError(f"{source}: unknown config field {key!r}; known: {', '.join(sorted(names))}")
+        v = _coerce(key, value, getattr(defaults, key))
+        if key in CHOICES and v not in CHOICES[key]:
+            raise ConfigError(f"{source}: field {key!r} must be one of {CHOICES[key]}, got {v!r}")
+        values[key] = v
+    return dataclasses.replace(cfg, **values)
+
+
+def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        bundled = Path(__file__).parent / "configs" / path.name
+        alt = bundled if bundled.is_file() else Path(__file__).parent / "configs" / f"{path.name}.yaml"
+        if not alt.is_file():
+            raise ConfigError(f"{path}: config file not found (bundled recipes: {', '.join(list_recipes())})")
+        path = alt
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config fields at the top level")
+    return data
+
+
+def list_recipes() -> list[str]:
+    return sorted(p.stem for p in (Path(__file__).parent / "configs").glob("*.yaml"))
+
+
+def build_config(config_file: str | None, cli: dict[str, Any], sets: list[str] | None = None,
+                 base: TrainConfig | None = None) -> TrainConfig:
+    """``base`` (defaults, or a resumed run's saved config) < ``config_file`` < ``cli`` flags < ``--set`` items."""
+    cfg = base or TrainConfig()
+    if config_file:
+        cfg = apply_overrides(cfg, load_yaml(config_file), str(config_file))
+    cfg = apply_overrides(cfg, {k: v for k, v in cli.items() if v is not None}, "command line")
+    extra = {}
+    for item in sets or []:
+        if "=" not in item:
+            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        extra[k.strip()] = yaml.safe_load(v)
+    return apply_overrides(cfg, extra, "--set")
+
+
+def config_from_dict(d: dict[str, Any]) -> TrainConfig:
+    return apply_overrides(TrainConfig(), d, "saved config")
+
+
+def save_config(cfg: TrainConfig, path: str | os.PathLike) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
