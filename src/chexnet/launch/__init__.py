@@ -1,0 +1,1 @@
+"""Launchers: local multi-process (torch elastic, as torchrun) and Spark (TorchDistributor)."""

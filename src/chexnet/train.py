@@ -1,0 +1,231 @@
+"""One training run: build everything, loop over epochs, validate, checkpoint, log.
+
+Single process::
+
+    chexnet train --cache cache/nih-256 --out runs/r1 --config chexnet
+
+N local processes (torch elastic, as torchrun; ``--max-restarts`` restarts failed groups from last.pt)::
+
+    chexnet train --cache cache/nih-256 --out runs/r1 --config chexnet --nproc 4
+
+Many nodes -- the same command under any launcher (see chexnet.dist for the environments read)::
+
+    torchrun --nnodes 4 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29400 -m chexnet train ...
+    mpirun -np 64 -x MASTER_ADDR=HOST chexnet train ...
+    srun --ntasks 64 chexnet train ...
+
+The Keras + Horovod report's five steps map to: dist.init (init), DDP construction (broadcast from rank 0),
+DDP's bucketed all-reduce (DistributedOptimizer), dist.all_reduce_sum / predict_distributed (metric
+averaging), and rank-0-only atomic checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+from chexnet import dist
+from chexnet.checkpoint import (checkpoint_dir, load_checkpoint, rng_state, save_checkpoint, set_rng_state, versions)
+from chexnet.config import TrainConfig, build_config, config_from_dict, save_config
+from chexnet.data.cache import load_cache
+from chexnet.data.dataset import SkipSampler, open_split
+from chexnet.engine import StepContext, bce_from_probs, predict_distributed, train_one_epoch
+from chexnet.metrics import auroc
+from chexnet.models import create_model
+from chexnet.optim import LRController, build_optimizer, scaled_lr
+from chexnet.runlog import RunLogger
+
+COMPATIBLE_FIELDS = ("arch", "labels", "image_size")
+
+
+class ResumeError(ValueError):
+    pass
+
+
+def check_compatible(saved: dict, cfg: TrainConfig, path) -> None:
+    """Refuse to resume a checkpoint whose architecture, label set or input size differs from ``cfg``."""
+    now = cfg.to_dict()
+    diffs = [f"{k}: checkpoint has {saved.get(k)!r}, this run has {now[k]!r}" for k in COMPATIBLE_FIELDS
+             if (list(saved.get(k)) if isinstance(saved.get(k), (list, tuple)) else saved.get(k)) != now[k]]
+    if diffs:
+        raise ResumeError(f"cannot resume from {path}: incompatible config ({'; '.join(diffs)})")
+
+
+def pos_weights(labels: np.ndarray) -> torch.Tensor:
+    """CheXNet's class-balanced weighting: positives weighted by #negatives / #positives per class."""
+    pos = labels.sum(0)
+    neg = len(labels) - pos
+    return torch.tensor(np.where(pos > 0, neg / np.maximum(pos, 1), 1.0), dtype=torch.float32)
+
+
+def _say(info: dist.DistInfo, msg: str) -> None:
+    if info.is_main:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def _resume_path(run: Path, resume: str | None) -> Path | None:
+    last = checkpoint_dir(run) / "last.pt"
+    if dist.restart_count() > 0 and resume is None:
+        resume = "auto"  # torch elastic restarted the group after a failure: continue from the newest checkpoint
+    if resume is None:
+        return None
+    if resume == "auto":
+        return last if last.is_file() else None
+    if resume == "last":
+        if not last.is_file():
+            raise ResumeError(f"--resume last: {last} does not exist")
+        return last
+    path = Path(resume)
+    if not path.is_file():
+        raise ResumeError(f"--resume {resume}: no such checkpoint")
+    return path
+
+
+def train(cfg: TrainConfig, cache: str | os.PathLike, out: str | os.PathLike, resume: str | None = None,
+          progress: bool = True) -> dict:
+    """Train ``cfg`` on a prepared cache into run directory ``out``. Returns a summary (rank 0's view)."""
+    info, device = dist.init()
+    try:
+        return _train(cfg, Path(cache), Path(out), resume, progress, info, device)
+    finally:
+        dist.teardown()
+
+
+def _train(cfg, cache, run, resume, progress, info, device) -> dict:
+    t_start = time.time()
+    _, index, meta = load_cache(cache)
+    resume_path = _resume_path(run, resume)
+    ckpt = load_checkpoint(resume_path) if resume_path else None
+    if ckpt is not None:
+        check_compatible(ckpt["config"], cfg, resume_path)
+    if info.is_main:
+        checkpoint_dir(run).mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run / "config.yaml")
+        (run / "run.json").write_text(json.dumps({
+            "cache": str(Path(cache).resolve()), "labels": list(cfg.labels), "world_size": info.world_size,
+            "launcher": info.launcher, "device": str(device), "versions": versions(), "argv": sys.argv,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=2))
+    dist.barrier()
+
+    torch.manual_seed(cfg.seed)  # same initial weights everywhere; DDP also broadcasts rank 0's
+    np.random.seed(cfg.seed)
+    train_set = open_split(cache, index, meta, "train", cfg.image_size, "train", cfg.seed, cfg.train_crop, cfg.hflip, cfg.labels)
+    val_set = open_split(cache, index, meta, "val", cfg.image_size, "eval", labels=cfg.labels)
+    if len(train_set) == 0:
+        raise ValueError(f"{cache}: the train split is empty")
+    with dist.rank_zero_first(info):  # rank 0 downloads ImageNet weights once, the others read the cache
+        model = create_model(cfg.arch, cfg.weights, len(cfg.labels), cfg.head_bias_init)
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+
+    sampler = DistributedSampler(train_set, num_replicas=info.world_size, rank=info.rank, shuffle=True,
+                                 seed=cfg.seed, drop_last=True)
+    micro_batches = len(sampler) // cfg.batch_size
+    steps = micro_batches // cfg.accum_steps
+    if cfg.max_steps_per_epoch:
+        steps = min(steps, cfg.max_steps_per_epoch)
+    if steps == 0:
+        raise ValueError(f"train split has {len(train_set)} images: too few for {info.world_size} process(es) x batch "
+                         f"{cfg.batch_size} x accumulation {cfg.accum_steps}")
+    lr, global_batch, rule = scaled_lr(cfg, info.world_size)
+    _say(info, f"chexnet train: {cfg.arch} on {device} x {info.world_size} ({info.launcher}); "
+               f"{len(train_set)} train / {len(val_set)} val images; global batch {global_batch}; "
+               f"lr {cfg.lr:g} for batch {cfg.lr_reference_batch} -> {lr:.4g} ({rule} scaling); {steps} steps/epoch")
+    optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], cfg, lr)
+    lr_ctl = LRController(optimizer, cfg, lr, steps)
+    scaler = torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None
+    weight = pos_weights(train_set.labels).to(device) if cfg.pos_weight else None
+    criterion = torch.nn.BCEWithLogitsLoss(pos_weight=weight)
+
+    epoch, step_offset, global_step, best = 0, 0, 0, -math.inf
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        lr_ctl.load_state_dict(ckpt["lr"])
+        if scaler is not None and ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        epoch, step_offset, global_step = ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"]
+        best = ckpt.get("best_auroc", -math.inf)
+        set_rng_state(ckpt["rng"])
+        _say(info, f"resumed from {resume_path}: epoch {epoch + 1}, step {step_offset} (global step {global_step})")
+
+    ddp = dist.wrap_ddp(model, device, cfg.grad_compression)
+    net = torch.compile(ddp) if cfg.compile else ddp
+    ctx = StepContext(device, cfg.precision, cfg.channels_last, cfg.accum_steps, cfg.grad_clip, cfg.skip_nonfinite,
+                      max(1, cfg.log_every))
+    logger = RunLogger(run, enabled=info.is_main)
+
+    def state(epoch_, step_in_epoch, gstep, best_):
+        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "lr": lr_ctl.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else {}, "epoch": epoch_,
+                "step_in_epoch": step_in_epoch, "global_step": gstep, "best_auroc": best_, "rng": rng_state(),
+                "config": cfg.to_dict(), "labels": list(cfg.labels), "versions": versions(),
+                "world_size": info.world_size}
+
+    def on_step(step_in_epoch, gstep):
+        if cfg.checkpoint_every and gstep % cfg.checkpoint_every == 0 and step_in_epoch < steps and info.is_main:
+            save_checkpoint(checkpoint_dir(run) / "last.pt", state(epoch, step_in_epoch, gstep, best))
+
+    summary = {"epochs": []}
+    while epoch < cfg.epochs:
+        sampler.set_epoch(epoch)
+        train_set.set_epoch(epoch)
+        loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=SkipSampler(sampler, step_offset * cfg.accum_steps * cfg.batch_size),
+                            num_workers=cfg.workers, pin_memory=device.type == "cuda", drop_last=True,
+                            persistent_workers=False)
+        result = train_one_epoch(net, loader, optimizer, criterion, lr_ctl, scaler, ctx, epoch=epoch,
+                                 global_step=global_step, steps=steps, step_offset=step_offset,
+                                 show_progress=progress and info.is_main, on_log=logger.log, on_step=on_step)
+        global_step, step_offset = result["global_step"], 0
+        record = {"kind": "epoch", "epoch": epoch + 1, "step": global_step, "train_loss": result["loss"],
+                  "img_per_s": result["img_per_s"], "lr": optimizer.param_groups[0]["lr"]}
+        improved = False
+        if len(val_set) and (epoch + 1) % cfg.eval_every == 0:
+            dist.broadcast_buffers(model)  # evaluate exactly rank 0's model (the one checkpointed)
+            probs = predict_distributed(model, val_set, info, ctx, batch_size=2 * cfg.batch_size, workers=cfg.workers)
+            val_loss = bce_from_probs(val_set.labels, probs)
+            lr_ctl.observe_val_loss(val_loss)
+            record["val_loss"] = val_loss
+            if info.is_main:  # AUROC once, on the whole gathered validation set
+                per_class = auroc(val_set.labels, probs)
+                mean = float(np.nanmean(per_class)) if np.isfinite(per_class).any() else float("nan")
+                record["val_auroc_mean"] = mean
+                record["auroc"] = {n: (None if not np.isfinite(a) else float(a)) for n, a in zip(cfg.labels, per_class)}
+                improved = math.isfinite(mean) and mean > best
+                best = mean if improved else best
+        epoch += 1
+        if info.is_main:
+            logger.log(record)
+            save_checkpoint(checkpoint_dir(run) / "last.pt", state(epoch, 0, global_step, best))
+            if improved:
+                save_checkpoint(checkpoint_dir(run) / "best.pt", state(epoch, 0, global_step, best))
+            print(f"epoch {epoch}/{cfg.epochs}: train loss {result['loss']:.4f}, "
+                  + (f"val loss {record['val_loss']:.4f}, val mean AUROC {record['val_auroc_mean']:.4f}, " if "val_loss" in record else "")
+                  + f"{result['img_per_s']:.1f} img/s" + (" (best)" if improved else ""), file=sys.stderr, flush=True)
+        summary["epochs"].append(record)
+        dist.barrier()
+    logger.close()
+    summary.update({"run": str(run), "best_val_auroc": best, "global_step": global_step,
+                    "seconds": time.time() - t_start, "world_size": info.world_size})
+    return summary
+
+
+def resolve_config(run: str | os.PathLike, config_file: str | None, cli: dict, sets: list[str] | None,
+                   resume: str | None) -> TrainConfig:
+    """The config of a run: when resuming, the run's saved config is the base, then --config, flags, --set."""
+    import yaml
+
+    saved = Path(run) / "config.yaml"
+    base = None
+    if (resume is not None or dist.restart_count() > 0) and saved.is_file():
+        base = config_from_dict(yaml.safe_load(saved.read_text()))
+    return build_config(config_file, cli, sets, base=base)
