@@ -1,0 +1,369 @@
+"""Evaluation metrics on predicted probabilities: AUROC, patient bootstrap CIs, DeLong, thresholds.
+
+Everything works on plain arrays: labels ``y`` (n, k) of 0/1 and scores ``p`` (n, k);
+1-D inputs are treated as one class. A class with no positive or no negative case
+has an undefined AUROC: it is NaN here, reported as n/a and left out of means.
+
+- :func:`auroc` is rank based (midranks), so ties count one half exactly like
+  ``sklearn.metrics.roc_auc_score``; all classes at once.
+- :func:`bootstrap_auroc_ci` resamples *patients* (clusters) with replacement. A
+  resample is a vector of patient multiplicities, i.e. integer weights per image;
+  the weighted AUROC of every resample is computed from one sort per class and
+  cumulative sums of negative weights (exact with ties), in blocks of resamples.
+- :func:`delong_test` is DeLong et al. (1988) for two correlated ROC curves, in the
+  fast midrank form of Sun & Xu (2014).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.stats import rankdata
+from sklearn.metrics import average_precision_score, precision_recall_curve, roc_curve
+
+THRESHOLD_METHODS = ("f1", "youden")
+
+
+def _as_2d(y, p) -> tuple[np.ndarray, np.ndarray]:
+    """Validate labels/scores and return them as (n, k) bool / float64 arrays."""
+    y = np.asarray(y)
+    p = np.asarray(p, dtype=np.float64)
+    if y.ndim == 1:
+        y = y[:, None]
+    if p.ndim == 1:
+        p = p[:, None]
+    if y.shape != p.shape or y.ndim != 2:
+        raise ValueError(f"labels and scores must have the same (n,) or (n, k) shape; got {y.shape} and {p.shape}")
+    if y.dtype != bool:
+        bad = ~np.isin(y, (0, 1))
+        if bad.any():
+            row, col = np.argwhere(bad)[0]
+            raise ValueError(f"labels must be 0/1; row {row}, column {col} is {y[row, col]!r}")
+        y = y.astype(bool)
+    return y, p
+
+
+def _squeeze(values: np.ndarray, like) -> np.ndarray | float:
+    """Return a scalar for 1-D input, the array otherwise."""
+    return float(values[0]) if np.ndim(like) == 1 else values
+
+
+def defined_classes(y) -> np.ndarray:
+    """Boolean mask (k,) of classes with at least one positive and one negative case."""
+    y = np.asarray(y).astype(bool)
+    if y.ndim == 1:
+        y = y[:, None]
+    return y.any(axis=0) & (~y).any(axis=0)
+
+
+def check_finite(p, image_ids=None, max_listed: int = 10) -> None:
+    """Raise ``ValueError`` naming the rows whose predictions are NaN or infinite.
+
+    ``image_ids`` (length n) names rows in the message; without it, row numbers are used.
+    """
+    p = np.asarray(p, dtype=np.float64)
+    bad_rows = np.flatnonzero(~np.isfinite(p.reshape(len(p), -1)).all(axis=1))
+    if bad_rows.size == 0:
+        return
+    if image_ids is not None:
+        ids = np.asarray(image_ids)
+        names = [f"{ids[i]} (row {i})" for i in bad_rows[:max_listed]]
+    else:
+        names = [f"row {i}" for i in bad_rows[:max_listed]]
+    more = f" and {bad_rows.size - max_listed} more" if bad_rows.size > max_listed else ""
+    raise ValueError(f"{bad_rows.size} of {len(p)} rows have NaN/inf predictions: {', '.join(names)}{more}")
+
+
+def auroc(y, p) -> np.ndarray | float:
+    """Area under the ROC curve per class, equal to ``roc_auc_score`` (ties count 1/2).
+
+    Returns an array (k,) for 2-D input (a float for 1-D); NaN where a class has no
+    positive or no negative case.
+    """
+    yy, pp = _as_2d(y, p)
+    n_pos = yy.sum(axis=0).astype(np.float64)
+    n_neg = len(yy) - n_pos
+    ranks = rankdata(pp, method="average", axis=0)  # midranks: ties share their mean rank
+    rank_sum = np.where(yy, ranks, 0.0).sum(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+    out[(n_pos == 0) | (n_neg == 0)] = np.nan
+    return _squeeze(out, y)
+
+
+def auprc(y, p) -> np.ndarray | float:
+    """Average precision per class (``sklearn.metrics.average_precision_score``); NaN without positives."""
+    yy, pp = _as_2d(y, p)
+    out = np.full(yy.shape[1], np.nan)
+    for c in range(yy.shape[1]):
+        if yy[:, c].any():
+            out[c] = average_precision_score(yy[:, c], pp[:, c])
+    return _squeeze(out, y)
+
+
+# --------------------------------------------------------------------------- bootstrap
+
+
+@dataclass(frozen=True)
+class BootstrapCI:
+    """Percentile bootstrap confidence intervals of per-class and mean AUROC.
+
+    ``samples`` (n_resamples, k) holds every resample's AUROC (NaN where a resample
+    drew no positive or no negative case of a class); ``n_valid`` counts the resamples
+    each interval is based on. ``mean_*`` bound the mean over the classes defined in
+    the full sample.
+    """
+
+    low: np.ndarray
+    high: np.ndarray
+    mean_low: float
+    mean_high: float
+    samples: np.ndarray
+    n_valid: np.ndarray
+    n_groups: int
+    n_resamples: int
+    seed: int
+    alpha: float
+
+
+def _class_plans(y: np.ndarray, p: np.ndarray, gid: np.ndarray) -> list:
+    """Per class: cluster ids of negatives sorted by score, and of positives with their tie window.
+
+    For positive i, ``lo[i]``/``hi[i]`` are the numbers of negatives scoring strictly
+    below / at most p_i, so its weighted win count is C[lo] + (C[hi] - C[lo]) / 2 with C
+    the cumulative negative weight. Returns None for classes with one label only.
+    """
+    plans = []
+    for c in range(y.shape[1]):
+        pos = y[:, c]
+        if pos.all() or not pos.any():
+            plans.append(None)
+            continue
+        neg_idx = np.flatnonzero(~pos)
+        neg_idx = neg_idx[np.argsort(p[neg_idx, c], kind="stable")]
+        neg_scores = p[neg_idx, c]
+        pos_scores = p[pos, c]
+        lo = np.searchsorted(neg_scores, pos_scores, side="left")
+        hi = np.searchsorted(neg_scores, pos_scores, side="right")
+        plans.append((gid[neg_idx], gid[pos], lo, hi))
+    return plans
+
+
+def _auroc_from_counts(plans: list, counts: np.ndarray, n_rows: int) -> np.ndarray:
+    """Weighted AUROC (b, k) for a block of resamples; ``counts`` (b, n_groups) are cluster multiplicities."""
+    b = counts.shape[0]
+    # Every product below is at most 2 * wmax^2 * n_rows: int32 while that fits (half the memory traffic).
+    wmax = int(counts.max()) if counts.size else 0
+    dtype = np.int32 if 2 * wmax * wmax * max(n_rows, 1) < 2**31 else np.int64
+    counts = counts.astype(dtype, copy=False)
+    out = np.full((b, len(plans)), np.nan)
+    for c, plan in enumerate(plans):
+        if plan is None:
+            continue
+        neg_gid, pos_gid, lo, hi = plan
+        cum = np.zeros((b, len(neg_gid) + 1), dtype=dtype)
+        np.cumsum(counts[:, neg_gid], axis=1, out=cum[:, 1:])
+        w_pos = counts[:, pos_gid]
+        twice_wins = (w_pos * (cum[:, lo] + cum[:, hi])).sum(axis=1, dtype=np.int64)
+        pairs = w_pos.sum(axis=1, dtype=np.int64) * cum[:, -1].astype(np.int64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out[:, c] = np.where(pairs > 0, twice_wins / (2.0 * pairs), np.nan)
+    return out
+
+
+def weighted_auroc(y, p, weights) -> np.ndarray:
+    """AUROC per class with non-negative integer weights per image.
+
+    ``weights`` is (n,) or (b, n) (one row per weighting); returns (b, k) — the same
+    number ``roc_auc_score(..., sample_weight=w)`` gives, ties included.
+    """
+    yy, pp = _as_2d(y, p)
+    w = np.atleast_2d(np.asarray(weights))
+    if w.shape[1] != len(yy) or not np.issubdtype(w.dtype, np.integer) or (w < 0).any():
+        raise ValueError(f"weights must be non-negative integers of shape (n,) or (b, n) with n={len(yy)}")
+    return _auroc_from_counts(_class_plans(yy, pp, np.arange(len(yy))), w, len(yy))
+
+
+def bootstrap_auroc_ci(
+    y,
+    p,
+    groups=None,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+    block: int = 100,
+) -> BootstrapCI:
+    """Cluster-bootstrap percentile CIs of per-class and mean AUROC.
+
+    Patients (``groups``, one id per image; default: every image its own cluster) are
+    drawn with replacement, as many as there are, ``n_resamples`` times from
+    ``np.random.default_rng(seed)``; an image's weight is its patient's multiplicity.
+    Resamples are processed ``block`` at a time (memory ~ 4 * block * n bytes per array);
+    the draws depend on ``seed`` and ``n_resamples`` only, not on ``block``.
+    """
+    yy, pp = _as_2d(y, p)
+    check_finite(pp)
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1); got {alpha}")
+    if n_resamples < 1:
+        raise ValueError(f"n_resamples must be >= 1; got {n_resamples}")
+    if groups is None:
+        gid = np.arange(len(yy))
+    else:
+        groups = np.asarray(groups)
+        if groups.shape != (len(yy),):
+            raise ValueError(f"groups must have one id per row ({len(yy)}); got shape {groups.shape}")
+        _, gid = np.unique(groups, return_inverse=True)
+    if len(gid) == 0:
+        raise ValueError("no predictions to bootstrap")
+    n_groups = int(gid.max()) + 1
+    plans = _class_plans(yy, pp, gid)
+    rng = np.random.default_rng(seed)
+    uniform = np.full(n_groups, 1.0 / n_groups)
+    samples = np.empty((n_resamples, yy.shape[1]))
+    for start in range(0, n_resamples, block):
+        b = min(block, n_resamples - start)
+        counts = rng.multinomial(n_groups, uniform, size=b)
+        samples[start : start + b] = _auroc_from_counts(plans, counts, len(yy))
+
+    q = [100 * alpha / 2, 100 * (1 - alpha / 2)]
+    n_valid = np.isfinite(samples).sum(axis=0)
+    low = np.full(yy.shape[1], np.nan)
+    high = np.full(yy.shape[1], np.nan)
+    ok = n_valid > 0
+    if ok.any():
+        low[ok], high[ok] = np.nanpercentile(samples[:, ok], q, axis=0)
+    defined = defined_classes(yy)
+    mean_low = mean_high = float("nan")
+    if defined.any():
+        with warnings.catch_warnings():  # "Mean of empty slice" for resamples without a defined class
+            warnings.simplefilter("ignore", RuntimeWarning)
+            means = np.nanmean(samples[:, defined], axis=1)
+        if np.isfinite(means).any():
+            mean_low, mean_high = (float(v) for v in np.nanpercentile(means, q))
+    return BootstrapCI(low, high, mean_low, mean_high, samples, n_valid, n_groups, n_resamples, seed, alpha)
+
+
+# --------------------------------------------------------------------------- thresholds
+
+
+def choose_thresholds(y_val, p_val, method: str = "f1") -> np.ndarray:
+    """Per-class decision thresholds chosen on validation predictions (predict positive if p >= t).
+
+    ``"f1"`` maximizes F1 over the precision-recall curve; ``"youden"`` maximizes
+    sensitivity + specificity - 1 over the ROC curve. NaN where a class has no
+    positive (f1, youden) or no negative (youden) validation case.
+    """
+    if method not in THRESHOLD_METHODS:
+        raise ValueError(f"threshold method must be one of {THRESHOLD_METHODS}; got {method!r}")
+    yy, pp = _as_2d(y_val, p_val)
+    out = np.full(yy.shape[1], np.nan)
+    for c in range(yy.shape[1]):
+        t, s = yy[:, c], pp[:, c]
+        if not t.any() or (method == "youden" and t.all()):
+            continue
+        if method == "f1":
+            precision, recall, thr = precision_recall_curve(t, s)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                f1 = np.nan_to_num(2 * precision * recall / (precision + recall))[: len(thr)]
+            out[c] = thr[int(np.argmax(f1))]
+        else:
+            fpr, tpr, thr = roc_curve(t, s, drop_intermediate=False)
+            out[c] = thr[int(np.argmax(tpr - fpr))]
+    return _squeeze(out, y_val)
+
+
+def binary_metrics(y, p, thresholds) -> dict[str, np.ndarray]:
+    """Sensitivity, specificity, F1 and PPV per class at ``thresholds`` (predict positive if p >= t).
+
+    A ratio with an empty denominator (or a NaN threshold) is NaN.
+    """
+    yy, pp = _as_2d(y, p)
+    thr = np.broadcast_to(np.asarray(thresholds, dtype=np.float64), (yy.shape[1],))
+    pred = pp >= thr
+    tp = (pred & yy).sum(axis=0).astype(np.float64)
+    fp = (pred & ~yy).sum(axis=0).astype(np.float64)
+    fn = (~pred & yy).sum(axis=0).astype(np.float64)
+    tn = (~pred & ~yy).sum(axis=0).astype(np.float64)
+
+    def ratio(a, b):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r = a / b
+        r[(b == 0) | np.isnan(thr)] = np.nan
+        return r
+
+    return {
+        "sensitivity": ratio(tp, tp + fn),
+        "specificity": ratio(tn, tn + fp),
+        "f1": ratio(2 * tp, 2 * tp + fp + fn),
+        "ppv": ratio(tp, tp + fp),
+    }
+
+
+# --------------------------------------------------------------------------- DeLong
+
+
+@dataclass(frozen=True)
+class DeLongResult:
+    """Paired DeLong test of H0: AUROC(a) == AUROC(b) (two-sided)."""
+
+    auc_a: float
+    auc_b: float
+    z: float
+    p_value: float
+
+    def __iter__(self):  # allows ``auc_a, auc_b, z, p = delong_test(...)``
+        return iter((self.auc_a, self.auc_b, self.z, self.p_value))
+
+
+def _structural_components(y: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sun & Xu (2014): AUCs (r,), V10 (r, m) over positives and V01 (r, n) over negatives.
+
+    ``scores`` is (r, N); V10_i = P(X_i > Y) + P(X_i = Y)/2 over negatives Y, V01_j the
+    same over positives against negative j, both from three midrankings.
+    """
+    pos, neg = scores[:, y], scores[:, ~y]
+    m, n = pos.shape[1], neg.shape[1]
+    tx = rankdata(pos, axis=1)
+    ty = rankdata(neg, axis=1)
+    tz = rankdata(np.concatenate([pos, neg], axis=1), axis=1)
+    v10 = (tz[:, :m] - tx) / n
+    v01 = 1.0 - (tz[:, m:] - ty) / m
+    aucs = v10.mean(axis=1)
+    return aucs, v10, v01
+
+
+def delong_test(y, p_a, p_b) -> DeLongResult:
+    """DeLong's test for two correlated ROC curves on the same cases (1-D inputs).
+
+    Var(AUC_a - AUC_b) = c' S10 c / m + c' S01 c / n with c = (1, -1), S10/S01 the
+    covariance matrices of the structural components over the m positives / n
+    negatives. Identical rankings (zero variance, equal AUCs) give z = 0, p = 1; zero
+    variance with different AUCs gives z = +-inf, p = 0 (as pROC). NaN AUCs when the
+    labels have a single class; NaN z and p with fewer than 2 positives or negatives.
+    """
+    if np.ndim(y) != 1 or np.ndim(p_a) != 1 or np.ndim(p_b) != 1:
+        raise ValueError("delong_test takes one class at a time (1-D labels and scores)")
+    yy, pa = _as_2d(y, p_a)
+    _, pb = _as_2d(y, p_b)
+    scores = np.concatenate([pa, pb], axis=1).T  # (2, N)
+    check_finite(scores.T)
+    yy = yy[:, 0]
+    m, n = int(yy.sum()), int((~yy).sum())
+    if m == 0 or n == 0:
+        return DeLongResult(math.nan, math.nan, math.nan, math.nan)
+    aucs, v10, v01 = _structural_components(yy, scores)
+    if m < 2 or n < 2:  # no variance estimate from a single case
+        return DeLongResult(float(aucs[0]), float(aucs[1]), math.nan, math.nan)
+    s10, s01 = np.cov(v10), np.cov(v01)
+    c = np.array([1.0, -1.0])
+    var = float(c @ s10 @ c / m + c @ s01 @ c / n)
+    diff = float(aucs[0] - aucs[1])
+    if var <= 1e-15 * max(1.0, diff * diff):
+        z = 0.0 if diff == 0 else math.copysign(math.inf, diff)
+    else:
+        z = diff / math.sqrt(var)
+    return DeLongResult(float(aucs[0]), float(aucs[1]), z, math.erfc(abs(z) / math.sqrt(2)))

@@ -1,0 +1,583 @@
+"""Evaluation tables, reports and plots from predictions; comparison of runs.
+
+The predictions file is the contract between ``chexnet evaluate`` (which writes it)
+and everything here (which reads it)::
+
+    image, patient_id, prob_Atelectasis, ..., prob_Hernia, label_Atelectasis, ..., label_Hernia
+
+one row per image, pathologies in NIH order (:data:`chexnet.labels.PATHOLOGIES`).
+Use :func:`predictions_frame` / :func:`write_predictions` / :func:`read_predictions`.
+
+Plots use matplotlib's object API (``Figure`` + Agg via ``savefig``), never pyplot, so
+nothing here changes the global backend.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from chexnet import metrics
+from chexnet.labels import PATHOLOGIES
+
+PROB_COLUMNS = tuple(f"prob_{name}" for name in PATHOLOGIES)
+LABEL_COLUMNS = tuple(f"label_{name}" for name in PATHOLOGIES)
+PREDICTION_COLUMNS = ("image", "patient_id", *PROB_COLUMNS, *LABEL_COLUMNS)
+MEAN_ROW = "Mean"
+PUBLISHED_COLUMNS = {"chexnet2017": "CheXNet 2017", "wang2017": "Wang et al. 2017"}
+
+COMPARABILITY_NOTE = (
+    "Published AUROCs were not measured on these images. CheXNet (Rajpurkar et al. 2017) "
+    "used a random patient-wise 70/10/20 split; Wang et al. 2017 used NIH's official "
+    "train/test lists, and that official test list is harder (models score lower on it). "
+    "Read them as context for the order of magnitude, not as a head-to-head benchmark."
+)
+THRESHOLD_NOTES = {
+    "f1": "the threshold that maximizes F1 on the validation predictions",
+    "youden": "the threshold that maximizes Youden's J (sensitivity + specificity - 1) on the validation predictions",
+}
+
+
+# --------------------------------------------------------------------------- predictions file
+
+
+def predictions_frame(images, patient_ids, probs, labels) -> pd.DataFrame:
+    """Build the predictions table (see module doc) from arrays: probs/labels are (n, 14)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    labels = np.asarray(labels)
+    n = len(images)
+    if probs.shape != (n, len(PATHOLOGIES)) or labels.shape != (n, len(PATHOLOGIES)) or len(patient_ids) != n:
+        raise ValueError(
+            f"expected {n} images with patient ids, probs and labels of shape ({n}, {len(PATHOLOGIES)}); "
+            f"got {len(patient_ids)} patient ids, probs {probs.shape}, labels {labels.shape}"
+        )
+    df = pd.DataFrame({"image": list(images), "patient_id": list(patient_ids)})
+    df = pd.concat(
+        [df, pd.DataFrame(probs, columns=PROB_COLUMNS), pd.DataFrame(labels.astype(np.int8), columns=LABEL_COLUMNS)],
+        axis=1,
+    )
+    return df
+
+
+def write_predictions(df: pd.DataFrame, path) -> None:
+    """Write a predictions table as CSV (floats at full precision, so re-reading is lossless)."""
+    df.loc[:, list(PREDICTION_COLUMNS)].to_csv(path, index=False, float_format="%.17g")
+
+
+def _validate_predictions(df: pd.DataFrame, where: str) -> pd.DataFrame:
+    missing = [c for c in PREDICTION_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"{where}: not a predictions table; missing columns {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    dup = df["image"].duplicated(keep=False)
+    if dup.any():
+        raise ValueError(f"{where}: duplicate image rows: {sorted(set(df.loc[dup, 'image']))[:10]}")
+    labels = df.loc[:, list(LABEL_COLUMNS)].to_numpy()
+    bad = ~np.isin(labels, (0, 1))
+    if bad.any():
+        rows = np.flatnonzero(bad.any(axis=1))
+        names = ", ".join(f"{df['image'].iloc[i]} (row {i})" for i in rows[:10])
+        raise ValueError(f"{where}: labels must be 0/1; {rows.size} rows are not: {names}")
+    return df
+
+
+def read_predictions(path) -> pd.DataFrame:
+    """Read and validate a predictions CSV (columns, unique images, 0/1 labels)."""
+    df = pd.read_csv(path, dtype={"image": str})
+    return _validate_predictions(df, str(path))
+
+
+def prediction_arrays(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(images, patient_ids, probs (n, 14) float64, labels (n, 14) uint8) from a predictions table."""
+    return (
+        df["image"].to_numpy(),
+        df["patient_id"].to_numpy(),
+        df.loc[:, list(PROB_COLUMNS)].to_numpy(dtype=np.float64),
+        df.loc[:, list(LABEL_COLUMNS)].to_numpy(dtype=np.uint8),
+    )
+
+
+# --------------------------------------------------------------------------- published results
+
+
+def published_auroc() -> pd.DataFrame:
+    """Published per-pathology test AUROC (pathology x source), shipped with the package.
+
+    ``df.attrs["citations"]`` maps each source column to its reference;
+    ``df.attrs["notes"]`` keeps the file's other comment lines.
+    """
+    text = resources.files("chexnet").joinpath("resources/published_auroc.csv").read_text(encoding="utf-8")
+    comments = [line[1:].strip() for line in text.splitlines() if line.startswith("#")]
+    rows = [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    header = rows[0].split(",")
+    df = pd.DataFrame([r.split(",") for r in rows[1:]], columns=header).set_index("pathology").astype(float)
+    df = df.reindex(list(PATHOLOGIES))
+    citations, notes = {}, []
+    for line in comments:
+        key, sep, rest = line.partition(":")
+        if sep and key.strip() in df.columns:
+            citations[key.strip()] = rest.strip()
+        else:
+            notes.append(line)
+    df.attrs["citations"] = citations
+    df.attrs["notes"] = notes
+    return df
+
+
+# --------------------------------------------------------------------------- evaluation table
+
+
+def evaluation_table(
+    y,
+    p,
+    patient_ids,
+    y_val=None,
+    p_val=None,
+    threshold_method: str = "f1",
+    n_resamples: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> pd.DataFrame:
+    """Per-pathology metrics (14 rows in NIH order + "Mean").
+
+    Columns: prevalence, n_pos, auroc, auroc_ci_low, auroc_ci_high (patient bootstrap,
+    percentile, ``1 - alpha``), auprc, threshold (chosen on ``y_val``/``p_val`` with
+    ``threshold_method``), sensitivity, specificity, f1, chexnet2017, wang2017 (published
+    AUROC) and note. A pathology without positive or negative cases has NaN metrics (n/a)
+    and is left out of every mean; the published means use the same pathologies.
+    Without validation predictions the thresholded metrics are NaN. ``df.attrs`` keeps
+    the settings and notes.
+    """
+    y, p = metrics._as_2d(y, p)
+    if y.shape[1] != len(PATHOLOGIES):
+        raise ValueError(f"expected {len(PATHOLOGIES)} classes; got {y.shape[1]}")
+    metrics.check_finite(p)
+    patient_ids = np.asarray(patient_ids)
+    defined = metrics.defined_classes(y)
+
+    table = pd.DataFrame(index=pd.Index(list(PATHOLOGIES), name="pathology"))
+    table["prevalence"] = y.mean(axis=0)
+    table["n_pos"] = pd.array(y.sum(axis=0), dtype="Int64")
+    table["auroc"] = metrics.auroc(y, p)
+    ci = metrics.bootstrap_auroc_ci(y, p, groups=patient_ids, n_resamples=n_resamples, seed=seed, alpha=alpha)
+    table["auroc_ci_low"], table["auroc_ci_high"] = ci.low, ci.high
+    table.loc[~defined, ["auroc_ci_low", "auroc_ci_high"]] = np.nan
+    table["auprc"] = metrics.auprc(y, p)
+
+    notes = []
+    if (y_val is None) != (p_val is None):
+        raise ValueError("give both y_val and p_val (validation labels and predictions), or neither")
+    if y_val is not None:
+        thresholds = metrics.choose_thresholds(y_val, p_val, method=threshold_method)
+        threshold_source = "validation"
+    else:
+        thresholds = np.full(len(PATHOLOGIES), np.nan)
+        threshold_source = None
+        notes.append("No validation predictions were given: no thresholds, so no sensitivity/specificity/F1.")
+    table["threshold"] = thresholds
+    for key, values in metrics.binary_metrics(y, p, thresholds).items():
+        if key != "ppv":
+            table[key] = values
+
+    published = published_auroc()
+    for col in PUBLISHED_COLUMNS:
+        table[col] = published[col]
+
+    table["note"] = ""
+    for name, has_pos, has_neg in zip(PATHOLOGIES, y.any(axis=0), (~y).any(axis=0)):
+        if not has_pos:
+            table.loc[name, "note"] = "n/a: no positive cases"
+        elif not has_neg:
+            table.loc[name, "note"] = "n/a: no negative cases"
+    if not defined.all():
+        skipped = ", ".join(np.array(PATHOLOGIES)[~defined])
+        notes.append(f"AUROC is n/a for {skipped} (a single class in this split); left out of all means.")
+    if threshold_source and np.isnan(thresholds).any():
+        skipped = ", ".join(np.array(PATHOLOGIES)[np.isnan(thresholds)])
+        notes.append(f"No threshold for {skipped}: the validation split lacks positive (or negative) cases.")
+
+    mean = table.loc[defined].drop(columns=["n_pos", "note"]).mean()  # floats only
+    mean["prevalence"] = table["prevalence"].mean()
+    mean["auroc_ci_low"], mean["auroc_ci_high"] = ci.mean_low, ci.mean_high
+    mean["threshold"] = np.nan  # an average threshold means nothing
+    mean_row = mean.to_frame(MEAN_ROW).T
+    mean_row["n_pos"] = pd.array([pd.NA], dtype="Int64")
+    mean_row["note"] = "" if defined.all() else f"mean over {int(defined.sum())} of {len(PATHOLOGIES)}"
+    table = pd.concat([table, mean_row[table.columns]])
+    table.index.name = "pathology"
+
+    table.attrs.update(
+        n_images=int(len(y)),
+        n_patients=int(len(np.unique(patient_ids))),
+        n_resamples=int(n_resamples),
+        seed=int(seed),
+        alpha=float(alpha),
+        threshold_method=threshold_method,
+        threshold_source=threshold_source,
+        notes=notes,
+    )
+    return table
+
+
+# --------------------------------------------------------------------------- text output
+
+
+def _fmt_value(col: str, value) -> str:
+    if isinstance(value, str):
+        return value
+    if pd.isna(value):
+        return "n/a" if col not in ("n_pos", "threshold", "note") else ""
+    if col == "n_pos":
+        return str(int(value))
+    if col.startswith("p ") or col == "p_value":
+        return "<0.001" if value < 0.001 else f"{value:.3f}"
+    if col.startswith("delta") or col.startswith("Δ"):
+        return f"{value:+.3f}"
+    return f"{value:.3f}"
+
+
+_DISPLAY = {
+    "prevalence": "Prev",
+    "n_pos": "N+",
+    "auroc": "AUROC",
+    "auprc": "AUPRC",
+    "threshold": "Thr",
+    "sensitivity": "Sens",
+    "specificity": "Spec",
+    "f1": "F1",
+    "chexnet2017": "CheXNet'17",
+    "wang2017": "Wang'17",
+    "note": "Note",
+}
+
+
+def _text_cells(df: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    """Header and string cells; AUROC and its CI are merged into one "AUROC [95% CI]" cell."""
+    has_ci = {"auroc", "auroc_ci_low", "auroc_ci_high"} <= set(df.columns)
+    cols = [c for c in df.columns if not (has_ci and c in ("auroc_ci_low", "auroc_ci_high"))]
+    if "note" in cols and not df["note"].astype(bool).any():
+        cols.remove("note")
+    level = int(round(100 * (1 - df.attrs.get("alpha", 0.05))))
+    header = [df.index.name or ""] + [
+        f"AUROC [{level}% CI]" if (c == "auroc" and has_ci) else _DISPLAY.get(c, str(c)) for c in cols
+    ]
+    rows = []
+    for name, row in df.iterrows():
+        cells = [str(name)]
+        for c in cols:
+            cell = "" if name == MEAN_ROW and str(c).startswith("p ") else _fmt_value(c, row[c])
+            if c == "auroc" and has_ci and cell != "n/a" and not math.isnan(row["auroc_ci_low"]):
+                cell += f" [{row['auroc_ci_low']:.3f}, {row['auroc_ci_high']:.3f}]"
+            cells.append(cell)
+        rows.append(cells)
+    return header, rows
+
+
+def format_table(df: pd.DataFrame) -> str:
+    """A fixed-width text table for the terminal (evaluation or comparison tables)."""
+    header, rows = _text_cells(df)
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    def line(cells):
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+    out = [line(header), "  ".join("-" * w for w in widths)]
+    for cells in rows:
+        if cells[0] == MEAN_ROW:
+            out.append("  ".join("-" * w for w in widths))
+        out.append(line(cells))
+    return "\n".join(out)
+
+
+def _markdown_table(df: pd.DataFrame) -> str:
+    header, rows = _text_cells(df)
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    lines += ["| " + " | ".join(f"**{c}**" if r[0] == MEAN_ROW and c else c for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _json_safe(value):
+    """NaN/inf -> None and numpy scalars -> Python, recursively, for strict JSON."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, (np.floating, float)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    if value is pd.NA:
+        return None
+    return value
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def _figure(n_panels: int, title: str):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(16, 16), layout="constrained")
+    axes = fig.subplots(4, 4).ravel()
+    for ax in axes[n_panels:]:
+        ax.set_visible(False)
+    fig.suptitle(title)
+    return fig, axes
+
+
+def plot_roc(y: np.ndarray, p: np.ndarray, table: pd.DataFrame, path) -> None:
+    """ROC curve per pathology (4 x 4 grid, 14 panels)."""
+    from sklearn.metrics import roc_curve
+
+    fig, axes = _figure(len(PATHOLOGIES), "ROC curves")
+    for c, (ax, name) in enumerate(zip(axes, PATHOLOGIES)):
+        ax.plot([0, 1], [0, 1], color="0.7", lw=0.8, ls="--")
+        ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="1 - specificity", ylabel="sensitivity")
+        if math.isnan(table.loc[name, "auroc"]):
+            ax.set_title(f"{name}: n/a")
+            ax.text(0.5, 0.5, table.loc[name, "note"], ha="center", va="center")
+            continue
+        fpr, tpr, _ = roc_curve(y[:, c], p[:, c])
+        ax.plot(fpr, tpr, lw=1.5)
+        ax.set_title(f"{name}: AUROC {table.loc[name, 'auroc']:.3f}")
+        sens, spec = table.loc[name, "sensitivity"], table.loc[name, "specificity"]
+        if not (math.isnan(sens) or math.isnan(spec)):
+            ax.plot([1 - spec], [sens], "o", color="C3", ms=5)  # operating point at the chosen threshold
+    fig.savefig(path, dpi=80)
+
+
+def plot_pr(y: np.ndarray, p: np.ndarray, table: pd.DataFrame, path) -> None:
+    """Precision-recall curve per pathology, with the prevalence (chance) line."""
+    from sklearn.metrics import precision_recall_curve
+
+    fig, axes = _figure(len(PATHOLOGIES), "Precision-recall curves")
+    for c, (ax, name) in enumerate(zip(axes, PATHOLOGIES)):
+        ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="recall", ylabel="precision")
+        if not y[:, c].any():
+            ax.set_title(f"{name}: n/a")
+            ax.text(0.5, 0.5, "no positive cases", ha="center", va="center")
+            continue
+        precision, recall, _ = precision_recall_curve(y[:, c], p[:, c])
+        ax.step(recall, precision, where="post", lw=1.5)
+        ax.axhline(table.loc[name, "prevalence"], color="0.7", lw=0.8, ls="--")
+        ax.set_title(f"{name}: AUPRC {table.loc[name, 'auprc']:.3f}")
+    fig.savefig(path, dpi=80)
+
+
+def _grouped_bars(series: dict[str, np.ndarray], path, title: str, errors: dict | None = None) -> None:
+    """Grouped bar chart of AUROC per pathology (+ mean), one bar per series."""
+    from matplotlib.figure import Figure
+
+    labels = [*PATHOLOGIES, MEAN_ROW]
+    x = np.arange(len(labels))
+    width = 0.8 / len(series)
+    fig = Figure(figsize=(max(12, 1.0 * len(labels) * max(1, len(series) / 3)), 5.5), layout="constrained")
+    ax = fig.subplots()
+    lowest = 0.5
+    for i, (name, values) in enumerate(series.items()):
+        values = np.asarray(values, dtype=float)
+        offset = x + (i - (len(series) - 1) / 2) * width
+        yerr = None
+        if errors and name in errors:
+            low, high = (np.asarray(v, dtype=float) for v in errors[name])
+            yerr = np.nan_to_num(np.vstack([values - low, high - values]))
+        ax.bar(offset, np.nan_to_num(values), width, label=name, yerr=yerr, capsize=2)
+        for xi in offset[np.isnan(values)]:
+            ax.text(xi, 0.0, "n/a", ha="center", va="bottom", rotation=90, fontsize="x-small")
+        if np.isfinite(values).any():
+            lowest = min(lowest, math.floor(np.nanmin(values) * 10) / 10)
+    ax.set_xticks(x, labels, rotation=45, ha="right")
+    ax.set_ylim(lowest, 1.0)
+    for t in ax.texts:  # n/a markers sit on the axis floor
+        t.set_y(lowest + 0.005)
+    ax.set_ylabel("AUROC")
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    fig.legend(loc="outside upper center", ncols=len(series), fontsize="small")
+    fig.savefig(path, dpi=100)
+
+
+def plot_auroc_vs_published(table: pd.DataFrame, path) -> None:
+    """This model's AUROC (with bootstrap CI) next to the published CheXNet / Wang et al. values."""
+    series = {"this model": table["auroc"].to_numpy()}
+    series.update({label: table[col].to_numpy() for col, label in PUBLISHED_COLUMNS.items()})
+    errors = {"this model": (table["auroc_ci_low"].to_numpy(), table["auroc_ci_high"].to_numpy())}
+    _grouped_bars(series, path, "Per-pathology AUROC vs published (different test splits; see report.md)", errors)
+
+
+# --------------------------------------------------------------------------- evaluation output
+
+
+def write_evaluation(
+    out_dir,
+    predictions_df: pd.DataFrame,
+    val_predictions_df: pd.DataFrame | None = None,
+    threshold_method: str = "f1",
+    n_resamples: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+    context: dict | None = None,
+) -> pd.DataFrame:
+    """Evaluate a predictions table and write ``metrics.json``, ``auroc.csv``, ``report.md``,
+    ``roc.png``, ``pr.png`` and ``auroc_vs_published.png`` into ``out_dir``.
+
+    ``val_predictions_df`` (same format) supplies the thresholds; ``context`` (e.g. run,
+    checkpoint, split, tta) is recorded in metrics.json and report.md. Returns the table.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    predictions_df = _validate_predictions(predictions_df, "predictions")
+    images, patients, p, y = prediction_arrays(predictions_df)
+    metrics.check_finite(p, images)
+    y_val = p_val = None
+    if val_predictions_df is not None:
+        val_predictions_df = _validate_predictions(val_predictions_df, "validation predictions")
+        val_images, _, p_val, y_val = prediction_arrays(val_predictions_df)
+        metrics.check_finite(p_val, val_images)
+    table = evaluation_table(
+        y, p, patients, y_val, p_val, threshold_method=threshold_method, n_resamples=n_resamples, seed=seed, alpha=alpha
+    )
+    context = dict(context or {})
+    published = published_auroc()
+    citations = {k: v for k, v in published.attrs["citations"].items() if k in PUBLISHED_COLUMNS}
+
+    table.to_csv(out_dir / "auroc.csv", float_format="%.6f")
+    payload = {
+        "context": context,
+        "settings": {k: table.attrs[k] for k in ("n_images", "n_patients", "n_resamples", "seed", "alpha",
+                                                  "threshold_method", "threshold_source")},
+        "per_pathology": table.drop(index=MEAN_ROW).to_dict(orient="index"),
+        "mean": table.loc[MEAN_ROW].to_dict(),
+        "notes": table.attrs["notes"] + [COMPARABILITY_NOTE],
+        "published_sources": citations,
+    }
+    tmp = out_dir / "metrics.json.tmp"
+    tmp.write_text(json.dumps(_json_safe(payload), indent=2) + "\n")
+    os.replace(tmp, out_dir / "metrics.json")
+
+    plot_roc(y, p, table, out_dir / "roc.png")
+    plot_pr(y, p, table, out_dir / "pr.png")
+    plot_auroc_vs_published(table, out_dir / "auroc_vs_published.png")
+    (out_dir / "report.md").write_text(_report_markdown(table, context, citations))
+    return table
+
+
+def _report_markdown(table: pd.DataFrame, context: dict, citations: dict) -> str:
+    a = table.attrs
+    level = int(round(100 * (1 - a["alpha"])))
+    lines = ["# Evaluation", ""]
+    lines += [f"- {k}: {v}" for k, v in context.items()]
+    lines += [
+        f"- images: {a['n_images']}, patients: {a['n_patients']}",
+        f"- AUROC {level}% CI: percentile bootstrap over patients, {a['n_resamples']} resamples, seed {a['seed']}",
+    ]
+    if a["threshold_source"]:
+        lines.append(f"- thresholds: {THRESHOLD_NOTES[a['threshold_method']]} (method `{a['threshold_method']}`); "
+                     "sensitivity, specificity and F1 are measured at that threshold")
+    lines += ["", _markdown_table(table), ""]
+    lines += ["## Notes", ""]
+    lines += [f"- {n}" for n in a["notes"]]
+    lines += [f"- {COMPARABILITY_NOTE}", ""]
+    lines += ["## Published sources", ""]
+    lines += [f"- `{k}` ({PUBLISHED_COLUMNS[k]}): {v}" for k, v in citations.items()]
+    lines += ["", "## Plots", "", "![ROC](roc.png)", "", "![PR](pr.png)", "", "![AUROC vs published](auroc_vs_published.png)", ""]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- comparison
+
+
+def _align(frames: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """Check all runs cover the same images with the same labels; reorder to the first run's order."""
+    names = list(frames)
+    ref_name, ref = names[0], frames[names[0]]
+    ref_images = pd.Index(ref["image"])
+    out = {ref_name: ref.reset_index(drop=True)}
+    for name in names[1:]:
+        df = frames[name]
+        images = pd.Index(df["image"])
+        only_ref, only_this = ref_images.difference(images), images.difference(ref_images)
+        if len(only_ref) or len(only_this):
+            raise ValueError(
+                f"runs {ref_name!r} and {name!r} were evaluated on different image sets "
+                f"({len(ref_images)} vs {len(images)} images; {len(only_ref)} only in {ref_name!r}, e.g. "
+                f"{list(only_ref[:3])}; {len(only_this)} only in {name!r}, e.g. {list(only_this[:3])}). "
+                "Evaluate both on the same split (same cache and split file) before comparing."
+            )
+        aligned = df.set_index("image").loc[ref_images].reset_index()
+        mismatch = (aligned.loc[:, list(LABEL_COLUMNS)].to_numpy() != ref.loc[:, list(LABEL_COLUMNS)].to_numpy()).any(axis=1)
+        if mismatch.any():
+            raise ValueError(
+                f"runs {ref_name!r} and {name!r} have different labels for {int(mismatch.sum())} of the same images "
+                f"(e.g. {list(ref_images[mismatch][:3])}); they were not evaluated against the same ground truth."
+            )
+        out[name] = aligned
+    return out
+
+
+def compare_runs(prediction_csvs, out_dir=None, alpha: float = 0.05) -> tuple[pd.DataFrame, str]:
+    """Compare runs evaluated on the same images: per-pathology AUROC, wins and DeLong p-values.
+
+    ``prediction_csvs`` is a list of (name, path or predictions DataFrame); the first is
+    the reference A. For each other run B the table has columns ``AUROC <name>`` per
+    run, ``delta <B>`` (B - A) and ``p <B>`` (DeLong paired test, two-sided,
+    unadjusted for 14 comparisons). Runs on different image sets are refused; the same
+    set in a different order is aligned by image name. With ``out_dir``, writes
+    ``compare.csv``, ``compare.md`` and ``compare.png``. Returns (table, text summary).
+    """
+    if len(prediction_csvs) < 2:
+        raise ValueError("compare needs at least two runs")
+    frames = {}
+    for name, src in prediction_csvs:
+        if name in frames:
+            raise ValueError(f"run name {name!r} given twice; names must be unique")
+        df = src if isinstance(src, pd.DataFrame) else read_predictions(src)
+        df = _validate_predictions(df, str(name))
+        metrics.check_finite(df.loc[:, list(PROB_COLUMNS)].to_numpy(dtype=float), df["image"].to_numpy())
+        frames[name] = df
+    frames = _align(frames)
+    names = list(frames)
+    a_name = names[0]
+    _, _, p_a, y = prediction_arrays(frames[a_name])
+    defined = metrics.defined_classes(y)
+
+    table = pd.DataFrame(index=pd.Index(list(PATHOLOGIES), name="pathology"))
+    for name in names:
+        table[f"AUROC {name}"] = metrics.auroc(y, prediction_arrays(frames[name])[2])
+    lines = [f"{len(y)} test images; reference run A = {a_name!r}."]
+    for b_name in names[1:]:
+        p_b = prediction_arrays(frames[b_name])[2]
+        tests = [metrics.delong_test(y[:, c], p_b[:, c], p_a[:, c]) for c in range(len(PATHOLOGIES))]
+        table[f"delta {b_name}"] = table[f"AUROC {b_name}"] - table[f"AUROC {a_name}"]
+        table[f"p {b_name}"] = [t.p_value for t in tests]
+        delta = table.loc[defined, f"delta {b_name}"]
+        sig = table.loc[defined, f"p {b_name}"] < alpha
+        better, worse = int((delta > 0).sum()), int((delta < 0).sum())
+        lines.append(
+            f"{b_name} better than {a_name} on {better} of {int(defined.sum())} pathologies "
+            f"(worse on {worse}); DeLong p < {alpha:g} (unadjusted): {int((sig & (delta > 0)).sum())} better, "
+            f"{int((sig & (delta < 0)).sum())} worse."
+        )
+    if not defined.all():
+        lines.append(f"n/a (single class in this split, left out of counts and means): "
+                     f"{', '.join(np.array(PATHOLOGIES)[~defined])}.")
+    mean = table.loc[defined].mean()
+    for b_name in names[1:]:
+        mean[f"p {b_name}"] = np.nan
+    table.loc[MEAN_ROW] = mean
+    text = "\n".join(lines)
+
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        table.to_csv(out_dir / "compare.csv", float_format="%.6f")
+        (out_dir / "compare.md").write_text(
+            "# Comparison\n\n" + "\n".join(f"- {l}" for l in lines) + "\n\n" + _markdown_table(table)
+            + "\n\n![AUROC per pathology](compare.png)\n"
+        )
+        _grouped_bars({name: table[f"AUROC {name}"].to_numpy() for name in names}, out_dir / "compare.png",
+                      "Per-pathology AUROC on the same test images")
+    return table, text

@@ -1,0 +1,199 @@
+"""chexnet.metrics against scikit-learn and brute-force references."""
+
+from __future__ import annotations
+
+import math
+from statistics import NormalDist
+
+import numpy as np
+import pytest
+from sklearn.metrics import average_precision_score, confusion_matrix, roc_auc_score
+
+from chexnet import metrics
+
+
+def make_data(n, k=14, seed=0, prevalence=0.2, decimals=None):
+    rng = np.random.default_rng(seed)
+    y = (rng.random((n, k)) < prevalence).astype(np.uint8)
+    p = 1 / (1 + np.exp(-(rng.normal(size=(n, k)) + 1.2 * y - 1)))
+    return y, (np.round(p, decimals) if decimals is not None else p)
+
+
+@pytest.mark.parametrize("decimals", [None, 2, 1])  # 1 decimal: heavy ties
+def test_auroc_equals_sklearn_including_ties(decimals):
+    y, p = make_data(400, decimals=decimals)
+    expected = [roc_auc_score(y[:, c], p[:, c]) for c in range(y.shape[1])]
+    np.testing.assert_allclose(metrics.auroc(y, p), expected, rtol=0, atol=1e-12)
+    assert metrics.auroc(y[:, 3], p[:, 3]) == pytest.approx(expected[3], abs=1e-12)
+
+
+def test_auroc_single_class_is_nan():
+    y, p = make_data(100, k=3)
+    y[:, 0] = 0  # no positives
+    y[:, 2] = 1  # no negatives
+    out = metrics.auroc(y, p)
+    assert np.isnan(out[0]) and np.isnan(out[2]) and np.isfinite(out[1])
+    assert metrics.defined_classes(y).tolist() == [False, True, False]
+    assert np.isnan(metrics.auprc(y, p)[0])
+
+
+def test_auroc_rejects_non_binary_labels():
+    with pytest.raises(ValueError, match="row 1, column 0"):
+        metrics.auroc(np.array([[0], [2]]), np.array([[0.1], [0.2]]))
+
+
+def test_auprc_equals_sklearn():
+    y, p = make_data(300, decimals=2)
+    expected = [average_precision_score(y[:, c], p[:, c]) for c in range(y.shape[1])]
+    np.testing.assert_allclose(metrics.auprc(y, p), expected, atol=1e-12)
+
+
+def test_weighted_auroc_equals_sklearn_sample_weight():
+    y, p = make_data(300, k=5, decimals=1, seed=3)
+    w = np.random.default_rng(4).integers(0, 4, size=(6, 300))
+    expected = [[roc_auc_score(y[:, c], p[:, c], sample_weight=row) for c in range(5)] for row in w]
+    np.testing.assert_allclose(metrics.weighted_auroc(y, p, w), expected, atol=1e-12)
+
+
+def test_bootstrap_contains_point_estimate_and_is_seeded():
+    y, p = make_data(1500, decimals=3)
+    patients = np.arange(1500) // 3
+    ci = metrics.bootstrap_auroc_ci(y, p, groups=patients, n_resamples=300, seed=7)
+    point = metrics.auroc(y, p)
+    assert ci.n_groups == 500 and ci.samples.shape == (300, 14)
+    assert np.all(ci.low < point) and np.all(point < ci.high)
+    assert ci.mean_low < np.mean(point) < ci.mean_high
+    again = metrics.bootstrap_auroc_ci(y, p, groups=patients, n_resamples=300, seed=7)
+    np.testing.assert_array_equal(ci.samples, again.samples)
+    np.testing.assert_array_equal(ci.samples, metrics.bootstrap_auroc_ci(y, p, patients, 300, seed=7, block=7).samples)
+    other = metrics.bootstrap_auroc_ci(y, p, groups=patients, n_resamples=300, seed=8)
+    assert not np.array_equal(ci.samples, other.samples)
+
+
+def test_bootstrap_narrows_as_n_grows():
+    widths = []
+    for n in (400, 4000):
+        y, p = make_data(n, seed=1)
+        ci = metrics.bootstrap_auroc_ci(y, p, groups=np.arange(n) // 4, n_resamples=200)
+        widths.append(ci.high - ci.low)
+    assert np.all(widths[1] < widths[0])
+    assert np.mean(widths[1]) < 0.5 * np.mean(widths[0])  # ~ 1/sqrt(10)
+
+
+def test_bootstrap_resamples_patients_not_images():
+    # Every patient has 5 identical images: an image bootstrap sees 5x the data it has.
+    y, p = make_data(300, k=2, seed=2)
+    y, p, patients = np.repeat(y, 5, axis=0), np.repeat(p, 5, axis=0), np.repeat(np.arange(300), 5)
+    by_patient = metrics.bootstrap_auroc_ci(y, p, groups=patients, n_resamples=400)
+    by_image = metrics.bootstrap_auroc_ci(y, p, n_resamples=400)
+    ratio = (by_patient.high - by_patient.low) / (by_image.high - by_image.low)
+    assert np.all(ratio > 1.6)  # ~ sqrt(5)
+
+
+def test_bootstrap_na_class_left_out_of_mean():
+    y, p = make_data(600, k=3, seed=5)
+    y[:, 1] = 0
+    ci = metrics.bootstrap_auroc_ci(y, p, n_resamples=100)
+    assert np.isnan(ci.low[1]) and np.isnan(ci.high[1]) and ci.n_valid[1] == 0
+    means = np.nanmean(ci.samples[:, [0, 2]], axis=1)
+    assert ci.mean_low == pytest.approx(np.percentile(means, 2.5))
+    assert ci.mean_high == pytest.approx(np.percentile(means, 97.5))
+
+
+def delong_bruteforce(y, a, b):
+    """DeLong (1988) from its definition: explicit loops over positive/negative pairs."""
+    pos = [i for i in range(len(y)) if y[i] == 1]
+    neg = [j for j in range(len(y)) if y[j] == 0]
+    m, n = len(pos), len(neg)
+
+    def psi(x, z):
+        return 1.0 if x > z else 0.5 if x == z else 0.0
+
+    v10 = [[sum(psi(s[i], s[j]) for j in neg) / n for i in pos] for s in (a, b)]
+    v01 = [[sum(psi(s[i], s[j]) for i in pos) / m for j in neg] for s in (a, b)]
+    auc = [sum(v) / m for v in v10]
+
+    def cov(u, v):
+        mu, mv = sum(u) / len(u), sum(v) / len(v)
+        return sum((x - mu) * (z - mv) for x, z in zip(u, v)) / (len(u) - 1)
+
+    var = (cov(v10[0], v10[0]) + cov(v10[1], v10[1]) - 2 * cov(v10[0], v10[1])) / m + (
+        cov(v01[0], v01[0]) + cov(v01[1], v01[1]) - 2 * cov(v01[0], v01[1])
+    ) / n
+    z = (auc[0] - auc[1]) / math.sqrt(var)
+    return auc[0], auc[1], z, 2 * (1 - NormalDist().cdf(abs(z)))
+
+
+def test_delong_hand_worked_example():
+    # Positives score (.9 .6 .4) under A and (.8 .3 .7) under B; negatives (.5 .4 .1) and (.2 .6 .1).
+    # A: V10 = (1, 1, 1/2), V01 = (2/3, 5/6, 1), AUC 5/6.  B: V10 = (1, 2/3, 1), V01 = (1, 2/3, 1), AUC 8/9.
+    # S10 = [[1/12, -1/36], [-1/36, 1/27]], S01 = [[1/36, 0], [0, 1/27]]
+    # Var(A - B) = (1/12 + 1/27 + 2/36)/3 + (1/36 + 1/27)/3 = 13/162;  z = (-1/18)/sqrt(13/162) = -1/sqrt(26).
+    y = np.array([1, 1, 1, 0, 0, 0])
+    a = np.array([0.9, 0.6, 0.4, 0.5, 0.4, 0.1])
+    b = np.array([0.8, 0.3, 0.7, 0.2, 0.6, 0.1])
+    auc_a, auc_b, z, p = metrics.delong_test(y, a, b)
+    assert auc_a == pytest.approx(5 / 6) and auc_b == pytest.approx(8 / 9)
+    assert z == pytest.approx(-1 / math.sqrt(26), abs=1e-12)
+    assert p == pytest.approx(2 * (1 - NormalDist().cdf(1 / math.sqrt(26))), abs=1e-12)  # 0.8445
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_delong_matches_bruteforce_with_ties(seed):
+    rng = np.random.default_rng(seed)
+    y = (rng.random(60) < 0.4).astype(int)
+    a = np.round(rng.random(60) + 0.5 * y, 1)
+    b = np.round(0.7 * a + 0.5 * rng.random(60), 1)
+    got = metrics.delong_test(y, a, b)
+    np.testing.assert_allclose(tuple(got), delong_bruteforce(y, a, b), rtol=1e-10, atol=1e-12)
+    assert got.auc_a == pytest.approx(roc_auc_score(y, a))
+
+
+def test_delong_degenerate_cases():
+    y = np.array([0, 1, 0, 1, 1])
+    p = np.array([0.1, 0.4, 0.35, 0.8, 0.2])
+    same = metrics.delong_test(y, p, p)
+    assert same.z == 0 and same.p_value == 1
+    assert all(math.isnan(v) for v in metrics.delong_test(np.zeros(5), p, p[::-1]))
+    with pytest.raises(ValueError, match="NaN"):
+        metrics.delong_test(y, p, np.array([0.1, np.nan, 0.2, 0.3, 0.4]))
+
+
+def test_choose_thresholds_f1_and_youden_against_brute_force():
+    y, p = make_data(300, k=3, decimals=2, seed=6)
+    for method in ("f1", "youden"):
+        thr = metrics.choose_thresholds(y, p, method=method)
+        for c in range(3):
+            def score(t):
+                m = metrics.binary_metrics(y[:, [c]], p[:, [c]], [t])
+                return m["f1"][0] if method == "f1" else m["sensitivity"][0] + m["specificity"][0] - 1
+            best = max(np.nan_to_num(score(t)) for t in np.unique(p[:, c]))
+            assert score(thr[c]) == pytest.approx(best)
+    y[:, 0] = 0
+    assert np.isnan(metrics.choose_thresholds(y, p)[0])
+    with pytest.raises(ValueError, match="threshold method"):
+        metrics.choose_thresholds(y, p, method="accuracy")
+
+
+def test_binary_metrics_against_confusion_matrix():
+    y, p = make_data(200, k=4, seed=8)
+    thr = np.array([0.3, 0.5, 0.7, np.nan])
+    out = metrics.binary_metrics(y, p, thr)
+    for c in range(3):
+        tn, fp, fn, tp = confusion_matrix(y[:, c], p[:, c] >= thr[c], labels=[0, 1]).ravel()
+        assert out["sensitivity"][c] == pytest.approx(tp / (tp + fn))
+        assert out["specificity"][c] == pytest.approx(tn / (tn + fp))
+        assert out["ppv"][c] == pytest.approx(tp / (tp + fp))
+        assert out["f1"][c] == pytest.approx(2 * tp / (2 * tp + fp + fn))
+    assert all(np.isnan(v[3]) for v in out.values())
+
+
+def test_check_finite_names_rows():
+    p = np.full((5, 14), 0.5)
+    p[1, 3] = np.nan
+    p[4, 0] = np.inf
+    with pytest.raises(ValueError, match=r"2 of 5 rows.*b\.png \(row 1\), e\.png \(row 4\)"):
+        metrics.check_finite(p, ["a.png", "b.png", "c.png", "d.png", "e.png"])
+    with pytest.raises(ValueError, match=r"row 1, row 4"):
+        metrics.check_finite(p)
+    metrics.check_finite(np.zeros((3, 14)))

@@ -1,0 +1,167 @@
+"""chexnet.report: predictions file, evaluation table and outputs, run comparison."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from chexnet import report
+from chexnet.labels import PATHOLOGIES
+from chexnet.metrics import auroc
+
+SHARED_PUBLISHED = Path(__file__).resolve().parents[2] / "shared/data/published_auroc.csv"
+
+
+def make_predictions(n=240, seed=0, noise=1.0, images=None):
+    rng = np.random.default_rng(seed)
+    y = (rng.random((n, len(PATHOLOGIES))) < 0.25).astype(np.uint8)
+    p = 1 / (1 + np.exp(-(noise * rng.normal(size=y.shape) + 1.5 * y - 1)))
+    images = images if images is not None else [f"{i:08d}_000.png" for i in range(n)]
+    return report.predictions_frame(images, np.arange(n) // 3, p, y)
+
+
+def test_published_auroc_is_packaged_with_citations():
+    df = report.published_auroc()
+    assert list(df.index) == list(PATHOLOGIES)
+    assert {"chexnet2017", "wang2017"} <= set(df.columns)
+    assert df.loc["Atelectasis", "chexnet2017"] == pytest.approx(0.8094)
+    assert df.loc["Hernia", "wang2017"] == pytest.approx(0.767)
+    assert "Rajpurkar" in df.attrs["citations"]["chexnet2017"]
+    assert "ChestX-ray8" in df.attrs["citations"]["wang2017"]
+    if SHARED_PUBLISHED.is_file():  # the packaged copy stays in sync with the shared source
+        shared = pd.read_csv(SHARED_PUBLISHED, comment="#").set_index("pathology")
+        pd.testing.assert_frame_equal(df, shared.reindex(df.index), check_names=False, check_like=True)
+
+
+def test_predictions_round_trip(tmp_path):
+    df = make_predictions(50)
+    path = tmp_path / "predictions.csv"
+    report.write_predictions(df, path)
+    back = report.read_predictions(path)
+    assert list(back.columns) == list(report.PREDICTION_COLUMNS)
+    images, patients, p, y = report.prediction_arrays(back)
+    np.testing.assert_array_equal(p, report.prediction_arrays(df)[2])  # lossless floats
+    np.testing.assert_array_equal(y, report.prediction_arrays(df)[3])
+    assert images[0] == "00000000_000.png" and patients[5] == 1
+
+
+def test_read_predictions_errors_name_the_problem(tmp_path):
+    df = make_predictions(20)
+    df.drop(columns=["prob_Hernia"]).to_csv(tmp_path / "a.csv", index=False)
+    with pytest.raises(ValueError, match=r"a\.csv.*missing columns \['prob_Hernia'\]"):
+        report.read_predictions(tmp_path / "a.csv")
+    bad = df.copy()
+    bad.loc[7, "label_Mass"] = 3
+    bad.to_csv(tmp_path / "b.csv", index=False)
+    with pytest.raises(ValueError, match=r"b\.csv.*00000007_000\.png \(row 7\)"):
+        report.read_predictions(tmp_path / "b.csv")
+
+
+def test_evaluation_table_na_class_and_means():
+    df = make_predictions(300)
+    df["label_Hernia"] = 0  # no positives
+    df["label_Edema"] = 1  # no negatives
+    _, patients, p, y = report.prediction_arrays(df)
+    val = make_predictions(300, seed=1)
+    _, _, p_val, y_val = report.prediction_arrays(val)
+    table = report.evaluation_table(y, p, patients, y_val, p_val, threshold_method="youden", n_resamples=100)
+    assert list(table.index) == [*PATHOLOGIES, "Mean"]
+    for name, why in (("Hernia", "no positive"), ("Edema", "no negative")):
+        assert table.loc[name, ["auroc", "auroc_ci_low", "auroc_ci_high"]].isna().all()
+        assert why in table.loc[name, "note"]
+    defined = [n for n in PATHOLOGIES if n not in ("Hernia", "Edema")]
+    assert table.loc["Mean", "auroc"] == pytest.approx(table.loc[defined, "auroc"].mean())
+    assert table.loc["Mean", "chexnet2017"] == pytest.approx(report.published_auroc().loc[defined, "chexnet2017"].mean())
+    assert table.loc["Mean", "auroc_ci_low"] < table.loc["Mean", "auroc"] < table.loc["Mean", "auroc_ci_high"]
+    assert table.loc["Atelectasis", "n_pos"] == y[:, 0].sum()
+    assert table.loc[defined, ["threshold", "sensitivity", "specificity", "f1"]].notna().all().all()
+    assert any("Hernia" in n and "left out" in n for n in table.attrs["notes"])
+    assert table.attrs["threshold_method"] == "youden"
+    text = report.format_table(table)
+    assert "Hernia" in text and "n/a" in text and "AUROC [95% CI]" in text
+
+    no_val = report.evaluation_table(y, p, patients, n_resamples=20)
+    assert no_val[["threshold", "sensitivity"]].isna().all().all()
+    assert any("No validation predictions" in n for n in no_val.attrs["notes"])
+
+
+@pytest.fixture(scope="module")
+def evaluation_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval")
+    df, val = make_predictions(300), make_predictions(300, seed=1)
+    df["label_Hernia"] = 0
+    table = report.write_evaluation(out, df, val, n_resamples=50, context={"run": "runs/r1", "split": "test"})
+    return out, table
+
+
+def test_write_evaluation_writes_every_output(evaluation_dir):
+    out, table = evaluation_dir
+    for name in ("metrics.json", "auroc.csv", "report.md", "roc.png", "pr.png", "auroc_vs_published.png"):
+        assert (out / name).stat().st_size > 0, name
+    for name in ("roc.png", "pr.png", "auroc_vs_published.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    def no_nan(token):
+        raise AssertionError(f"non-standard JSON constant {token}")
+
+    data = json.loads((out / "metrics.json").read_text(), parse_constant=no_nan)
+    assert data["context"] == {"run": "runs/r1", "split": "test"}
+    assert data["settings"]["threshold_method"] == "f1" and data["settings"]["threshold_source"] == "validation"
+    assert data["per_pathology"]["Hernia"]["auroc"] is None
+    assert data["mean"]["auroc"] == pytest.approx(table.loc["Mean", "auroc"])
+    assert set(data["published_sources"]) == {"chexnet2017", "wang2017"}
+
+    csv = pd.read_csv(out / "auroc.csv", index_col="pathology")
+    assert list(csv.index) == [*PATHOLOGIES, "Mean"]
+    np.testing.assert_allclose(csv["auroc"], table["auroc"].astype(float), atol=1e-6)
+
+    md = (out / "report.md").read_text()
+    assert "70/10/20" in md and "official" in md and "maximizes F1" in md
+    assert "| **Mean** |" in md and "n/a: no positive cases" in md
+
+
+def test_write_evaluation_refuses_nan_predictions(tmp_path):
+    df = make_predictions(30)
+    df.loc[4, "prob_Mass"] = np.nan
+    with pytest.raises(ValueError, match=r"00000004_000\.png \(row 4\)"):
+        report.write_evaluation(tmp_path, df, n_resamples=10)
+    assert not (tmp_path / "metrics.json").exists()
+
+
+def test_compare_runs_table_text_and_chart(tmp_path):
+    a = make_predictions(300, noise=1.0)
+    b = a.copy()
+    b[list(report.PROB_COLUMNS)] = make_predictions(300, seed=5, noise=2.0)[list(report.PROB_COLUMNS)] * 0.2 + 0.8 * b[
+        list(report.PROB_COLUMNS)
+    ]
+    report.write_predictions(a, tmp_path / "a.csv")
+    report.write_predictions(b.sample(frac=1.0, random_state=0), tmp_path / "b.csv")  # same images, other order
+    table, text = report.compare_runs([("A", tmp_path / "a.csv"), ("B", tmp_path / "b.csv")], out_dir=tmp_path / "cmp")
+
+    _, _, p_a, y = report.prediction_arrays(a)
+    p_b = report.prediction_arrays(b)[2]
+    np.testing.assert_allclose(table.loc[list(PATHOLOGIES), "AUROC A"], auroc(y, p_a))
+    np.testing.assert_allclose(table.loc[list(PATHOLOGIES), "AUROC B"], auroc(y, p_b))  # aligned by image name
+    k = int((table.loc[list(PATHOLOGIES), "delta B"] > 0).sum())
+    assert f"B better than A on {k} of 14 pathologies" in text
+    assert table.loc[list(PATHOLOGIES), "p B"].between(0, 1).all()
+    for name in ("compare.csv", "compare.md", "compare.png"):
+        assert (tmp_path / "cmp" / name).stat().st_size > 0
+    assert "p B" in report.format_table(table)
+
+
+def test_compare_refuses_different_image_sets():
+    a = make_predictions(60)
+    b = make_predictions(60, images=[f"{i:08d}_001.png" for i in range(60)])
+    with pytest.raises(ValueError, match="different image sets"):
+        report.compare_runs([("A", a), ("B", b)])
+    with pytest.raises(ValueError, match="different image sets"):
+        report.compare_runs([("A", a), ("B", a.iloc[:-1])])
+    relabeled = a.copy()
+    relabeled.loc[3, "label_Mass"] = 1 - relabeled.loc[3, "label_Mass"]
+    with pytest.raises(ValueError, match="different labels"):
+        report.compare_runs([("A", a), ("B", relabeled)])
