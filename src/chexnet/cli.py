@@ -106,6 +106,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_train(sub)
 
+    p = sub.add_parser("evaluate", help="per-pathology AUROC with CIs, thresholds, plots, published baselines",
+                       description="Evaluate a run's checkpoint on a split: predictions.csv, metrics.json, auroc.csv, "
+                       "report.md and ROC / PR / published-comparison plots in RUN/eval/<split>/. AUROC 95%% CIs come "
+                       "from a bootstrap over patients; thresholds are chosen on the validation split.")
+    p.add_argument("run", help="run directory (chexnet train --out)")
+    p.add_argument("--checkpoint", default="best", help="best | last | PATH (default best)")
+    p.add_argument("--split", choices=["test", "val"], default="test")
+    p.add_argument("--tta", choices=["none", "hflip", "tencrop"], default="none", help="test-time augmentation")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs (default 1000)")
+    p.add_argument("--threshold", choices=["f1", "youden"], default="f1", help="operating point chosen on val (default max-F1)")
+    p.add_argument("--nproc", type=int, default=None, help="evaluate with N local processes")
+
+    p = sub.add_parser("compare", help="compare evaluated runs per pathology, with DeLong tests and a bar chart",
+                       description="Per-pathology AUROC of two or more evaluated runs on the same images, "
+                       "'B better than A on k of 14', DeLong paired p-values, and a grouped bar chart.")
+    p.add_argument("runs", nargs="+", help="run directories (the first is the reference A)")
+    p.add_argument("--split", choices=["test", "val"], default="test")
+    p.add_argument("--out", default=None, help="output folder (default LAST_RUN/eval/SPLIT/compare)")
+
     p = sub.add_parser("demo", help="synth + prepare + 2-worker training + evaluation on a small synthetic set",
                        description="End to end on a small synthetic set: synth, prepare, train with 2 workers, and a "
                        "per-pathology validation/test AUROC table. About 10 minutes on 2 CPU cores.")
@@ -122,16 +142,40 @@ def _train_cli_overrides(args) -> dict:
 
 
 def cmd_train(args) -> int:
-    if args.nproc and args.nproc > 1 and "RANK" not in os.environ:
-        from chexnet.launch.local import strip_option, spawn
-
-        argv = strip_option(strip_option(sys.argv[1:], "--nproc"), "--max-restarts")
-        spawn(args.nproc, argv, max_restarts=args.max_restarts)
+    if _spawn_if_asked(args):
         return 0
     from chexnet.train import resolve_config, train
 
     cfg = resolve_config(args.out, args.config, _train_cli_overrides(args), args.set, args.resume)
     train(cfg, args.cache, args.out, resume=args.resume, progress=not args.no_progress)
+    return 0
+
+
+def _spawn_if_asked(args) -> bool:
+    if args.nproc and args.nproc > 1 and "RANK" not in os.environ:
+        from chexnet.launch.local import spawn, strip_option
+
+        spawn(args.nproc, strip_option(strip_option(sys.argv[1:], "--nproc"), "--max-restarts"),
+              max_restarts=getattr(args, "max_restarts", 0))
+        return True
+    return False
+
+
+def cmd_evaluate(args) -> int:
+    if _spawn_if_asked(args):
+        return 0
+    from chexnet.evaluate import evaluate_run
+
+    evaluate_run(args.run, args.checkpoint, args.split, args.tta, args.batch_size, args.bootstrap, args.threshold)
+    return 0
+
+
+def cmd_compare(args) -> int:
+    if len(args.runs) < 2:
+        raise ValueError("compare needs at least two runs")
+    from chexnet.evaluate import compare
+
+    compare(args.runs, args.split, args.out)
     return 0
 
 
@@ -158,7 +202,8 @@ def cmd_demo(args) -> int:
     return 0
 
 
-COMMANDS = {"synth": cmd_synth, "prepare": cmd_prepare, "train": cmd_train, "demo": cmd_demo}
+COMMANDS = {"synth": cmd_synth, "prepare": cmd_prepare, "train": cmd_train, "evaluate": cmd_evaluate,
+            "compare": cmd_compare, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:
