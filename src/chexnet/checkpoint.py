@@ -32,8 +32,8 @@ def versions() -> dict[str, str]:
 
     from chexnet import __version__
 
-    return {"chexnet": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "numpy": np.__version__, "python": platform.python_version()}
+    return {"chexnet": __version__, "torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
+            "numpy": str(np.__version__), "python": platform.python_version()}
 
 
 def atomic_write_bytes(path: str | os.PathLike, write) -> None:
