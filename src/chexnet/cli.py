@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         print("chexnet: interrupted", file=sys.stderr)
         return 130
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
-        if os.environ.get("CHEXNET_DEBUG"):
+        if os.environ.get("CHEXNET_DEBUG", "") not in ("", "0"):
             raise
         print(f"chexnet {args.command}: error: {exc}", file=sys.stderr)
         return 2

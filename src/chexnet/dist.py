@@ -143,6 +143,17 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
+    t = t.detach().clone()
+    if is_initialized():
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_initialized() else 1
+
+
 def all_gather_objects(obj) -> list:
     """Gather one picklable object from every rank (a list in rank order; ``[obj]`` when not distributed)."""
     if not is_initialized():

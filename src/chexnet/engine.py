@@ -50,31 +50,37 @@ def _to_input(x: torch.Tensor, ctx: StepContext) -> torch.Tensor:
 def train_one_epoch(model, loader, optimizer, criterion, lr_ctl, scaler, ctx: StepContext, *, epoch: int,
                     global_step: int, steps: int, step_offset: int = 0, show_progress: bool = False,
                     on_log: Callable[[dict], None] | None = None,
-                    on_step: Callable[[int, int], None] | None = None) -> dict:
+                    on_step: Callable[[int, int], None] | None = None,
+                    sync_at: Callable[[int], bool] | None = None) -> dict:
     """Run ``steps`` optimizer steps (each of ``ctx.accum_steps`` micro-batches) over ``loader``.
 
     ``step_offset`` is the number of steps of this epoch already done (mid-epoch resume); ``global_step`` counts
-    optimizer steps since the start of training. Every ``ctx.log_every`` steps the loss averaged over those steps
-    and over all ranks is passed to ``on_log``. ``on_step(step_in_epoch, global_step)`` runs after each step
-    (checkpointing). Returns the epoch's rank-averaged mean loss, steps done, skipped steps and images/s.
+    optimizer steps since the start of training. The host does not wait for the device between steps: losses and
+    a "first non-finite step" marker accumulate on the device and are checked (and all-reduced across ranks)
+    every ``ctx.log_every`` steps, at the epoch's end, and wherever ``sync_at(global_step)`` says (before a
+    checkpoint, so a non-finite step is never saved). The rank-averaged loss goes to ``on_log``;
+    ``on_step(step_in_epoch, global_step)`` runs after each step. ``--skip-nonfinite`` checks every step instead.
     """
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     it = iter(loader)
     bar = tqdm(total=steps, initial=step_offset, desc=f"epoch {epoch + 1}", unit="step", disable=not show_progress,
                dynamic_ncols=True, leave=False)
-    window_loss = torch.zeros(2, dtype=torch.float64)  # sum of step losses, number of steps (this log window)
+    dev = ctx.device
+    window_loss = torch.zeros((), dtype=torch.float64, device=dev)  # sum of finite step losses in the window
+    window_steps = torch.zeros((), dtype=torch.float64, device=dev)
+    first_bad = torch.full((), -1, dtype=torch.int64, device=dev)  # first global step with a non-finite loss
     epoch_loss = torch.zeros(2, dtype=torch.float64)
     window_images, window_t0, skipped = 0, time.perf_counter(), 0
     epoch_images, epoch_t0 = 0, time.perf_counter()
-    world = dist.all_reduce_sum(torch.ones(1)).item()
+    world = dist.world_size()
     for step_in_epoch in range(step_offset, steps):
         lr = lr_ctl.set_step(global_step)
         optimizer.zero_grad(set_to_none=True)
-        step_loss = 0.0
+        step_loss = torch.zeros((), dtype=torch.float32, device=dev)
         for micro in range(ctx.accum_steps):
             x, y = next(it)
-            y = y.to(ctx.device, non_blocking=True)
+            y = y.to(dev, non_blocking=True)
             inputs = _to_input(x, ctx)
             sync = micro == ctx.accum_steps - 1
             no_sync = model.no_sync() if (not sync and hasattr(model, "no_sync")) else contextlib.nullcontext()
@@ -82,40 +88,53 @@ def train_one_epoch(model, loader, optimizer, criterion, lr_ctl, scaler, ctx: St
                 with ctx.autocast():
                     loss = criterion(model(inputs).float(), y) / ctx.accum_steps
                 (scaler.scale(loss) if scaler is not None else loss).backward()
-            step_loss += loss.detach().item()
+            step_loss += loss.detach()
             window_images += x.shape[0]
             epoch_images += x.shape[0]
         if scaler is not None:
             scaler.unscale_(optimizer)
-        norm = torch.nn.utils.clip_grad_norm_(params, ctx.grad_clip if ctx.grad_clip > 0 else math.inf)
-        finite = math.isfinite(step_loss) and bool(torch.isfinite(norm))
-        if scaler is not None:  # fp16: GradScaler skips overflowing steps and lowers its scale by itself
+        if ctx.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, ctx.grad_clip)
+        finite = torch.isfinite(step_loss)
+        if ctx.skip_nonfinite and scaler is None:
+            # gradients are all-reduced, so a non-finite step on any rank shows in every rank's gradient norm
+            norm = torch.nn.utils.clip_grad_norm_(params, math.inf)
+            if not bool(torch.isfinite(norm)):
+                skipped += 1
+            else:
+                optimizer.step()
+        elif scaler is not None:  # fp16: GradScaler skips overflowing steps and lowers its scale by itself
             scaler.step(optimizer)
             scaler.update()
-        elif finite:
-            optimizer.step()
-        elif ctx.skip_nonfinite:
-            skipped += 1
         else:
-            bar.close()
-            raise NonFiniteLossError(f"non-finite loss ({step_loss}) or gradient norm ({float(norm)}) at epoch {epoch + 1}, "
-                                     f"step {step_in_epoch + 1} (global step {global_step + 1}); lower the LR, use "
-                                     f"--precision fp32, or pass --skip-nonfinite to skip such steps")
-        if finite:
-            window_loss += torch.tensor([step_loss, 1.0], dtype=torch.float64)
+            optimizer.step()
+            first_bad = torch.where((first_bad < 0) & ~finite, torch.full_like(first_bad, global_step + 1), first_bad)
+        window_loss += torch.where(finite, step_loss.double(), torch.zeros((), dtype=torch.float64, device=dev))
+        window_steps += finite.double()
         global_step += 1
         bar.update(1)
-        if (step_in_epoch + 1) % ctx.log_every == 0 or step_in_epoch + 1 == steps:
-            totals = dist.all_reduce_sum(window_loss)  # MetricAverageCallback: mean over ranks and steps
+        last = step_in_epoch + 1 == steps
+        if (step_in_epoch + 1) % ctx.log_every == 0 or last or (sync_at is not None and sync_at(global_step)):
+            # MetricAverageCallback: one small all-reduce of [loss sum, steps, -first bad step] per window
+            packed = torch.stack([window_loss, window_steps]).cpu()
+            totals = dist.all_reduce_sum(packed)
+            bad = dist.all_reduce_max(torch.where(first_bad >= 0, -first_bad, torch.full_like(first_bad, -2**62)).cpu())
+            if bad.item() != -2**62:
+                bar.close()
+                step = -bad.item()
+                raise NonFiniteLossError(f"non-finite loss at epoch {epoch + 1}, global step {step} (step "
+                                         f"{step - (global_step - step_in_epoch - 1)} of the epoch); lower the LR, "
+                                         f"use --precision fp32, or pass --skip-nonfinite to skip such steps")
             elapsed = time.perf_counter() - window_t0
             rate = window_images * world / max(elapsed, 1e-9)
             mean_loss = (totals[0] / totals[1]).item() if totals[1] > 0 else float("nan")
             epoch_loss += totals
             bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", img_s=f"{rate:.1f}")
-            if on_log is not None:
+            if on_log is not None and ((step_in_epoch + 1) % ctx.log_every == 0 or last):
                 on_log({"kind": "train", "epoch": epoch + 1, "step": global_step, "loss": mean_loss, "lr": lr,
                         "img_per_s": rate, "skipped": skipped})
             window_loss.zero_()
+            window_steps.zero_()
             window_images, window_t0 = 0, time.perf_counter()
         if on_step is not None:
             on_step(step_in_epoch + 1, global_step)

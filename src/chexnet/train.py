@@ -115,6 +115,8 @@ def _train(cfg, cache, run, resume, progress, info, device) -> dict:
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=2))
     dist.barrier()
 
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick the fastest kernels
     torch.manual_seed(cfg.seed)  # same initial weights everywhere; DDP also broadcasts rank 0's
     np.random.seed(cfg.seed)
     train_set = open_split(cache, index, meta, "train", cfg.image_size, "train", cfg.seed, cfg.train_crop, cfg.hflip, cfg.labels)
@@ -184,7 +186,8 @@ def _train(cfg, cache, run, resume, progress, info, device) -> dict:
                             persistent_workers=False)
         result = train_one_epoch(net, loader, optimizer, criterion, lr_ctl, scaler, ctx, epoch=epoch,
                                  global_step=global_step, steps=steps, step_offset=step_offset,
-                                 show_progress=progress and info.is_main, on_log=logger.log, on_step=on_step)
+                                 show_progress=progress and info.is_main, on_log=logger.log, on_step=on_step,
+                                 sync_at=lambda g: bool(cfg.checkpoint_every) and g % cfg.checkpoint_every == 0)
         global_step, step_offset = result["global_step"], 0
         record = {"kind": "epoch", "epoch": epoch + 1, "step": global_step, "train_loss": result["loss"],
                   "img_per_s": result["img_per_s"], "lr": optimizer.param_groups[0]["lr"]}

@@ -1,0 +1,90 @@
+"""Loader throughput from the uint8 cache at 224 px with train augmentation, and per-worker memory.
+
+Samples/s per core: DataLoader with num_workers=0 (everything in this one process) over the train split,
+random 224 crop from 256 + horizontal flip, batches of 64, uint8 output (normalization runs on the training
+device). Then with N worker processes, reporting each worker's private memory after a full pass: the cache
+is a shared read-only memmap, so private memory must stay far below the cache size.
+
+    python benchmarks/bench_loader.py --images 2000 --workers 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from chexnet.data.cache import load_cache
+from chexnet.data.dataset import open_split
+
+
+def make_cache(work: Path, images: int, size: int) -> Path:
+    """A prepared cache of ``images`` synthetic images (made once, reused)."""
+    cache = work / f"cache-{images}-{size}"
+    if (cache / "meta.json").is_file():
+        return cache
+    from chexnet.data.cache import prepare
+    from chexnet.data.synthetic import generate
+
+    generate(work / f"data-{images}", images=images, size=size, seed=0, progress=False)
+    prepare(work / f"data-{images}", cache, size=size, progress=False)
+    return cache
+
+
+def private_kb(pid: int) -> int:
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return -1
+    fields = dict(line.split(":", 1) for line in text.splitlines()[1:])
+    return sum(int(fields[k].split()[0]) for k in ("Private_Clean", "Private_Dirty") if k in fields)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=2000)
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--crop", type=int, default=224)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--passes", type=int, default=3)
+    ap.add_argument("--work", default="/tmp/chexnet-bench-loader")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    cache = make_cache(Path(args.work), args.images, args.size)
+    _, index, meta = load_cache(cache)
+    ds = open_split(cache, index, meta, "train", args.crop, "train")
+    print(f"{len(ds)} train samples, cache {meta['count']} x {args.size}^2 = {meta['count'] * args.size ** 2 / 1e6:.1f} MB; "
+          f"pickled dataset {len(pickle.dumps(ds))} bytes")
+    rates = []
+    for p in range(args.passes):
+        ds.set_epoch(p)
+        loader = DataLoader(ds, batch_size=args.batch, shuffle=True, num_workers=0)
+        t0, n = time.perf_counter(), 0
+        for x, y in loader:
+            n += x.shape[0]
+        rates.append(n / (time.perf_counter() - t0))
+    print(f"num_workers=0 (one core): {max(rates):.0f} samples/s (best of {args.passes} passes; all: "
+          f"{', '.join(f'{r:.0f}' for r in rates)})")
+    assert x.dtype == torch.uint8 and x.shape[1:] == (1, args.crop, args.crop) and y.dtype == torch.float32
+
+    loader = DataLoader(ds, batch_size=args.batch, shuffle=True, num_workers=args.workers, persistent_workers=True)
+    t0, n = time.perf_counter(), 0
+    for _ in range(2):
+        for x, _ in loader:
+            n += x.shape[0]
+    rate = n / (time.perf_counter() - t0)
+    pids = [w.pid for w in loader._iterator._workers] if loader._iterator is not None else []
+    mem = [private_kb(pid) / 1024 for pid in pids]
+    print(f"num_workers={args.workers}: {rate:.0f} samples/s; worker private memory after 2 passes: "
+          f"{', '.join(f'{m:.0f} MB' for m in mem)} (cache file {os.path.getsize(cache / 'images.u8') / 1e6:.0f} MB)")
+    del loader
+
+
+if __name__ == "__main__":
+    main()
