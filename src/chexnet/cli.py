@@ -103,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--view", choices=["PA", "AP"], default=None, help="keep only this view position")
     p.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
     p.add_argument("--val-fraction", type=float, default=0.1, help="fraction of train_val patients used for validation with the official lists")
+    p.add_argument("--overwrite", action="store_true", help="rebuild OUT even if it holds a cache made with other arguments")
 
     _add_train(sub)
 
@@ -191,7 +192,7 @@ def cmd_prepare(args) -> int:
     from chexnet.data.cache import prepare
 
     prepare(args.data, args.out, size=args.size, workers=args.workers, view=args.view, seed=args.seed,
-            val_fraction=args.val_fraction)
+            val_fraction=args.val_fraction, overwrite=args.overwrite)
     return 0
 
 
