@@ -1,0 +1,134 @@
+"""Fixtures for the training / distributed tests (issue 3).
+
+* ``tiny_cache``: a session-wide prepared cache of 96 synthetic images of 48 x 48 (52 train / 20 val / 24 test).
+* ``tiny_cfg(**overrides)``: a TrainConfig that trains in about a second per epoch on one core
+  (resnet18 from scratch, 32 px crops, batch 4, 3 steps per epoch, no loader processes).
+* ``trained_run``: a session-wide run directory trained for one epoch on ``tiny_cache`` (read it, never write
+  into it: copy it first).
+* ``chexnet_cli(*args)``: run ``python -m chexnet ARGS`` in a subprocess (one thread per process).
+* ``free_port()`` and ``worker_env(...)`` for tests that start real gloo process groups themselves.
+
+Every test runs with one intra-op thread: on 2 shared cores, two threads per process are ~10x slower.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from chexnet.config import TrainConfig
+
+TINY = dict(arch="resnet18", weights="none", image_size=32, batch_size=4, epochs=1, workers=0,
+            max_steps_per_epoch=3, log_every=1, lr=1e-3, lr_reference_batch=4, seed=0)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def subprocess_env(**extra) -> dict:
+    env = dict(os.environ)
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+              "TORCHELASTIC_RESTART_COUNT", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "SLURM_PROCID", "SLURM_NTASKS",
+              "TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "CHEXNET_DEBUG"):
+        env.pop(k, None)
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_cache(tmp_path_factory) -> Path:
+    from chexnet.data.cache import prepare
+    from chexnet.data.synthetic import generate
+
+    root = tmp_path_factory.mktemp("train_cache")
+    generate(root / "data", images=96, size=64, seed=0, progress=False, workers=1)
+    prepare(root / "data", root / "cache", size=48, workers=1, progress=False, val_fraction=0.3)
+    return root / "cache"
+
+
+@pytest.fixture(scope="session")
+def tiny_cfg():
+    from chexnet.config import apply_overrides
+
+    def make(**overrides) -> TrainConfig:
+        return apply_overrides(TrainConfig(), {**TINY, **overrides}, "test")
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def trained_run(tiny_cache, tmp_path_factory) -> Path:
+    """One epoch of the tiny config; a finished, self-describing run directory."""
+    from chexnet.config import apply_overrides
+    from chexnet.train import train
+
+    run = tmp_path_factory.mktemp("trained") / "run"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train(apply_overrides(TrainConfig(), TINY, "test"), tiny_cache, run, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    return run
+
+
+@pytest.fixture
+def copy_run(tmp_path):
+    def copy(run: Path, name: str = "run") -> Path:
+        dest = tmp_path / name
+        shutil.copytree(run, dest)
+        return dest
+
+    return copy
+
+
+@pytest.fixture
+def chexnet_cli():
+    def run(*args, timeout: float = 240, check: bool = True, **env) -> subprocess.CompletedProcess:
+        proc = subprocess.run([sys.executable, "-m", "chexnet", *map(str, args)], capture_output=True, text=True,
+                              timeout=timeout, env=subprocess_env(**env))
+        if check and proc.returncode != 0:
+            raise AssertionError(f"chexnet {' '.join(map(str, args))} exited {proc.returncode}\n"
+                                 f"--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-4000:]}")
+        return proc
+
+    return run
+
+
+def tiny_train_args(cache, out, **overrides) -> list[str]:
+    """``chexnet train`` arguments for the tiny config (flags for every TINY field)."""
+    values = {**TINY, **overrides}
+    args = ["train", "--cache", str(cache), "--out", str(out), "--no-progress"]
+    for k, v in values.items():
+        args += ["--" + k.replace("_", "-"), str(v)]
+    return args
+
+
+@pytest.fixture(scope="session")
+def train_args():
+    return tiny_train_args
+
+
+@pytest.fixture(scope="session")
+def cli_env():
+    """``cli_env(**extra)``: the environment for a chexnet subprocess (no launcher variables, one thread)."""
+    return subprocess_env

@@ -1,0 +1,103 @@
+"""Launcher environments read by ``chexnet.dist.detect`` (torchrun, Open MPI, MPICH / Intel MPI, SLURM), and the
+pieces of ``--nproc`` that need no process group (argument stripping)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from chexnet import dist
+from chexnet.launch.local import strip_option
+
+
+def test_no_launcher_is_a_single_process():
+    info = dist.detect({})
+    assert info == dist.DistInfo(0, 1, 0, 1, "none")
+    assert info.is_main and not info.distributed
+
+
+def test_torchrun():
+    env = {"RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "4", "MASTER_ADDR": "h", "MASTER_PORT": "1"}
+    info = dist.detect(env)
+    assert info == dist.DistInfo(5, 8, 1, 4, "torchrun")
+    assert info.distributed and not info.is_main
+
+
+def test_torchrun_without_local_vars():
+    assert dist.detect({"RANK": "0", "WORLD_SIZE": "2"}) == dist.DistInfo(0, 2, 0, 2, "torchrun")
+
+
+def test_open_mpi():
+    env = {"OMPI_COMM_WORLD_RANK": "3", "OMPI_COMM_WORLD_SIZE": "16", "OMPI_COMM_WORLD_LOCAL_RANK": "3",
+           "OMPI_COMM_WORLD_LOCAL_SIZE": "4"}
+    assert dist.detect(env) == dist.DistInfo(3, 16, 3, 4, "openmpi")
+
+
+@pytest.mark.parametrize("env", [
+    {"PMI_RANK": "6", "PMI_SIZE": "8", "MPI_LOCALRANKID": "2", "MPI_LOCALNRANKS": "4"},  # MPICH (Hydra)
+    {"PMI_RANK": "6", "PMI_SIZE": "8", "MPI_LOCALRANKID": "2", "MPI_LOCALNRANKS": "4", "I_MPI_ROOT": "/opt/intel"},
+])
+def test_mpich_and_intel_mpi(env):
+    assert dist.detect(env) == dist.DistInfo(6, 8, 2, 4, "mpich")
+
+
+def test_slurm_srun():
+    env = {"SLURM_PROCID": "9", "SLURM_NTASKS": "12", "SLURM_LOCALID": "1", "SLURM_NTASKS_PER_NODE": "4(x3)",
+           "SLURM_NODELIST": "gpu[01-03]"}
+    assert dist.detect(env) == dist.DistInfo(9, 12, 1, 4, "slurm")
+
+
+def test_slurm_allocation_with_one_task_is_not_distributed():
+    """``sbatch`` + plain ``python`` inside a one-task allocation: not a distributed run."""
+    assert dist.detect({"SLURM_PROCID": "0", "SLURM_NTASKS": "1", "SLURM_NODELIST": "n1"}) == dist.DistInfo()
+
+
+def test_torchrun_inside_slurm_wins():
+    """torchrun started by srun: the worker's RANK/WORLD_SIZE (torchrun's) are the ones that count."""
+    env = {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "3", "LOCAL_WORLD_SIZE": "4",
+           "SLURM_PROCID": "0", "SLURM_NTASKS": "2", "SLURM_LOCALID": "0"}
+    assert dist.detect(env).launcher == "torchrun"
+    assert dist.detect(env).rank == 3
+
+
+@pytest.mark.parametrize("nodelist,host", [
+    ("node[03-05,9],gpu1", "node03"),
+    ("node07", "node07"),
+    ("gpu1,gpu2", "gpu1"),
+    ("nid[00012-00015]", "nid00012"),
+    ("cn[7,2-3]", "cn7"),
+    ("  a-b[1-2] ", "a-b1"),
+])
+def test_first_slurm_host(nodelist, host):
+    assert dist.first_slurm_host(nodelist) == host
+
+
+def test_single_process_helpers_are_noops():
+    assert not dist.is_initialized()
+    t = torch.tensor([1.0, 2.0])
+    assert torch.equal(dist.all_reduce_mean(t), t) and torch.equal(dist.all_reduce_sum(t), t)
+    assert dist.all_gather_objects({"a": 1}) == [{"a": 1}]
+    assert dist.broadcast_object(7) == 7
+    dist.barrier()
+    with dist.rank_zero_first(dist.DistInfo()):
+        pass
+    m = torch.nn.Linear(2, 2)
+    assert dist.wrap_ddp(m, torch.device("cpu"), "bf16") is m
+    assert dist.device_for(dist.DistInfo()).type in ("cpu", "cuda")
+
+
+def test_restart_count(monkeypatch):
+    monkeypatch.delenv("TORCHELASTIC_RESTART_COUNT", raising=False)
+    assert dist.restart_count() == 0
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "2")
+    assert dist.restart_count() == 2
+
+
+@pytest.mark.parametrize("argv,name,expected", [
+    (["train", "--nproc", "2", "--out", "r"], "--nproc", ["train", "--out", "r"]),
+    (["train", "--nproc=2", "--out", "r"], "--nproc", ["train", "--out", "r"]),
+    (["train", "--max-restarts", "1", "--nproc", "2"], "--max-restarts", ["train", "--nproc", "2"]),
+    (["train", "--out", "r"], "--nproc", ["train", "--out", "r"]),
+])
+def test_strip_option(argv, name, expected):
+    assert strip_option(argv, name) == expected
