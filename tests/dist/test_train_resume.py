@@ -318,3 +318,18 @@ def test_skip_nonfinite_lets_the_run_continue(nan_weights, tiny_cache, tiny_cfg,
     ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
     assert ckpt["epoch"] == 1
     assert torch.isnan(ckpt["model"]["fc.bias"]).all(), "skipped steps must not update the weights"
+
+
+def test_elastic_restart_prefers_the_runs_newest_checkpoint_over_an_explicit_resume_path(
+        straight, trained_run, copy_run, tiny_cache, tiny_cfg, monkeypatch, capsys):
+    """After torch elastic restarts the group (TORCHELASTIC_RESTART_COUNT > 0), the run continues from the newest
+    complete checkpoint of RUN, even when the command line said ``--resume OLD.pt``: resuming from OLD.pt again
+    would throw away everything done since the start."""
+    _, _, copies = straight
+    older = _copy(copies, "last.pt", 0, 2)  # epoch 1, step 2 of 3
+    run = copy_run(trained_run)  # its last.pt: epoch 1 complete
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    summary = T.train(tiny_cfg(), tiny_cache, run, resume=str(older), progress=False)
+    err = capsys.readouterr().err
+    assert f"resumed from {run / 'checkpoints' / 'last.pt'}" in err, err
+    assert summary["epochs"] == [], "epoch 1 was already complete in RUN: nothing to redo"
