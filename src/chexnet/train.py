@@ -73,8 +73,8 @@ def _say(info: dist.DistInfo, msg: str) -> None:
 
 def _resume_path(run: Path, resume: str | None) -> Path | None:
     last = checkpoint_dir(run) / "last.pt"
-    if dist.restart_count() > 0 and resume is None:
-        resume = "auto"  # torch elastic restarted the group after a failure: continue from the newest checkpoint
+    if dist.restart_count() > 0 and last.is_file():
+        return last  # torch elastic restarted the group after a failure: continue from this run's newest state
     if resume is None:
         return None
     if resume == "auto":
