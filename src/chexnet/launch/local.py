@@ -34,6 +34,10 @@ def spawn(nproc: int, argv: list[str], max_restarts: int = 0, monitor_interval: 
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
+    # torch elastic keeps one TCPStore across restarts; restarted gloo workers could then read the dead group's
+    # addresses ("Gloo connectFullMesh failed ... Connection refused", pytorch/pytorch#135712). A fresh store
+    # per attempt avoids that.
+    os.environ.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
     if nproc > 1 and "OMP_NUM_THREADS" not in os.environ:  # share the cores instead of oversubscribing them
         os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()),
