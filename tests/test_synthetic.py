@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 import numpy as np
@@ -148,3 +149,13 @@ def test_bad_arguments():
         synthetic.generate("unused", images=0, progress=False)
     with pytest.raises(ValueError, match="size"):
         synthetic.generate("unused", images=1, size=16, progress=False)
+    with pytest.raises(ValueError, match="seed"):
+        synthetic.generate("unused", images=1, seed=-1, progress=False)
+
+
+def test_png_writer_round_trips():
+    rng = np.random.default_rng(0)
+    for shape in [(1, 1), (3, 5), (64, 37)]:
+        img = rng.integers(0, 256, shape, dtype=np.uint8)
+        with Image.open(io.BytesIO(synthetic.png_bytes(img))) as im:
+            assert im.mode == "L" and (np.asarray(im) == img).all()
