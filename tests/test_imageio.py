@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from chexnet.data.imageio import ImageReadError, read_xray, read_xray_resized, resize_area
-from conftest import xray_like
+from tests.conftest import xray_like
 
 
 @pytest.fixture
