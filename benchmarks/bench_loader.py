@@ -20,7 +20,21 @@ import torch
 from torch.utils.data import DataLoader
 
 from chexnet.data.cache import load_cache
-from chexnet.data.dataset import open_split
+from chexnet.data.dataset import normalize_batch, open_split
+
+
+class FloatInLoader(torch.utils.data.Dataset):
+    """The alternative design: float conversion, 3 channels and ImageNet normalization per sample in the loader."""
+
+    def __init__(self, ds):
+        self.ds = ds
+
+    def __len__(self):
+        return len(self.ds)
+
+    def __getitem__(self, i):
+        x, y = self.ds[i]
+        return normalize_batch(x[None])[0], y
 
 
 def make_cache(work: Path, images: int, size: int) -> Path:
@@ -72,6 +86,19 @@ def main() -> None:
     print(f"num_workers=0 (one core): {max(rates):.0f} samples/s (best of {args.passes} passes; all: "
           f"{', '.join(f'{r:.0f}' for r in rates)})")
     assert x.dtype == torch.uint8 and x.shape[1:] == (1, args.crop, args.crop) and y.dtype == torch.float32
+
+    # where should normalization run? per sample in the loader (float32, 3 channels: 12x the bytes) or per batch after
+    t0, n = time.perf_counter(), 0
+    for x, _ in DataLoader(FloatInLoader(ds), batch_size=args.batch, shuffle=True, num_workers=0):
+        n += x.shape[0]
+    per_sample = n / (time.perf_counter() - t0)
+    t0, n = time.perf_counter(), 0
+    for x, _ in DataLoader(ds, batch_size=args.batch, shuffle=True, num_workers=0):
+        normalize_batch(x)
+        n += x.shape[0]
+    per_batch = n / (time.perf_counter() - t0)
+    print(f"normalization per sample in the loader: {per_sample:.0f} samples/s; uint8 loader + per-batch "
+          f"normalization (same core, as on a CPU-only run): {per_batch:.0f} samples/s")
 
     loader = DataLoader(ds, batch_size=args.batch, shuffle=True, num_workers=args.workers, persistent_workers=True)
     t0, n = time.perf_counter(), 0

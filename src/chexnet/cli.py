@@ -91,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=512, help="image side in pixels (default 512)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p.add_argument("--min-prevalence", type=float, default=0.04,
+                   help="raise rare pathologies to at least this prevalence, keeping NIH's co-occurrence (0: NIH's real frequencies; default 0.04)")
 
     p = sub.add_parser("prepare", help="decode + resize all images once into a uint8 cache with patient-wise splits",
                        description="Read NIH metadata and images (PNG/JPEG/DICOM), assign patient-wise splits "
@@ -183,7 +185,8 @@ def cmd_compare(args) -> int:
 def cmd_synth(args) -> int:
     from chexnet.data.synthetic import generate
 
-    summary = generate(args.out, images=args.images, size=args.size, seed=args.seed, workers=args.workers)
+    summary = generate(args.out, images=args.images, size=args.size, seed=args.seed, workers=args.workers,
+                       min_prevalence=args.min_prevalence)
     print(json.dumps(summary, indent=2, default=str))
     return 0
 

@@ -125,11 +125,13 @@ def _random_resized_crop(img: np.ndarray, c: int, rng: np.random.Generator, scal
 
 
 def normalize_batch(x: torch.Tensor, channels: int = 3, channels_last: bool = False) -> torch.Tensor:
-    """uint8 gray batch (B, 1, H, W) -> float, replicated to ``channels``, ImageNet-normalized."""
-    mean = torch.tensor(IMAGENET_MEAN[:channels] if channels == 3 else (0.449,), device=x.device).view(1, -1, 1, 1)
-    std = torch.tensor(IMAGENET_STD[:channels] if channels == 3 else (0.226,), device=x.device).view(1, -1, 1, 1)
-    x = x.float().div_(255.0).expand(-1, channels, -1, -1)
-    x = (x - mean) / std
+    """uint8 gray batch (B, 1, H, W) -> float, replicated to ``channels``, ImageNet-normalized.
+
+    One fused broadcast ``x * (1 / (255 std_c)) - mean_c / std_c`` writes the 3 channels directly.
+    """
+    mean = torch.tensor(IMAGENET_MEAN if channels == 3 else (0.449,), device=x.device).view(1, -1, 1, 1)
+    std = torch.tensor(IMAGENET_STD if channels == 3 else (0.226,), device=x.device).view(1, -1, 1, 1)
+    x = torch.addcmul(-mean / std, x.float(), 1.0 / (255.0 * std))
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
