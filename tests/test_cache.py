@@ -153,19 +153,19 @@ def test_crash_during_finalization_then_rerun(tiny_nih, tmp_path, monkeypatch, b
     if broken:
         break_images(tiny_nih)
     prepare(tiny_nih, tmp_path / "ref", size=SIZE, workers=1, progress=False)
-    real_write = cache._atomic_write
+    real_write = cache.atomic_write
 
     def crash_on_meta(path, data):
         if path.name == "meta.json":
             raise KeyboardInterrupt("simulated kill before meta.json")
         real_write(path, data)
 
-    monkeypatch.setattr(cache, "_atomic_write", crash_on_meta)
+    monkeypatch.setattr(cache, "atomic_write", crash_on_meta)
     with pytest.raises(KeyboardInterrupt):
         prepare(tiny_nih, tmp_path / "c", size=SIZE, workers=1, progress=False)
     with pytest.raises(CacheError, match="incomplete cache"):
         load_cache(tmp_path / "c")
-    monkeypatch.setattr(cache, "_atomic_write", real_write)
+    monkeypatch.setattr(cache, "atomic_write", real_write)
     prepare(tiny_nih, tmp_path / "c", size=SIZE, workers=1, progress=False)
     assert cache_files(tmp_path / "c") == cache_files(tmp_path / "ref")
     assert not (tmp_path / "c" / "work").exists()

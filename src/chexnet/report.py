@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from importlib import resources
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from chexnet import metrics
+from chexnet.fileio import atomic_write
 from chexnet.labels import PATHOLOGIES
 
 PROB_COLUMNS = tuple(f"prob_{name}" for name in PATHOLOGIES)
@@ -454,9 +454,7 @@ def write_evaluation(
         "notes": table.attrs["notes"] + [COMPARABILITY_NOTE],
         "published_sources": citations,
     }
-    tmp = out_dir / "metrics.json.tmp"
-    tmp.write_text(json.dumps(_json_safe(payload), indent=2) + "\n")
-    os.replace(tmp, out_dir / "metrics.json")
+    atomic_write(out_dir / "metrics.json", json.dumps(_json_safe(payload), indent=2) + "\n")
 
     plot_roc(y, p, table, out_dir / "roc.png")
     plot_pr(y, p, table, out_dir / "pr.png")

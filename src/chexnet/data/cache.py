@@ -65,6 +65,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from chexnet.fileio import atomic_write, fsync_dir
 from chexnet.data.imageio import ImageReadError, read_xray_resized
 from chexnet.data.nih import SPLITS, assign_splits, check_patient_disjoint, find_images, find_metadata, read_metadata
 from chexnet.labels import PATHOLOGIES
@@ -304,7 +305,7 @@ class _Work:
     def save_plan_json(self, args: dict, plan: pd.DataFrame) -> None:
         info = {"format": FORMAT, "format_version": FORMAT_VERSION, "arguments": args, "rows": self.rows,
                 "plan_sha256": _plan_digest(plan), "started": self.started, "runs": self.runs}
-        _atomic_write(self.plan_json, json.dumps(info, indent=2).encode())
+        atomic_write(self.plan_json, json.dumps(info, indent=2).encode())
 
     def load(self) -> dict:
         """Read plan.json, status and failures of an existing work area."""
@@ -336,9 +337,9 @@ class _Work:
             os.fsync(data_fd)
         if self.failures_changed:  # can be long (a partial download misses most files): only when it changed
             items = [self.failures[r] for r in sorted(self.failures)]
-            _atomic_write(self.failed_path, json.dumps(items, indent=1).encode())
+            atomic_write(self.failed_path, json.dumps(items, indent=1).encode())
             self.failures_changed = False
-        _atomic_write(self.status_path, self.status.tobytes())
+        atomic_write(self.status_path, self.status.tobytes())
 
 
 def _open_work(out_dir: Path, args: dict, plan: pd.DataFrame, say) -> _Work:
@@ -510,7 +511,7 @@ def _finalize(out_dir: Path, work: _Work, plan: pd.DataFrame, args: dict, source
         raise CacheError(f"none of the {work.rows} images could be read (e.g. {first}); nothing cached")
     index = plan.loc[ok, INDEX_COLUMNS].reset_index(drop=True)
     check_patient_disjoint(index["patient_id"], index["split"])
-    _atomic_write(out_dir / INDEX, index.to_csv(index=False).encode())
+    atomic_write(out_dir / INDEX, index.to_csv(index=False).encode())
     _write_images(out_dir / IMAGES, work, ok)
     meta = {
         "format": FORMAT,
@@ -534,7 +535,7 @@ def _finalize(out_dir: Path, work: _Work, plan: pd.DataFrame, args: dict, source
             "versions": _versions(),
         },
     }
-    _atomic_write(out_dir / META, (json.dumps(meta, indent=2) + "\n").encode())
+    atomic_write(out_dir / META, (json.dumps(meta, indent=2) + "\n").encode())
     _remove_tree(work.root)
     return meta
 
@@ -557,7 +558,7 @@ def _write_images(dest: Path, work: _Work, ok: np.ndarray) -> None:
         os.fsync(f.fileno())
     del src
     os.replace(tmp, dest)
-    _fsync_dir(dest.parent)
+    fsync_dir(dest.parent)
 
 
 def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
@@ -616,26 +617,6 @@ def _printer(enabled: bool):
     return lambda msg: None
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file, fsync and rename: readers see old or new, never half."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):  # not supported on every platform / file system
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def _remove_tree(path: Path) -> None:
     if path.exists():
         shutil.rmtree(path)
@@ -643,7 +624,8 @@ def _remove_tree(path: Path) -> None:
 
 def _remove_cache(out_dir: Path) -> None:
     """Delete this module's files only (meta.json first, so a crash leaves an 'incomplete' cache)."""
-    for name in (META, INDEX, IMAGES, IMAGES + ".tmp", INDEX + ".tmp", META + ".tmp"):
+    leftovers = [p.name for name in (META, INDEX) for p in out_dir.glob(f".{name}.*.tmp")]  # atomic_write temps
+    for name in (META, INDEX, IMAGES, IMAGES + ".tmp", *leftovers):
         with contextlib.suppress(FileNotFoundError):
             (out_dir / name).unlink()
     _remove_tree(out_dir / WORK)

@@ -277,7 +277,7 @@ def _anatomy(pr, ir, has, view):
 
 
 def _draw_anatomy(cv: _Canvas, a, ir):
-    n, s, cx, dy = cv.n, a["s"], a["cx"], a["dy"]
+    s, cx, dy = a["s"], a["cx"], a["dy"]
     c = cv.c
     # body: soft tissue with sloping shoulders, dark air around it
     half = np.where(c < 0.14 + dy, 0.3 * s + (0.14 * s) * np.clip((c - dy) / 0.14, 0, 1), 0.44 * s).astype(_F32)
