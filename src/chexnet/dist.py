@@ -119,11 +119,18 @@ def barrier() -> None:
 
 @contextlib.contextmanager
 def rank_zero_first(info: DistInfo):
-    """Rank 0 runs the block first (e.g. downloads weights), then the others."""
+    """Rank 0 runs the block first (e.g. downloads weights), then the others.
+
+    If rank 0 fails inside the block it still releases the others, which then run the block themselves and
+    fail with the same clear error instead of waiting for the process-group timeout.
+    """
     if not info.is_main:
         barrier()
-    yield
-    if info.is_main:
+        yield
+        return
+    try:
+        yield
+    finally:
         barrier()
 
 

@@ -21,6 +21,14 @@ class RunLogger:
             except Exception:  # tensorboard not installed: JSON lines only
                 self.tb = None
 
+    def truncate_after(self, step: int) -> None:
+        """On resume: drop records past the checkpoint's global ``step`` (they will be logged again)."""
+        if not self.enabled or not self.path.is_file():
+            return
+        keep = [line for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= step]
+        self.path.write_text("".join(line + "\n" for line in keep))
+
     def log(self, record: dict) -> None:
         if not self.enabled:
             return

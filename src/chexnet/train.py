@@ -165,6 +165,8 @@ def _train(cfg, cache, run, resume, progress, info, device) -> dict:
     ctx = StepContext(device, cfg.precision, cfg.channels_last, cfg.accum_steps, cfg.grad_clip, cfg.skip_nonfinite,
                       max(1, cfg.log_every))
     logger = RunLogger(run, enabled=info.is_main)
+    if ckpt is not None:
+        logger.truncate_after(global_step)
 
     def state(epoch_, step_in_epoch, gstep, best_):
         return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "lr": lr_ctl.state_dict(),
