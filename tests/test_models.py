@@ -39,7 +39,7 @@ def torch_home(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("arch,features", [
     ("densenet121", 1024), ("densenet169", 1664), ("vgg16", 512), ("vgg16_bn", 512), ("resnet50", 2048),
-    ("efficientnet_b0", 1280),
+    ("efficientnet_b0", 1280), ("shufflenet_v2_x0_5", 1024),
 ])
 def test_architectures_get_a_gap_linear_14_head(arch, features):
     torch.manual_seed(0)
@@ -123,3 +123,19 @@ def test_wrong_weights_file_is_refused(tmp_path):
         create_model("resnet50", str(path))
     with pytest.raises(FileNotFoundError, match="missing.pth"):
         create_model("resnet18", str(tmp_path / "missing.pth"))
+
+
+@pytest.mark.parametrize("arch,features", [("swin_t", 768), ("inception_v3", 2048), ("googlenet", 1024)])
+def test_trunks_with_channels_last_maps_or_aux_heads(arch, features):
+    """Swin's feature maps are (B, H, W, C); GoogLeNet / Inception carry auxiliary classifiers: both are handled."""
+    model = create_model(arch, "none").eval()
+    assert model.fc.in_features == features
+    with torch.no_grad():
+        fmap = model.features(torch.randn(1, 3, 96, 96))
+        assert fmap.dim() == 4 and fmap.shape[1] == features
+        assert model(torch.randn(2, 3, 96, 96)).shape == (2, 14)
+
+
+def test_transformers_without_feature_maps_are_refused():
+    with pytest.raises(ValueError, match="vit_b_16.*CNN"):
+        create_model("vit_b_16", "none")

@@ -43,18 +43,23 @@ class Classifier(nn.Module):
         return self.head(self.body(x))
 
 
+_HEAD_CHILDREN = {"avgpool", "fc", "dropout", "aux1", "aux2", "AuxLogits"}
+
+
 def _body(arch: str, net: nn.Module) -> nn.Module:
     """The convolutional trunk of a torchvision classifier, up to (not including) its pooling/classifier."""
     if arch.startswith("densenet"):
         return nn.Sequential(net.features, nn.ReLU())  # torchvision's DenseNet applies relu after features
-    if hasattr(net, "fc") and hasattr(net, "avgpool"):  # resnet, resnext, wide_resnet, regnet
-        keep = [m for name, m in net.named_children() if name not in ("avgpool", "fc")]
-        return nn.Sequential(*keep)
-    if hasattr(net, "features"):  # vgg, alexnet, efficientnet, mobilenet, convnext
+    if arch.startswith("swin"):  # channels-last feature maps: normalize, then back to (B, C, H, W)
+        return nn.Sequential(net.features, net.norm, net.permute)
+    if hasattr(net, "fc"):  # resnet, resnext, wide_resnet, regnet, shufflenet, googlenet, inception
+        return nn.Sequential(*[m for name, m in net.named_children() if name not in _HEAD_CHILDREN])
+    if hasattr(net, "features"):  # vgg, alexnet, efficientnet, mobilenet, convnext, squeezenet
         return net.features
     if hasattr(net, "layers"):  # mnasnet
         return net.layers
-    raise ValueError(f"architecture {arch!r}: no known convolutional trunk; use a CNN from torchvision.models")
+    raise ValueError(f"architecture {arch!r}: no convolutional trunk with a feature map (transformers such as ViT "
+                     f"are not supported); use a CNN from torchvision.models")
 
 
 def imagenet_weights_path(arch: str) -> tuple[str, Path]:
@@ -122,7 +127,7 @@ def create_model(arch: str = "densenet121", weights: str = "none", num_classes: 
     with torch.no_grad():
         was_training = body.training
         body.eval()
-        num_features = body(torch.zeros(1, 3, 64, 64)).shape[1]
+        num_features = body(torch.zeros(1, 3, 96, 96)).shape[1]  # inception needs >= 75 px
         body.train(was_training)
     model = Classifier(body, num_features, num_classes)
     with torch.no_grad():
