@@ -1,0 +1,118 @@
+"""Plots of evaluation and comparison tables (the tables come from :mod:`chexnet.report`).
+
+Plots use matplotlib's object API (``Figure`` + Agg via ``savefig``), never pyplot, so
+nothing here changes the global backend.
+
+:mod:`chexnet.report` imports this module at load time, so its table constants
+(``MEAN_ROW``, ``PUBLISHED_COLUMNS``) are imported here inside the functions that use them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from chexnet.labels import PATHOLOGIES
+
+
+def _figure(n_panels: int, title: str):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(16, 16), layout="constrained")
+    axes = fig.subplots(4, 4).ravel()
+    for ax in axes[n_panels:]:
+        ax.set_visible(False)
+    fig.suptitle(title)
+    return fig, axes
+
+
+def plot_roc(y: np.ndarray, p: np.ndarray, table: pd.DataFrame, path) -> None:
+    """ROC curve per pathology (4 x 4 grid, 14 panels)."""
+    from sklearn.metrics import roc_curve
+
+    fig, axes = _figure(len(PATHOLOGIES), "ROC curves")
+    for c, (ax, name) in enumerate(zip(axes, PATHOLOGIES)):
+        ax.plot([0, 1], [0, 1], color="0.7", lw=0.8, ls="--")
+        ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="1 - specificity", ylabel="sensitivity")
+        if math.isnan(table.loc[name, "auroc"]):
+            ax.set_title(f"{name}: n/a")
+            ax.text(0.5, 0.5, table.loc[name, "note"], ha="center", va="center")
+            continue
+        fpr, tpr, _ = roc_curve(y[:, c], p[:, c])
+        ax.plot(fpr, tpr, lw=1.5)
+        ax.set_title(f"{name}: AUROC {table.loc[name, 'auroc']:.3f}")
+        sens, spec = table.loc[name, "sensitivity"], table.loc[name, "specificity"]
+        if not (math.isnan(sens) or math.isnan(spec)):
+            ax.plot([1 - spec], [sens], "o", color="C3", ms=5)  # operating point at the chosen threshold
+    fig.savefig(path, dpi=80)
+
+
+def plot_pr(y: np.ndarray, p: np.ndarray, table: pd.DataFrame, path) -> None:
+    """Precision-recall curve per pathology, with the prevalence (chance) line."""
+    from sklearn.metrics import precision_recall_curve
+
+    fig, axes = _figure(len(PATHOLOGIES), "Precision-recall curves")
+    for c, (ax, name) in enumerate(zip(axes, PATHOLOGIES)):
+        ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="recall", ylabel="precision")
+        if not y[:, c].any():
+            ax.set_title(f"{name}: n/a")
+            ax.text(0.5, 0.5, "no positive cases", ha="center", va="center")
+            continue
+        precision, recall, _ = precision_recall_curve(y[:, c], p[:, c])
+        ax.step(recall, precision, where="post", lw=1.5)
+        ax.axhline(table.loc[name, "prevalence"], color="0.7", lw=0.8, ls="--")
+        ax.set_title(f"{name}: AUPRC {table.loc[name, 'auprc']:.3f}")
+    fig.savefig(path, dpi=80)
+
+
+def _grouped_bars(series: dict[str, np.ndarray], path, title: str, errors: dict | None = None) -> None:
+    """Grouped bar chart of AUROC per pathology (+ mean), one bar per series."""
+    from matplotlib.figure import Figure
+
+    from chexnet.report import MEAN_ROW
+
+    labels = [*PATHOLOGIES, MEAN_ROW]
+    x = np.arange(len(labels))
+    width = 0.8 / len(series)
+    fig = Figure(figsize=(max(12, 1.0 * len(labels) * max(1, len(series) / 3)), 5.5), layout="constrained")
+    ax = fig.subplots()
+    lowest = 0.5
+    for i, (name, values) in enumerate(series.items()):
+        values = np.asarray(values, dtype=float)
+        offset = x + (i - (len(series) - 1) / 2) * width
+        yerr = None
+        if errors and name in errors:
+            low, high = (np.asarray(v, dtype=float) for v in errors[name])
+            yerr = np.nan_to_num(np.vstack([values - low, high - values]))
+        ax.bar(offset, np.nan_to_num(values), width, label=name, yerr=yerr, capsize=2)
+        for xi in offset[np.isnan(values)]:
+            ax.text(xi, 0.0, "n/a", ha="center", va="bottom", rotation=90, fontsize="x-small")
+        if np.isfinite(values).any():
+            lowest = min(lowest, math.floor(np.nanmin(values) * 10) / 10)
+    ax.set_xticks(x, labels, rotation=45, ha="right")
+    ax.set_ylim(lowest, 1.0)
+    for t in ax.texts:  # n/a markers sit on the axis floor
+        t.set_y(lowest + 0.005)
+    ax.set_ylabel("AUROC")
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    fig.legend(loc="outside upper center", ncols=len(series), fontsize="small")
+    fig.savefig(path, dpi=100)
+
+
+def plot_auroc_vs_published(table: pd.DataFrame, path) -> None:
+    """This model's AUROC (with bootstrap CI) next to the published CheXNet / Wang et al. values."""
+    from chexnet.report import PUBLISHED_COLUMNS
+
+    series = {"this model": table["auroc"].to_numpy()}
+    series.update({label: table[col].to_numpy() for col, label in PUBLISHED_COLUMNS.items()})
+    errors = {"this model": (table["auroc_ci_low"].to_numpy(), table["auroc_ci_high"].to_numpy())}
+    _grouped_bars(series, path, "Per-pathology AUROC vs published (different test splits; see report.md)", errors)
+
+
+def plot_compare(table: pd.DataFrame, names, path) -> None:
+    """Per-pathology AUROC of each run (``AUROC <name>`` columns of a comparison table), grouped bars."""
+    _grouped_bars({name: table[f"AUROC {name}"].to_numpy() for name in names}, path,
+                  "Per-pathology AUROC on the same test images")
