@@ -3,8 +3,8 @@
 Plots use matplotlib's object API (``Figure`` + Agg via ``savefig``), never pyplot, so
 nothing here changes the global backend.
 
-:mod:`chexnet.report` imports this module at load time, so its table constants
-(``MEAN_ROW``, ``PUBLISHED_COLUMNS``) are imported here inside the functions that use them.
+The table row / column names the plots and :mod:`chexnet.report` share (``MEAN_ROW``, ``PUBLISHED_COLUMNS``)
+are defined here; report imports them.
 """
 
 from __future__ import annotations
@@ -15,6 +15,9 @@ import numpy as np
 import pandas as pd
 
 from chexnet.labels import PATHOLOGIES
+
+MEAN_ROW = "Mean"
+PUBLISHED_COLUMNS = {"chexnet2017": "CheXNet 2017", "wang2017": "Wang et al. 2017"}
 
 
 def _figure(n_panels: int, title: str):
@@ -71,8 +74,6 @@ def _grouped_bars(series: dict[str, np.ndarray], path, title: str, errors: dict 
     """Grouped bar chart of AUROC per pathology (+ mean), one bar per series."""
     from matplotlib.figure import Figure
 
-    from chexnet.report import MEAN_ROW
-
     labels = [*PATHOLOGIES, MEAN_ROW]
     x = np.arange(len(labels))
     width = 0.8 / len(series)
@@ -104,8 +105,6 @@ def _grouped_bars(series: dict[str, np.ndarray], path, title: str, errors: dict 
 
 def plot_auroc_vs_published(table: pd.DataFrame, path) -> None:
     """This model's AUROC (with bootstrap CI) next to the published CheXNet / Wang et al. values."""
-    from chexnet.report import PUBLISHED_COLUMNS
-
     series = {"this model": table["auroc"].to_numpy()}
     series.update({label: table[col].to_numpy() for col, label in PUBLISHED_COLUMNS.items()})
     errors = {"this model": (table["auroc_ci_low"].to_numpy(), table["auroc_ci_high"].to_numpy())}

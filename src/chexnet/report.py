@@ -24,13 +24,11 @@ import pandas as pd
 from chexnet import metrics
 from chexnet.fileio import atomic_write
 from chexnet.labels import PATHOLOGIES
-from chexnet.plots import plot_auroc_vs_published, plot_compare, plot_pr, plot_roc
+from chexnet.plots import MEAN_ROW, PUBLISHED_COLUMNS, plot_auroc_vs_published, plot_compare, plot_pr, plot_roc
 
 PROB_COLUMNS = tuple(f"prob_{name}" for name in PATHOLOGIES)
 LABEL_COLUMNS = tuple(f"label_{name}" for name in PATHOLOGIES)
 PREDICTION_COLUMNS = ("image", "patient_id", *PROB_COLUMNS, *LABEL_COLUMNS)
-MEAN_ROW = "Mean"
-PUBLISHED_COLUMNS = {"chexnet2017": "CheXNet 2017", "wang2017": "Wang et al. 2017"}
 
 COMPARABILITY_NOTE = (
     "Published AUROCs were not measured on these images. CheXNet (Rajpurkar et al. 2017) "
