@@ -33,7 +33,8 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from chexnet import dist
-from chexnet.checkpoint import (checkpoint_dir, load_checkpoint, rng_state, save_checkpoint, set_rng_state, versions)
+from chexnet.checkpoint import (checkpoint_dir, load_checkpoint, resolve_checkpoint, rng_state, save_checkpoint,
+                                set_rng_state, versions)
 from chexnet.config import TrainConfig, build_config, config_from_dict, save_config
 from chexnet.data.cache import load_cache
 from chexnet.data.dataset import SkipSampler, open_split
@@ -79,14 +80,10 @@ def _resume_path(run: Path, resume: str | None) -> Path | None:
         return None
     if resume == "auto":
         return last if last.is_file() else None
-    if resume == "last":
-        if not last.is_file():
-            raise ResumeError(f"--resume last: {last} does not exist")
-        return last
-    path = Path(resume)
-    if not path.is_file():
-        raise ResumeError(f"--resume {resume}: no such checkpoint")
-    return path
+    try:
+        return resolve_checkpoint(run, resume)  # "last", "best" or a PATH
+    except FileNotFoundError as exc:
+        raise ResumeError(f"--resume {resume}: {exc}") from None
 
 
 def train(cfg: TrainConfig, cache: str | os.PathLike, out: str | os.PathLike, resume: str | None = None,
