@@ -70,7 +70,7 @@ def _add_train(sub) -> None:
         p.add_argument("--" + name.replace("_", "-"), dest=name, action=argparse.BooleanOptionalAction, default=None, help=text)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config field (repeatable)")
     p.add_argument("--resume", nargs="?", const="last", default=None,
-                   help="continue a run: 'last' (default when given bare), 'auto' (only if OUT has last.pt), or a checkpoint PATH")
+                   help="continue a run: 'last' (default when given bare), 'best', 'auto' (only if OUT has last.pt), or a checkpoint PATH")
     p.add_argument("--nproc", type=int, default=None, help="start N local worker processes (torch elastic, like torchrun)")
     p.add_argument("--max-restarts", type=int, default=0, help="with --nproc: restart the worker group up to K times after a failure, resuming from last.pt")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
