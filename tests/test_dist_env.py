@@ -41,6 +41,11 @@ def test_mpich_and_intel_mpi(env):
     assert dist.detect(env) == dist.DistInfo(6, 8, 2, 4, "mpich")
 
 
+def test_cray_mpich_local_rank_from_pmi_local_rank():
+    env = {"PMI_RANK": "6", "PMI_SIZE": "8", "PMI_LOCAL_RANK": "2", "PMI_LOCAL_SIZE": "4"}
+    assert dist.detect(env) == dist.DistInfo(6, 8, 2, 4, "mpich")
+
+
 def test_slurm_srun():
     env = {"SLURM_PROCID": "9", "SLURM_NTASKS": "12", "SLURM_LOCALID": "1", "SLURM_NTASKS_PER_NODE": "4(x3)",
            "SLURM_NODELIST": "gpu[01-03]"}

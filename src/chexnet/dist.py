@@ -70,8 +70,9 @@ def detect(env=None) -> DistInfo:
                         _first_int(env, "OMPI_COMM_WORLD_LOCAL_RANK", default=0),
                         _first_int(env, "OMPI_COMM_WORLD_LOCAL_SIZE", default=1), "openmpi")
     if "PMI_RANK" in env and "PMI_SIZE" in env:
-        return DistInfo(int(env["PMI_RANK"]), int(env["PMI_SIZE"]), _first_int(env, "MPI_LOCALRANKID", default=0),
-                        _first_int(env, "MPI_LOCALNRANKS", default=1), "mpich")
+        return DistInfo(int(env["PMI_RANK"]), int(env["PMI_SIZE"]),
+                        _first_int(env, "MPI_LOCALRANKID", "PMI_LOCAL_RANK", "SLURM_LOCALID", default=0),
+                        _first_int(env, "MPI_LOCALNRANKS", "PMI_LOCAL_SIZE", "SLURM_NTASKS_PER_NODE", default=1), "mpich")
     if "SLURM_PROCID" in env and _first_int(env, "SLURM_NTASKS", default=1) > 1:
         return DistInfo(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), _first_int(env, "SLURM_LOCALID", default=0),
                         _first_int(env, "SLURM_NTASKS_PER_NODE", default=1), "slurm")
@@ -97,7 +98,8 @@ def init(timeout_s: float = 1800.0) -> tuple[DistInfo, torch.device]:
             os.environ.setdefault("MASTER_PORT", "29500")
             os.environ["RANK"], os.environ["WORLD_SIZE"] = str(info.rank), str(info.world_size)
             os.environ["LOCAL_RANK"] = str(info.local_rank)
-        backend = "nccl" if device.type == "cuda" else "gloo"
+        # NCCL for CUDA tensors; gloo too on GPUs so that small CPU-side collectives (gather_object) also work
+        backend = "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
         kwargs = {"device_id": device} if device.type == "cuda" else {}
         dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s), **kwargs)
     return info, device
@@ -134,27 +136,24 @@ def rank_zero_first(info: DistInfo):
         barrier()
 
 
-def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
-    """Mean of ``t`` over all ranks (MetricAverageCallback's twin). Returns a new tensor."""
+def _all_reduce(t: torch.Tensor, op) -> torch.Tensor:
     t = t.detach().clone()
     if is_initialized():
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-        t /= dist.get_world_size()
+        dist.all_reduce(t, op=op)
     return t
+
+
+def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
+    """Mean of ``t`` over all ranks (MetricAverageCallback's twin). Returns a new tensor on ``t``'s device."""
+    return _all_reduce(t, dist.ReduceOp.SUM) / world_size()
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    t = t.detach().clone()
-    if is_initialized():
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t
+    return _all_reduce(t, dist.ReduceOp.SUM)
 
 
 def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
-    t = t.detach().clone()
-    if is_initialized():
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return t
+    return _all_reduce(t, dist.ReduceOp.MAX)
 
 
 def world_size() -> int:

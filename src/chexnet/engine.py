@@ -103,12 +103,16 @@ def train_one_epoch(model, loader, optimizer, criterion, lr_ctl, scaler, ctx: St
                 skipped += 1
             else:
                 optimizer.step()
-        elif scaler is not None:  # fp16: GradScaler skips overflowing steps and lowers its scale by itself
-            scaler.step(optimizer)
-            scaler.update()
         else:
-            optimizer.step()
-            first_bad = torch.where((first_bad < 0) & ~finite, torch.full_like(first_bad, global_step + 1), first_bad)
+            if scaler is not None:  # fp16: GradScaler skips steps whose gradients overflow and lowers its scale
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            if not ctx.skip_nonfinite:  # fp16 + --skip-nonfinite: the scaler already skips the step
+                # a non-finite *loss* is divergence, not fp16 overflow: remember the first one, stop at the next sync
+                first_bad = torch.where((first_bad < 0) & ~finite, torch.full_like(first_bad, global_step + 1),
+                                        first_bad)
         window_loss += torch.where(finite, step_loss.double(), torch.zeros((), dtype=torch.float64, device=dev))
         window_steps += finite.double()
         global_step += 1
@@ -116,9 +120,9 @@ def train_one_epoch(model, loader, optimizer, criterion, lr_ctl, scaler, ctx: St
         last = step_in_epoch + 1 == steps
         if (step_in_epoch + 1) % ctx.log_every == 0 or last or (sync_at is not None and sync_at(global_step)):
             # MetricAverageCallback: one small all-reduce of [loss sum, steps, -first bad step] per window
-            packed = torch.stack([window_loss, window_steps]).cpu()
-            totals = dist.all_reduce_sum(packed)
-            bad = dist.all_reduce_max(torch.where(first_bad >= 0, -first_bad, torch.full_like(first_bad, -2**62)).cpu())
+            # reduce on the device (NCCL has no CPU tensors), then one copy to the host
+            totals = dist.all_reduce_sum(torch.stack([window_loss, window_steps])).cpu()
+            bad = dist.all_reduce_max(torch.where(first_bad >= 0, -first_bad, torch.full_like(first_bad, -2**62))).cpu()
             if bad.item() != -2**62:
                 bar.close()
                 step = -bad.item()
@@ -176,9 +180,11 @@ def predict_distributed(model, dataset, info: dist.DistInfo, ctx: StepContext, b
     mine = np.arange(info.rank, n, info.world_size)
     probs = predict(model, dataset, mine, ctx, batch_size, workers, show_progress)
     gathered = dist.all_gather_objects((mine, probs))
-    full = np.zeros((n, probs.shape[1]), dtype=np.float32)
+    width = max(p.shape[1] for _, p in gathered)  # a rank with an empty shard (more ranks than rows) has width 0
+    full = np.zeros((n, width), dtype=np.float32)
     for idx, p in gathered:
-        full[idx] = p
+        if len(idx):
+            full[idx] = p
     return full
 
 

@@ -157,7 +157,10 @@ def _worker(rank: int, port: int, out: str) -> None:
         ctx = StepContext(device)
         full = predict_distributed(model, ds, info, ctx, batch_size=4)
         single = predict(model, ds, range(n), ctx, batch_size=4)
-        return {"shape": list(full.shape), "max_abs_diff": float(np.abs(full - single).max())}
+        one_row = CacheDataset(path, n, size, labels[:1], rows=[0], crop=32, mode="eval")  # rank 1 gets no row
+        tiny = predict_distributed(model, one_row, info, ctx, batch_size=4)
+        return {"shape": list(full.shape), "max_abs_diff": float(np.abs(full - single).max()),
+                "tiny_shape": list(tiny.shape), "tiny_diff": float(np.abs(tiny[0] - single[0]).max())}
 
     _check(results, "prediction", prediction)
 
@@ -256,6 +259,7 @@ def test_distributed_prediction_equals_one_process(group_results):
         v = _value(group_results, r, "prediction")
         assert v["shape"] == [11, 14]
         assert v["max_abs_diff"] <= 1e-6
+        assert v["tiny_shape"] == [1, 14] and v["tiny_diff"] <= 1e-6  # more ranks than rows
 
 
 def test_reduce_gather_broadcast_helpers(group_results):

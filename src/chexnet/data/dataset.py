@@ -15,6 +15,7 @@ the number of loader workers or processes, and a resumed run sees exactly the cr
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -124,14 +125,21 @@ def _random_resized_crop(img: np.ndarray, c: int, rng: np.random.Generator, scal
     return out[0, 0].round_().clamp_(0, 255).to(torch.uint8).numpy()
 
 
+@functools.lru_cache(maxsize=16)
+def _affine(device: torch.device, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) of ImageNet normalization for uint8 input, made once per device (no copy per batch)."""
+    mean = torch.tensor(IMAGENET_MEAN if channels == 3 else (0.449,)).view(1, -1, 1, 1)
+    std = torch.tensor(IMAGENET_STD if channels == 3 else (0.226,)).view(1, -1, 1, 1)
+    return (1.0 / (255.0 * std)).to(device), (-mean / std).to(device)
+
+
 def normalize_batch(x: torch.Tensor, channels: int = 3, channels_last: bool = False) -> torch.Tensor:
     """uint8 gray batch (B, 1, H, W) -> float, replicated to ``channels``, ImageNet-normalized.
 
     One fused broadcast ``x * (1 / (255 std_c)) - mean_c / std_c`` writes the 3 channels directly.
     """
-    mean = torch.tensor(IMAGENET_MEAN if channels == 3 else (0.449,), device=x.device).view(1, -1, 1, 1)
-    std = torch.tensor(IMAGENET_STD if channels == 3 else (0.226,), device=x.device).view(1, -1, 1, 1)
-    x = torch.addcmul(-mean / std, x.float(), 1.0 / (255.0 * std))
+    scale, shift = _affine(x.device, channels)
+    x = torch.addcmul(shift, x.float(), scale)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
