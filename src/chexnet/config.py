@@ -172,4 +172,6 @@ def config_from_dict(d: dict[str, Any]) -> TrainConfig:
 
 
 def save_config(cfg: TrainConfig, path: str | os.PathLike) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    from chexnet.fileio import atomic_write
+
+    atomic_write(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

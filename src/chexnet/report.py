@@ -65,7 +65,7 @@ def predictions_frame(images, patient_ids, probs, labels) -> pd.DataFrame:
 
 def write_predictions(df: pd.DataFrame, path) -> None:
     """Write a predictions table as CSV (floats at full precision, so re-reading is lossless)."""
-    df.loc[:, list(PREDICTION_COLUMNS)].to_csv(path, index=False, float_format="%.17g")
+    atomic_write(path, df.loc[:, list(PREDICTION_COLUMNS)].to_csv(index=False, float_format="%.17g"))
 
 
 def _validate_predictions(df: pd.DataFrame, where: str) -> pd.DataFrame:
@@ -348,7 +348,7 @@ def write_evaluation(
     published = published_auroc()
     citations = {k: v for k, v in published.attrs["citations"].items() if k in PUBLISHED_COLUMNS}
 
-    table.to_csv(out_dir / "auroc.csv", float_format="%.6f")
+    atomic_write(out_dir / "auroc.csv", table.to_csv(float_format="%.6f"))
     payload = {
         "context": context,
         "settings": {k: table.attrs[k] for k in ("n_images", "n_patients", "n_resamples", "seed", "alpha",
@@ -363,7 +363,7 @@ def write_evaluation(
     plot_roc(y, p, table, out_dir / "roc.png")
     plot_pr(y, p, table, out_dir / "pr.png")
     plot_auroc_vs_published(table, out_dir / "auroc_vs_published.png")
-    (out_dir / "report.md").write_text(_report_markdown(table, context, citations))
+    atomic_write(out_dir / "report.md", _report_markdown(table, context, citations))
     return table
 
 
@@ -475,8 +475,9 @@ def compare_runs(prediction_csvs, out_dir=None, alpha: float = 0.05) -> tuple[pd
     if out_dir is not None:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        table.to_csv(out_dir / "compare.csv", float_format="%.6f")
-        (out_dir / "compare.md").write_text(
+        atomic_write(out_dir / "compare.csv", table.to_csv(float_format="%.6f"))
+        atomic_write(
+            out_dir / "compare.md",
             "# Comparison\n\n" + "\n".join(f"- {l}" for l in lines) + "\n\n" + _markdown_table(table)
             + "\n\n![AUROC per pathology](compare.png)\n"
         )

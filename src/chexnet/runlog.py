@@ -7,6 +7,8 @@ import math
 import time
 from pathlib import Path
 
+from chexnet.fileio import atomic_write
+
 
 class RunLogger:
     def __init__(self, run_dir: str | Path, enabled: bool = True):
@@ -15,7 +17,9 @@ class RunLogger:
         self.tb = None
         if enabled:
             try:
-                from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
+                from torch.utils.tensorboard import (
+                    SummaryWriter,  # needs the tensorboard package
+                )
 
                 self.tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
             except Exception:  # tensorboard not installed: JSON lines only
@@ -27,7 +31,7 @@ class RunLogger:
             return
         keep = [line for line in self.path.read_text().splitlines()
                 if line.strip() and json.loads(line).get("step", 0) <= step]
-        self.path.write_text("".join(line + "\n" for line in keep))
+        atomic_write(self.path, "".join(line + "\n" for line in keep))
 
     def log(self, record: dict) -> None:
         if not self.enabled:

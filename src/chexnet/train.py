@@ -33,12 +33,25 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from chexnet import dist
-from chexnet.checkpoint import (checkpoint_dir, load_checkpoint, resolve_checkpoint, rng_state, save_checkpoint,
-                                set_rng_state, versions)
+from chexnet.checkpoint import (
+    checkpoint_dir,
+    load_checkpoint,
+    resolve_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    versions,
+)
 from chexnet.config import TrainConfig, build_config, config_from_dict, save_config
 from chexnet.data.cache import load_cache
 from chexnet.data.dataset import SkipSampler, open_split
-from chexnet.engine import StepContext, bce_from_probs, predict_distributed, train_one_epoch
+from chexnet.engine import (
+    StepContext,
+    bce_from_probs,
+    predict_distributed,
+    train_one_epoch,
+)
+from chexnet.fileio import atomic_write
 from chexnet.metrics import auroc
 from chexnet.models import create_model
 from chexnet.optim import LRController, build_optimizer, scaled_lr
@@ -103,10 +116,13 @@ def _train(cfg, cache, run, resume, progress, info, device) -> dict:
     ckpt = load_checkpoint(resume_path) if resume_path else None
     if ckpt is not None:
         check_compatible(ckpt["config"], cfg, resume_path)
+    elif any((checkpoint_dir(run) / f).is_file() for f in ("last.pt", "best.pt")):
+        raise ResumeError(f"{run} already holds checkpoints of another run: pass --resume to continue it, "
+                          f"or choose a new --out")
     if info.is_main:
         checkpoint_dir(run).mkdir(parents=True, exist_ok=True)
         save_config(cfg, run / "config.yaml")
-        (run / "run.json").write_text(json.dumps({
+        atomic_write(run / "run.json", json.dumps({
             "cache": str(Path(cache).resolve()), "labels": list(cfg.labels), "world_size": info.world_size,
             "launcher": info.launcher, "device": str(device), "versions": versions(), "argv": sys.argv,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=2))
@@ -122,6 +138,7 @@ def _train(cfg, cache, run, resume, progress, info, device) -> dict:
         raise ValueError(f"{cache}: the train split is empty")
     with dist.rank_zero_first(info):  # rank 0 downloads ImageNet weights once, the others read the cache
         model = create_model(cfg.arch, cfg.weights, len(cfg.labels), cfg.head_bias_init)
+    torch.manual_seed(cfg.seed + info.rank)  # from here on each rank draws its own dropout / stochastic depth
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -154,7 +171,13 @@ def _train(cfg, cache, run, resume, progress, info, device) -> dict:
             scaler.load_state_dict(ckpt["scaler"])
         epoch, step_offset, global_step = ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"]
         best = ckpt.get("best_auroc", -math.inf)
-        set_rng_state(ckpt["rng"])
+        per_rank = ckpt.get("rng_per_rank") or []
+        set_rng_state(per_rank[info.rank] if len(per_rank) == info.world_size else ckpt["rng"])
+        if step_offset and (ckpt.get("world_size"), ckpt["config"]["batch_size"], ckpt["config"]["accum_steps"]) != (
+                info.world_size, cfg.batch_size, cfg.accum_steps):
+            _say(info, f"warning: {resume_path} was saved mid-epoch by {ckpt.get('world_size')} process(es) with another "
+                       f"batch layout; the sample order differs now, so epoch {epoch + 1} restarts from its beginning")
+            step_offset = 0
         _say(info, f"resumed from {resume_path}: epoch {epoch + 1}, step {step_offset} (global step {global_step})")
 
     ddp = dist.wrap_ddp(model, device, cfg.grad_compression)
@@ -165,24 +188,33 @@ def _train(cfg, cache, run, resume, progress, info, device) -> dict:
     if ckpt is not None:
         logger.truncate_after(global_step)
 
-    def state(epoch_, step_in_epoch, gstep, best_):
-        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "lr": lr_ctl.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None else {}, "epoch": epoch_,
-                "step_in_epoch": step_in_epoch, "global_step": gstep, "best_auroc": best_, "rng": rng_state(),
-                "config": cfg.to_dict(), "labels": list(cfg.labels), "versions": versions(),
-                "world_size": info.world_size}
+    def save_last(epoch_, step_in_epoch, gstep, best_, improved_=False):
+        """Collective (every rank's RNG state is gathered); rank 0 writes last.pt, and best.pt when improved."""
+        rngs = dist.all_gather_objects(rng_state())
+        if not info.is_main:
+            return
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "lr": lr_ctl.state_dict(),
+                 "scaler": scaler.state_dict() if scaler is not None else {}, "epoch": epoch_,
+                 "step_in_epoch": step_in_epoch, "global_step": gstep, "best_auroc": best_, "rng": rngs[0],
+                 "rng_per_rank": rngs, "config": cfg.to_dict(), "labels": list(cfg.labels), "versions": versions(),
+                 "world_size": info.world_size}
+        save_checkpoint(checkpoint_dir(run) / "last.pt", state)
+        if improved_:
+            save_checkpoint(checkpoint_dir(run) / "best.pt", state)
 
     def on_step(step_in_epoch, gstep):
-        if cfg.checkpoint_every and gstep % cfg.checkpoint_every == 0 and step_in_epoch < steps and info.is_main:
-            save_checkpoint(checkpoint_dir(run) / "last.pt", state(epoch, step_in_epoch, gstep, best))
+        if cfg.checkpoint_every and gstep % cfg.checkpoint_every == 0 and step_in_epoch < steps:
+            save_last(epoch, step_in_epoch, gstep, best)
 
     summary = {"epochs": []}
     while epoch < cfg.epochs:
         sampler.set_epoch(epoch)
         train_set.set_epoch(epoch)
-        loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=SkipSampler(sampler, step_offset * cfg.accum_steps * cfg.batch_size),
+        loader = DataLoader(train_set, batch_size=cfg.batch_size,
+                            sampler=SkipSampler(sampler, step_offset * cfg.accum_steps * cfg.batch_size),
                             num_workers=cfg.workers, pin_memory=device.type == "cuda", drop_last=True,
-                            persistent_workers=False)
+                            persistent_workers=False,  # own generator: loader seeding leaves the global RNG alone
+                            generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
         result = train_one_epoch(net, loader, optimizer, criterion, lr_ctl, scaler, ctx, epoch=epoch,
                                  global_step=global_step, steps=steps, step_offset=step_offset,
                                  show_progress=progress and info.is_main, on_log=logger.log, on_step=on_step,
@@ -205,11 +237,9 @@ def _train(cfg, cache, run, resume, progress, info, device) -> dict:
                 improved = math.isfinite(mean) and mean > best
                 best = mean if improved else best
         epoch += 1
+        logger.log(record)
+        save_last(epoch, 0, global_step, best, improved)
         if info.is_main:
-            logger.log(record)
-            save_checkpoint(checkpoint_dir(run) / "last.pt", state(epoch, 0, global_step, best))
-            if improved:
-                save_checkpoint(checkpoint_dir(run) / "best.pt", state(epoch, 0, global_step, best))
             print(f"epoch {epoch}/{cfg.epochs}: train loss {result['loss']:.4f}, "
                   + (f"val loss {record['val_loss']:.4f}, val mean AUROC {record['val_auroc_mean']:.4f}, " if "val_loss" in record else "")
                   + f"{result['img_per_s']:.1f} img/s" + (" (best)" if improved else ""), file=sys.stderr, flush=True)

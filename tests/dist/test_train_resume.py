@@ -333,3 +333,12 @@ def test_elastic_restart_prefers_the_runs_newest_checkpoint_over_an_explicit_res
     err = capsys.readouterr().err
     assert f"resumed from {run / 'checkpoints' / 'last.pt'}" in err, err
     assert summary["epochs"] == [], "epoch 1 was already complete in RUN: nothing to redo"
+
+
+def test_a_fresh_run_refuses_a_folder_with_checkpoints(trained_run, copy_run, tiny_cache, tiny_cfg):
+    """Without --resume, training into another run's folder would mix logs and leave its best.pt behind."""
+    run = copy_run(trained_run)
+    before = (run / "checkpoints" / "last.pt").read_bytes()
+    with pytest.raises(T.ResumeError, match="already holds checkpoints.*--resume"):
+        T.train(tiny_cfg(seed=5), tiny_cache, run, progress=False)
+    assert (run / "checkpoints" / "last.pt").read_bytes() == before
