@@ -19,6 +19,7 @@ from chexnet.config import config_from_dict
 from chexnet.data.cache import load_cache
 from chexnet.data.dataset import open_split
 from chexnet.engine import StepContext, predict_distributed
+from chexnet.labels import PATHOLOGIES
 from chexnet.models import create_model
 
 TTA_MODES = {"none": "eval", "hflip": "hflip", "tencrop": "tencrop"}
@@ -31,6 +32,9 @@ def load_run_model(run: str | Path, checkpoint: str = "best"):
     state = load_checkpoint(path)
     cfg_dict = state.get("config") or yaml.safe_load((run / "config.yaml").read_text())
     cfg = config_from_dict(cfg_dict)
+    if tuple(cfg.labels) != PATHOLOGIES:
+        raise ValueError(f"{run}: trained on {len(cfg.labels)} labels ({', '.join(cfg.labels)}); evaluation and its "
+                         f"reports cover the 14 NIH pathologies only")
     model = create_model(cfg.arch, "none", len(cfg.labels), cfg.head_bias_init)
     model.load_state_dict(state["model"])
     return model.eval(), cfg, path
