@@ -18,23 +18,18 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import random
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from chexnet.environment import library_versions
 from chexnet.fileio import atomic_write
 
 
 def versions() -> dict[str, str]:
-    import torchvision
-
-    from chexnet import __version__
-
-    return {"chexnet": __version__, "torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
-            "numpy": str(np.__version__), "python": platform.python_version()}
+    return library_versions("torch", "torchvision", "numpy")
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict) -> None:

@@ -24,7 +24,14 @@ import pandas as pd
 from chexnet import metrics
 from chexnet.fileio import atomic_write
 from chexnet.labels import PATHOLOGIES
-from chexnet.plots import MEAN_ROW, PUBLISHED_COLUMNS, plot_auroc_vs_published, plot_compare, plot_pr, plot_roc
+from chexnet.plots import (
+    MEAN_ROW,
+    PUBLISHED_COLUMNS,
+    plot_auroc_vs_published,
+    plot_compare,
+    plot_pr,
+    plot_roc,
+)
 
 PROB_COLUMNS = tuple(f"prob_{name}" for name in PATHOLOGIES)
 LABEL_COLUMNS = tuple(f"label_{name}" for name in PATHOLOGIES)

@@ -65,9 +65,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from chexnet.fileio import atomic_write, fsync_dir
 from chexnet.data.imageio import ImageReadError, read_xray_resized
-from chexnet.data.nih import SPLITS, assign_splits, check_patient_disjoint, find_images, find_metadata, read_metadata
+from chexnet.data.nih import (
+    SPLITS,
+    assign_splits,
+    check_patient_disjoint,
+    find_images,
+    find_metadata,
+    read_metadata,
+)
+from chexnet.environment import library_versions, usable_cpus
+from chexnet.fileio import atomic_write, fsync_dir
 from chexnet.labels import PATHOLOGIES
 
 FORMAT = "chexnet-cache"
@@ -109,7 +117,7 @@ def prepare(
     """
     say = _printer(progress)
     args = _arguments(data_dir, size, view, seed, val_fraction)
-    workers = _default_workers() if workers is None else max(1, int(workers))
+    workers = usable_cpus() if workers is None else max(1, int(workers))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with _locked(out_dir):
@@ -493,13 +501,6 @@ def _close_worker_fds() -> None:
         os.close(_WORKER_FDS.popitem()[1])
 
 
-def _default_workers() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
-
-
 # =========================================================================== finalization
 
 
@@ -532,7 +533,7 @@ def _finalize(out_dir: Path, work: _Work, plan: pd.DataFrame, args: dict, source
             "finished": _now(),
             "runs": work.runs,
             "workers": workers,
-            "versions": _versions(),
+            "versions": {**library_versions("numpy", "pandas", "pillow", "pydicom"), "platform": platform.platform()},
         },
     }
     atomic_write(out_dir / META, (json.dumps(meta, indent=2) + "\n").encode())
@@ -570,19 +571,6 @@ def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
 def _split_counts(index: pd.DataFrame) -> dict:
     return {s: {"images": int((index["split"] == s).sum()),
                 "patients": int(index.loc[index["split"] == s, "patient_id"].nunique())} for s in SPLITS}
-
-
-def _versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    import chexnet
-
-    versions = {"chexnet": chexnet.__version__, "python": platform.python_version()}
-    for dist in ("numpy", "pandas", "pillow", "pydicom"):
-        with contextlib.suppress(PackageNotFoundError):
-            versions[dist] = version(dist)
-    versions["platform"] = platform.platform()
-    return versions
 
 
 def _print_summary(meta: dict, out_dir: Path, say, processed: int, seconds: float, workers: int) -> None:

@@ -36,7 +36,6 @@ processes does not change a single byte.
 from __future__ import annotations
 
 import json
-import os
 import struct
 import time
 import zlib
@@ -49,6 +48,7 @@ import numpy as np
 from tqdm import tqdm
 
 from chexnet.data.synth_draw import render
+from chexnet.environment import usable_cpus
 from chexnet.labels import NO_FINDING, PATHOLOGIES, format_findings
 
 METADATA_HEADER = (
@@ -178,7 +178,7 @@ def generate(
 ) -> dict:
     """Write a synthetic NIH-format data set to ``out_dir`` (see the module docstring).
 
-    ``workers``: processes (default ``os.cpu_count()``; 0 or 1 draws in this process). The same
+    ``workers``: processes (default: the usable CPUs; 0 or 1 draws in this process). The same
     arguments give byte-identical files whatever ``workers`` is. Existing files of the same
     names are overwritten. Returns a summary: counts, per-label counts, split sizes, paths.
     """
@@ -229,7 +229,7 @@ def generate(
         (str(folders[i // IMAGES_PER_FOLDER] / names[i]), size, labels[i], seed, int(patient[i]), i, str(view[i]))
         for i in range(images)
     ]
-    workers = (os.cpu_count() or 1) if workers is None else workers
+    workers = usable_cpus() if workers is None else workers
     bar = tqdm(total=images, desc="synth", unit="img", disable=not progress)
     if workers <= 1 or images < 32:
         results = []

@@ -12,6 +12,8 @@ import os
 import sys
 import uuid
 
+from chexnet.environment import usable_cpus
+
 
 def strip_option(argv: list[str], name: str, has_value: bool = True) -> list[str]:
     """``argv`` without ``name VALUE`` / ``name=VALUE``."""
@@ -39,7 +41,7 @@ def spawn(nproc: int, argv: list[str], max_restarts: int = 0, monitor_interval: 
     # per attempt avoids that.
     os.environ.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
     if nproc > 1 and "OMP_NUM_THREADS" not in os.environ:  # share the cores instead of oversubscribing them
-        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
+        os.environ["OMP_NUM_THREADS"] = str(max(1, usable_cpus() // nproc))
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()),
                           rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=max_restarts,
                           monitor_interval=monitor_interval, start_method="spawn")

@@ -1,0 +1,28 @@
+"""Facts about the running environment recorded with results: usable CPUs and library versions."""
+
+from __future__ import annotations
+
+import os
+import platform
+from importlib.metadata import PackageNotFoundError, version
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (respects affinity / cgroup pinning where the OS tells)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def library_versions(*packages: str) -> dict[str, str]:
+    """chexnet's and Python's versions plus each installed distribution in ``packages`` (plain strings)."""
+    from chexnet import __version__
+
+    found = {"chexnet": __version__, "python": platform.python_version()}
+    for name in packages:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return found
