@@ -71,3 +71,14 @@ def make_nih(tmp_path):
 def tiny_nih(make_nih) -> Path:
     """8 patients x 3 images of 64 x 64, NIH layout, official split lists (2 test patients)."""
     return make_nih("nih")
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for the test: on 2 shared cores, extra threads per process mostly contend."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
