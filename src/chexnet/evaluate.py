@@ -67,7 +67,9 @@ def evaluate_run(run: str | Path, checkpoint: str = "best", split: str = "test",
         frames = {}
         for name in dict.fromkeys([split, "val"] if split == "test" else [split]):
             rows, probs, labels = predict_split(model, cfg, cache, index, meta, name, tta, info, ctx, batch_size)
-            frames[name] = report.predictions_frame(rows["image"].to_numpy(), rows["patient_id"].to_numpy(), probs, labels)
+            if info.is_main:  # every rank predicted its shard; only rank 0 writes
+                frames[name] = report.predictions_frame(rows["image"].to_numpy(), rows["patient_id"].to_numpy(),
+                                                        probs, labels)
         if not info.is_main:
             return None
         for name, frame in frames.items():

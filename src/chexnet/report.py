@@ -443,8 +443,7 @@ def compare_runs(prediction_csvs, out_dir=None, alpha: float = 0.05) -> tuple[pd
     for name, src in prediction_csvs:
         if name in frames:
             raise ValueError(f"run name {name!r} given twice; names must be unique")
-        df = src if isinstance(src, pd.DataFrame) else read_predictions(src)
-        df = _validate_predictions(df, str(name))
+        df = _validate_predictions(src, str(name)) if isinstance(src, pd.DataFrame) else read_predictions(src)
         metrics.check_finite(df.loc[:, list(PROB_COLUMNS)].to_numpy(dtype=float), df["image"].to_numpy())
         frames[name] = df
     frames = _align(frames)
