@@ -13,6 +13,12 @@ from pathlib import Path
 from typing import BinaryIO, Callable
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def fsync_dir(path: str | os.PathLike) -> None:
     with contextlib.suppress(OSError):  # not supported on every platform / file system
         fd = os.open(path, os.O_RDONLY)
@@ -28,6 +34,7 @@ def atomic_write(path: str | os.PathLike, data: bytes | str | Callable[[BinaryIO
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the permissions open() would
         with os.fdopen(fd, "wb") as f:
             if callable(data):
                 data(f)
