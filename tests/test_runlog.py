@@ -21,16 +21,3 @@ def test_disabled_logger_writes_nothing(tmp_path):
     log.truncate_after(0)
     assert not (tmp_path / "metrics.jsonl").exists()
 
-
-def test_atomic_write_gives_ordinary_permissions(tmp_path):
-    import os
-
-    from chexnet.fileio import atomic_write
-
-    old = os.umask(0o022)
-    try:
-        atomic_write(tmp_path / "x.json", "{}")
-    finally:
-        os.umask(old)
-    assert (tmp_path / "x.json").stat().st_mode & 0o777 == 0o644
-    assert [p.name for p in tmp_path.iterdir()] == ["x.json"]  # no temp file left behind
