@@ -178,7 +178,10 @@ def _train(cfg, cache, run, resume, progress, info, device) -> dict:
             _say(info, f"warning: {resume_path} was saved mid-epoch by {ckpt.get('world_size')} process(es) with another "
                        f"batch layout; the sample order differs now, so epoch {epoch + 1} restarts from its beginning")
             step_offset = 0
-        _say(info, f"resumed from {resume_path}: epoch {epoch + 1}, step {step_offset} (global step {global_step})")
+        if epoch >= cfg.epochs:
+            _say(info, f"{resume_path}: all {cfg.epochs} epochs are done; nothing to train (raise --epochs to go on)")
+        else:
+            _say(info, f"resumed from {resume_path}: epoch {epoch + 1}, step {step_offset} (global step {global_step})")
 
     ddp = dist.wrap_ddp(model, device, cfg.grad_compression)
     net = torch.compile(ddp) if cfg.compile else ddp
