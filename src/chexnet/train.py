@@ -179,7 +179,8 @@ def _train(cfg, cache, run, resume, progress, info, device) -> dict:
                        f"batch layout; the sample order differs now, so epoch {epoch + 1} restarts from its beginning")
             step_offset = 0
         if epoch >= cfg.epochs:
-            _say(info, f"{resume_path}: all {cfg.epochs} epochs are done; nothing to train (raise --epochs to go on)")
+            _say(info, f"resumed from {resume_path}: all {cfg.epochs} epochs are done; nothing to train "
+                       f"(raise --epochs to go on)")
         else:
             _say(info, f"resumed from {resume_path}: epoch {epoch + 1}, step {step_offset} (global step {global_step})")
 
