@@ -308,11 +308,11 @@ class _Work:
         self.save_state()
         self.started = _now()
         self.runs = 1
-        self.save_plan_json(args, plan)
+        self.save_plan_json(args, _plan_digest(plan))
 
-    def save_plan_json(self, args: dict, plan: pd.DataFrame) -> None:
+    def save_plan_json(self, args: dict, plan_sha256: str) -> None:
         info = {"format": FORMAT, "format_version": FORMAT_VERSION, "arguments": args, "rows": self.rows,
-                "plan_sha256": _plan_digest(plan), "started": self.started, "runs": self.runs}
+                "plan_sha256": plan_sha256, "started": self.started, "runs": self.runs}
         atomic_write(self.plan_json, json.dumps(info, indent=2).encode())
 
     def load(self) -> dict:
@@ -358,7 +358,8 @@ def _open_work(out_dir: Path, args: dict, plan: pd.DataFrame, say) -> _Work:
         return work
     info = json.loads(work.plan_json.read_text())
     stale = _differences(info.get("arguments", {}), args)
-    if not stale and info.get("plan_sha256") != _plan_digest(plan):
+    digest = _plan_digest(plan)  # serializes the whole plan: once per run
+    if not stale and info.get("plan_sha256") != digest:
         stale = "the metadata, split lists or image files changed"
     if stale:
         raise CacheError(f"{out_dir} holds an interrupted prepare with other inputs ({stale}); "
@@ -369,7 +370,7 @@ def _open_work(out_dir: Path, args: dict, plan: pd.DataFrame, say) -> _Work:
     if work.part.is_file() and work.part.stat().st_size != work.rows * work.row_bytes:
         raise CacheError(f"{work.part}: size {work.part.stat().st_size}, expected {work.rows * work.row_bytes}; "
                          "re-run with --overwrite to start over")
-    work.save_plan_json(args, plan)  # counts this run
+    work.save_plan_json(args, digest)  # counts this run
     finished = int((work.status != PENDING).sum())
     say(f"{out_dir}: resuming an interrupted prepare: {finished} of {work.rows} images already done")
     return work
