@@ -55,16 +55,6 @@ class ImageReadError(Exception):
         return f"{self.path}: {self.reason}"
 
 
-def is_dicom(path: str | os.PathLike) -> bool:
-    """True if ``path`` has a DICOM suffix or the ``DICM`` magic at byte 128."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(132)
-    except OSError:
-        head = b""
-    return _looks_like_dicom(path, head)
-
-
 def read_xray(path: str | os.PathLike) -> np.ndarray:
     """Read an X-ray image as a C-contiguous ``uint8`` ``(H, W)`` array with bone bright.
 
