@@ -48,8 +48,26 @@ def test_cray_mpich_local_rank_from_pmi_local_rank():
 
 def test_slurm_srun():
     env = {"SLURM_PROCID": "9", "SLURM_NTASKS": "12", "SLURM_LOCALID": "1", "SLURM_NTASKS_PER_NODE": "4(x3)",
-           "SLURM_NODELIST": "gpu[01-03]"}
+           "SLURM_NODELIST": "gpu[01-03]", "SLURM_STEP_ID": "0"}
     assert dist.detect(env) == dist.DistInfo(9, 12, 1, 4, "slurm")
+
+
+def test_slurm_step_sizes_win_over_the_allocation():
+    """``srun -n 4`` inside a 12-task allocation: the step has 4 tasks, 2 per node."""
+    env = {"SLURM_PROCID": "3", "SLURM_NTASKS": "12", "SLURM_NTASKS_PER_NODE": "4(x3)", "SLURM_LOCALID": "1",
+           "SLURM_STEP_ID": "2", "SLURM_STEP_NUM_TASKS": "4", "SLURM_STEP_TASKS_PER_NODE": "2(x2)"}
+    assert dist.detect(env) == dist.DistInfo(3, 4, 1, 2, "slurm")
+
+
+@pytest.mark.parametrize("step", [None, str(0xFFFFFFFE), str(0xFFFFFFFF)])
+def test_slurm_batch_script_without_srun_is_one_process(step):
+    """A plain ``chexnet train`` in a multi-task ``sbatch`` script (or ``salloc`` shell): SLURM_PROCID and
+    SLURM_NTASKS describe the allocation, but no srun step started peers. One process, no 30-minute wait."""
+    env = {"SLURM_PROCID": "0", "SLURM_NTASKS": "8", "SLURM_NTASKS_PER_NODE": "4(x2)", "SLURM_NODELIST": "n[1-2]",
+           "SLURM_JOB_ID": "77"}
+    if step is not None:
+        env["SLURM_STEP_ID"] = step  # the batch step / extern step ids
+    assert dist.detect(env) == dist.DistInfo()
 
 
 def test_slurm_allocation_with_one_task_is_not_distributed():

@@ -6,7 +6,10 @@ Launchers understood (the same ``chexnet train`` command runs unchanged under ea
   MASTER_ADDR, MASTER_PORT.
 * Open MPI ``mpirun``: OMPI_COMM_WORLD_RANK / _SIZE / _LOCAL_RANK / _LOCAL_SIZE.
 * MPICH and Intel MPI (Hydra): PMI_RANK, PMI_SIZE, MPI_LOCALRANKID, MPI_LOCALNRANKS.
-* SLURM ``srun``: SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID, SLURM_NTASKS_PER_NODE, SLURM_NODELIST.
+* SLURM ``srun``: SLURM_PROCID, SLURM_STEP_NUM_TASKS (or SLURM_NTASKS), SLURM_LOCALID, SLURM_STEP_TASKS_PER_NODE
+  (or SLURM_NTASKS_PER_NODE), SLURM_STEP_NODELIST (or SLURM_NODELIST). Only inside a job *step* (SLURM_STEP_ID set,
+  as srun sets it): a plain ``chexnet train`` in an ``sbatch`` script or ``salloc`` shell also sees SLURM_PROCID and
+  SLURM_NTASKS of the allocation, but nothing started its peers, so it runs as one process.
 
 Under MPI or srun, MASTER_ADDR defaults to the first host of SLURM_NODELIST (or localhost for a single
 node) and MASTER_PORT to 29500; export them for multi-node MPI jobs.
@@ -73,10 +76,22 @@ def detect(env=None) -> DistInfo:
         return DistInfo(int(env["PMI_RANK"]), int(env["PMI_SIZE"]),
                         _first_int(env, "MPI_LOCALRANKID", "PMI_LOCAL_RANK", "SLURM_LOCALID", default=0),
                         _first_int(env, "MPI_LOCALNRANKS", "PMI_LOCAL_SIZE", "SLURM_NTASKS_PER_NODE", default=1), "mpich")
-    if "SLURM_PROCID" in env and _first_int(env, "SLURM_NTASKS", default=1) > 1:
-        return DistInfo(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), _first_int(env, "SLURM_LOCALID", default=0),
-                        _first_int(env, "SLURM_NTASKS_PER_NODE", default=1), "slurm")
+    if "SLURM_PROCID" in env and in_slurm_step(env):
+        ntasks = _first_int(env, "SLURM_STEP_NUM_TASKS", "SLURM_NTASKS", default=1)
+        if ntasks > 1:
+            return DistInfo(int(env["SLURM_PROCID"]), ntasks, _first_int(env, "SLURM_LOCALID", default=0),
+                            _first_int(env, "SLURM_STEP_TASKS_PER_NODE", "SLURM_NTASKS_PER_NODE", default=1), "slurm")
     return DistInfo()
+
+
+# SLURM's reserved step ids: the batch script and the "extern" step are not srun steps with peers
+_SLURM_BATCH_STEP, _SLURM_EXTERN_STEP = 0xFFFFFFFE, 0xFFFFFFFF
+
+
+def in_slurm_step(env) -> bool:
+    """True inside an ``srun`` job step (SLURM_STEP_ID / SLURM_STEPID set to a real step), not in the batch script."""
+    step = _first_int(env, "SLURM_STEP_ID", "SLURM_STEPID", default=None)
+    return step is not None and step not in (_SLURM_BATCH_STEP, _SLURM_EXTERN_STEP)
 
 
 def device_for(info: DistInfo) -> torch.device:
@@ -94,7 +109,8 @@ def init(timeout_s: float = 1800.0) -> tuple[DistInfo, torch.device]:
         torch.cuda.set_device(device)
     if info.distributed and not dist.is_initialized():
         if info.launcher != "torchrun":  # MPI / SLURM: give torch the rendezvous it expects
-            os.environ.setdefault("MASTER_ADDR", first_slurm_host(os.environ.get("SLURM_NODELIST", "localhost")))
+            nodes = os.environ.get("SLURM_STEP_NODELIST") or os.environ.get("SLURM_NODELIST") or "localhost"
+            os.environ.setdefault("MASTER_ADDR", first_slurm_host(nodes))
             os.environ.setdefault("MASTER_PORT", "29500")
             os.environ["RANK"], os.environ["WORLD_SIZE"] = str(info.rank), str(info.world_size)
             os.environ["LOCAL_RANK"] = str(info.local_rank)

@@ -20,7 +20,8 @@ LAUNCHERS = {
                                    "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port},
     # srun: no MASTER_ADDR; chexnet takes the first host of SLURM_NODELIST
     "slurm": lambda rank, port: {"SLURM_PROCID": rank, "SLURM_NTASKS": 2, "SLURM_LOCALID": rank,
-                                 "SLURM_NTASKS_PER_NODE": 2, "SLURM_NODELIST": "localhost", "MASTER_PORT": port},
+                                 "SLURM_NTASKS_PER_NODE": 2, "SLURM_NODELIST": "localhost", "SLURM_STEP_ID": 0,
+                                 "MASTER_PORT": port},
 }
 
 
