@@ -197,3 +197,62 @@ def test_check_finite_names_rows():
     with pytest.raises(ValueError, match=r"row 1, row 4"):
         metrics.check_finite(p)
     metrics.check_finite(np.zeros((3, 14)))
+
+
+# --------------------------------------------------------------------------- paired tests that respect patients
+
+
+def clustered_pair(n_patients, per_patient, seed):
+    """Two correlated models; every patient has ``per_patient`` near-duplicate images with the same labels."""
+    rng = np.random.default_rng(seed)
+    y_pat = rng.random(n_patients) < 0.3
+    a_pat = rng.normal(size=n_patients) + 1.0 * y_pat
+    b_pat = a_pat + 0.8 * rng.normal(size=n_patients) + 0.25 * y_pat
+    n = n_patients * per_patient
+    y = np.repeat(y_pat, per_patient).astype(np.uint8)
+    a = np.repeat(a_pat, per_patient) + 0.05 * rng.normal(size=n)
+    b = np.repeat(b_pat, per_patient) + 0.05 * rng.normal(size=n)
+    return y, a, b, np.repeat(np.arange(n_patients), per_patient)
+
+
+def test_paired_bootstrap_with_duplicated_patients_differs_from_image_level_delong():
+    """4 images per patient: DeLong counts 600 independent cases, the patient bootstrap 150 patients."""
+    y, a, b, patients = clustered_pair(150, 4, seed=4)
+    delong = metrics.delong_test(y, a, b).p_value
+    boot = float(metrics.paired_bootstrap_test(y, a, b, patients).p_value[0])
+    assert delong < 0.05 < boot, (delong, boot)  # DeLong calls it significant; with patients counted once it is not
+    assert boot > 5 * delong
+
+
+@pytest.mark.parametrize("seed", [0, 1, 3, 5])
+def test_paired_bootstrap_agrees_with_delong_when_each_patient_has_one_image(seed):
+    y, a, b, patients = clustered_pair(600, 1, seed=seed)
+    delong = metrics.delong_test(y, a, b)
+    boot = metrics.paired_bootstrap_test(y, a, b, patients)
+    assert float(boot.auc_a[0]) == pytest.approx(delong.auc_a) and float(boot.auc_b[0]) == pytest.approx(delong.auc_b)
+    assert abs(float(boot.p_value[0]) - delong.p_value) < 0.02, (boot.p_value, delong.p_value)
+
+
+def test_paired_bootstrap_is_seeded_and_reproducible():
+    y, a, b, patients = clustered_pair(100, 3, seed=2)
+    one = metrics.paired_bootstrap_test(y, a, b, patients, seed=7)
+    two = metrics.paired_bootstrap_test(y, a, b, patients, seed=7)
+    assert np.array_equal(one.p_value, two.p_value) and "patients" in one.method
+    other = metrics.paired_bootstrap_test(y, a, b, patients, seed=8)
+    assert not np.array_equal(one.p_value, other.p_value)
+
+
+def test_paired_auroc_test_picks_delong_only_for_one_image_per_patient():
+    y, a, b, patients = clustered_pair(200, 1, seed=1)
+    chosen = metrics.paired_auroc_test(y, a, b, patients)
+    assert chosen.method.startswith("DeLong") and chosen.p_value[0] == pytest.approx(metrics.delong_test(y, a, b).p_value)
+    y, a, b, patients = clustered_pair(100, 3, seed=1)
+    assert "bootstrap over patients" in metrics.paired_auroc_test(y, a, b, patients).method
+
+
+def test_paired_bootstrap_identical_models_and_undefined_classes():
+    y, a, _, patients = clustered_pair(80, 2, seed=3)
+    same = metrics.paired_bootstrap_test(y, a, a, patients)
+    assert same.z[0] == 0 and same.p_value[0] == 1.0
+    flat = metrics.paired_bootstrap_test(np.zeros_like(y), a, a, patients)
+    assert np.isnan(flat.p_value[0])
