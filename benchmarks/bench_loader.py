@@ -1,8 +1,9 @@
-"""Loader throughput from the uint8 cache at 224 px with train augmentation, and per-worker memory.
+"""Loader throughput from the uint8 cache with train augmentation, and per-worker memory.
 
 Samples/s per core: DataLoader with num_workers=0 (everything in this one process) over the train split,
-random 224 crop from 256 + horizontal flip, batches of 64, uint8 output (normalization runs on the training
-device). Then with N worker processes, reporting each worker's private memory after a full pass: the cache
+batches of 64, uint8 output: with ``--input-transform resize`` (default, the CheXNet recipe) whole 256 px rows
+with random flips (the resize to 224 and normalisation run on the training device), with ``crop`` random 224
+crops + flips. Then with N worker processes, reporting each worker's private memory after a full pass: the cache
 is a shared read-only memmap, so private memory must stay far below the cache size.
 
     python benchmarks/bench_loader.py --images 2000 --workers 2
@@ -20,21 +21,22 @@ import torch
 from torch.utils.data import DataLoader
 
 from chexnet.data.cache import load_cache
-from chexnet.data.dataset import normalize_batch, open_split
+from chexnet.data.dataset import open_split
+from chexnet.preprocess import Preprocessing, input_transform
 
 
 class FloatInLoader(torch.utils.data.Dataset):
     """The alternative design: float conversion, 3 channels and ImageNet normalization per sample in the loader."""
 
-    def __init__(self, ds):
-        self.ds = ds
+    def __init__(self, ds, transform):
+        self.ds, self.transform = ds, transform
 
     def __len__(self):
         return len(self.ds)
 
     def __getitem__(self, i):
         x, y = self.ds[i]
-        return normalize_batch(x[None])[0], y
+        return self.transform(x[None])[0], y
 
 
 def make_cache(work: Path, images: int, size: int) -> Path:
@@ -63,7 +65,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=2000)
     ap.add_argument("--size", type=int, default=256)
-    ap.add_argument("--crop", type=int, default=224)
+    ap.add_argument("--input-size", type=int, default=224)
+    ap.add_argument("--input-transform", choices=["resize", "crop"], default="resize")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--passes", type=int, default=3)
@@ -72,7 +75,8 @@ def main() -> None:
     torch.set_num_threads(1)
     cache = make_cache(Path(args.work), args.images, args.size)
     _, index, meta = load_cache(cache)
-    ds = open_split(cache, index, meta, "train", args.crop, "train")
+    ds = open_split(cache, index, meta, "train", "train", args.input_size, args.input_transform)
+    transform = input_transform(Preprocessing(args.size, args.input_size, args.input_transform))
     print(f"{len(ds)} train samples, cache {meta['count']} x {args.size}^2 = {meta['count'] * args.size ** 2 / 1e6:.1f} MB; "
           f"pickled dataset {len(pickle.dumps(ds))} bytes")
     rates = []
@@ -85,16 +89,17 @@ def main() -> None:
         rates.append(n / (time.perf_counter() - t0))
     print(f"num_workers=0 (one core): {max(rates):.0f} samples/s (best of {args.passes} passes; all: "
           f"{', '.join(f'{r:.0f}' for r in rates)})")
-    assert x.dtype == torch.uint8 and x.shape[1:] == (1, args.crop, args.crop) and y.dtype == torch.float32
+    side = args.size if args.input_transform == "resize" else args.input_size
+    assert x.dtype == torch.uint8 and x.shape[1:] == (1, side, side) and y.dtype == torch.float32
 
     # where should normalization run? per sample in the loader (float32, 3 channels: 12x the bytes) or per batch after
     t0, n = time.perf_counter(), 0
-    for x, _ in DataLoader(FloatInLoader(ds), batch_size=args.batch, shuffle=True, num_workers=0):
+    for x, _ in DataLoader(FloatInLoader(ds, transform), batch_size=args.batch, shuffle=True, num_workers=0):
         n += x.shape[0]
     per_sample = n / (time.perf_counter() - t0)
     t0, n = time.perf_counter(), 0
     for x, _ in DataLoader(ds, batch_size=args.batch, shuffle=True, num_workers=0):
-        normalize_batch(x)
+        transform(x)
         n += x.shape[0]
     per_batch = n / (time.perf_counter() - t0)
     print(f"normalization per sample in the loader: {per_sample:.0f} samples/s; uint8 loader + per-batch "

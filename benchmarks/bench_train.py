@@ -79,7 +79,7 @@ def full_loop_rate(cache: Path, work: Path, arch: str, precision: str, batch: in
                    warmup: int, nproc: int, workers: int, channels_last: bool) -> float:
     run = work / f"run-{arch}-{precision}-{nproc}-{time.time_ns()}"
     cmd = [sys.executable, "-m", "chexnet", "train", "--cache", str(cache), "--out", str(run), "--arch", arch,
-           "--weights", "none", "--image-size", str(size), "--batch-size", str(batch), "--precision", precision,
+           "--weights", "none", "--input-size", str(size), "--batch-size", str(batch), "--precision", precision,
            "--epochs", "1", "--max-steps-per-epoch", str(steps + warmup), "--log-every", str(warmup) if warmup else "1",
            "--workers", str(workers), "--set", "eval_every=1000", "--no-progress", "--optimizer", "adam"]
     if channels_last:

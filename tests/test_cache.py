@@ -176,11 +176,11 @@ KILLABLE = textwrap.dedent("""
     import chexnet.data.cache as cache
     cache.COMMIT_SECONDS = 0.0   # commit after every chunk
     cache.MAX_CHUNK = 2
-    real = cache.read_xray_resized
+    real = cache.read_cache_row
     def slow(path, size):
         time.sleep(0.05)
         return real(path, size)
-    cache.read_xray_resized = slow
+    cache.read_cache_row = slow
     cache.prepare(sys.argv[1], sys.argv[2], size=int(sys.argv[3]), workers=1, progress=False)
 """)
 
@@ -212,13 +212,13 @@ def test_sigkill_then_resume_equals_uninterrupted_run(make_nih, tmp_path, monkey
     plan = pd.read_csv(data / "Data_Entry_2017.csv")  # plan order == metadata order (official lists keep all)
     finished = {str(find_images(data).get(n, "")) for n in plan["Image Index"][status != cache.PENDING]}
     read_again = []
-    real = cache.read_xray_resized
-    monkeypatch.setattr(cache, "read_xray_resized", lambda p, s: read_again.append(str(p)) or real(p, s))
+    real = cache.read_cache_row
+    monkeypatch.setattr(cache, "read_cache_row", lambda p, s: read_again.append(str(p)) or real(p, s))
     meta = prepare(data, out, size=SIZE, workers=1, progress=False)
     assert read_again and not finished & set(read_again), "finished rows were processed again"
     assert meta["created"]["runs"] == 2
 
-    monkeypatch.setattr(cache, "read_xray_resized", real)
+    monkeypatch.setattr(cache, "read_cache_row", real)
     prepare(data, ref, size=SIZE, workers=1, progress=False)
     assert cache_files(out) == cache_files(ref)
     assert not (out / "work").exists()

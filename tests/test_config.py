@@ -82,26 +82,125 @@ def test_bundled_recipes_exist():
         assert build_config(f"{name}.yaml", {}) == build_config(name, {})
 
 
-def test_chexnet_recipe_is_the_paper():
+# Rajpurkar et al. 2017 (arXiv 1711.05225 v3), section 3.1: every field the paper states, with its words.
+CHEXNET_PAPER = {
+    "arch": "densenet121",  # "a 121-layer Dense Convolutional Network"
+    "weights": "imagenet",  # "weights ... initialized with the weights from a model pretrained on ImageNet"
+    "input_size": 224,  # "we downscale the images to 224x224"
+    "input_transform": "resize",  # downscaled: the whole image, not a crop
+    "hflip": True,  # "augment the training data with random horizontal flipping"
+    "optimizer": "adam",  # "trained end-to-end using Adam with standard parameters"
+    "betas": (0.9, 0.999),  # "(beta1 = 0.9 and beta2 = 0.999)"
+    "lr": 1e-3,  # "an initial learning rate of 0.001"
+    "batch_size": 16,  # "mini-batches of size 16"
+    "lr_reference_batch": 16,  # the LR above is for that batch
+    "schedule": "plateau",  # "decayed by a factor of 10 each time the validation loss plateaus after an epoch"
+    "plateau_factor": 0.1,
+    "plateau_patience": 0,  # checked after every epoch
+    "select": "val_loss",  # "pick the model with the lowest validation loss"
+    "loss_weighting": "none",  # the 14-class model: unweighted binary cross-entropies
+    "warmup_epochs": 0.0,  # no warmup
+    "weight_decay": 0.0,  # none mentioned
+    "labels": PATHOLOGIES,  # "14 binary labels"
+}
+
+
+@pytest.mark.parametrize("field", sorted(CHEXNET_PAPER))
+def test_chexnet_recipe_is_the_paper(field):
+    assert getattr(build_config("chexnet", {}), field) == CHEXNET_PAPER[field], field
+
+
+def test_chexnet_recipe_resizes_the_whole_image_to_224():
+    """The cached 256 px row reaches the network whole: its corners are not cut off."""
+    import torch
+
+    from chexnet.preprocess import Preprocessing, input_transform
+
     c = build_config("chexnet", {})
-    assert (c.arch, c.weights, c.image_size, c.hflip) == ("densenet121", "imagenet", 224, True)
-    assert (c.optimizer, c.lr, c.betas, c.batch_size) == ("adam", 1e-3, (0.9, 0.999), 16)
-    assert (c.schedule, c.plateau_patience, c.plateau_factor) == ("plateau", 1, 0.1)
-    assert c.head_bias_init == "zeros"
+    t = input_transform(Preprocessing(cache_size=256, input_size=c.input_size, input_transform=c.input_transform))
+    row = torch.zeros(1, 1, 256, 256, dtype=torch.uint8)
+    row[..., :8, :8] = 255  # a bright 8 px corner, inside the 16 px margin a 224 crop would cut
+    out = t(row)
+    assert out.shape == (1, 3, 224, 224)
+    assert out[0, 0, :6, :6].min() > out[0, 0, 100, 100] + 1, "the corner must survive"
 
 
-def test_keras_horovod_recipe_is_the_report():
+def test_chexnet_recipe_lr_schedule_is_the_papers():
+    """Adam at 0.001, divided by 10 after the first epoch whose validation loss does not improve."""
+    from chexnet.optim import LRController, scaled_lr
+
+    c = build_config("chexnet", {})
+    lr, global_batch, _ = scaled_lr(c, 1)
+    assert (lr, global_batch) == (1e-3, 16)
+    ctl = LRController(torch_opt(), c, lr, steps_per_epoch=100)
+    assert ctl.lr_at(0) == ctl.lr_at(99) == pytest.approx(1e-3)
+    for loss, expected in ((0.20, 1e-3), (0.18, 1e-3), (0.19, 1e-4), (0.17, 1e-4), (0.17, 1e-5)):
+        ctl.observe_val_loss(loss)
+        assert ctl.lr_at(500) == pytest.approx(expected), loss
+
+
+def torch_opt():
+    import torch
+
+    return torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+
+
+# The Keras + Horovod report and its authors' script (github.com/lwilson/ai-radiologist) + Horovod's recipe
+KERAS_HOROVOD_REPORT = {
+    "arch": "densenet121",  # DenseNet121(include_top=False, weights='imagenet', ...)
+    "weights": "imagenet",
+    "input_size": 256,  # input_shape=(256, 256, 3)
+    "input_transform": "resize",
+    "head_bias_init": "ones",  # Dense(14, activation='sigmoid', bias_initializer='ones')
+    "optimizer": "adadelta",  # Adadelta(lr=1.0)
+    "lr": 1.0,
+    "rho": 0.95,  # Keras' default
+    "batch_size": 16,  # per worker
+    "lr_reference_batch": 16,  # one worker's batch: Horovod's lr x hvd.size()
+    "lr_scaling": "linear",
+    "warmup_epochs": 5.0,  # LearningRateWarmupCallback's default (the report does not give its length)
+    "schedule": "plateau",  # ReduceLROnPlateau(monitor='val_loss', factor=0.1, patience=1, epsilon=0.01)
+    "plateau_factor": 0.1,
+    "plateau_patience": 1,
+    "plateau_min_delta": 0.01,
+    "select": "val_loss",  # ModelCheckpoint(monitor='val_loss', save_best_only=True)
+    "loss_weighting": "none",  # loss='binary_crossentropy'
+    "epochs": 10,
+}
+
+
+@pytest.mark.parametrize("field", sorted(KERAS_HOROVOD_REPORT))
+def test_keras_horovod_recipe_is_the_report(field):
+    assert getattr(build_config("keras-horovod", {}), field) == KERAS_HOROVOD_REPORT[field], field
+
+
+def test_keras_horovod_warmup_is_horovods_callback():
+    """64 workers: LR 1.0 x 64, reached from 1.0 as LearningRateWarmupCallback does, epoch by epoch."""
+    from chexnet.optim import LRController, scaled_lr
+
     c = build_config("keras-horovod", {})
-    assert (c.arch, c.weights, c.image_size, c.head_bias_init) == ("densenet121", "imagenet", 256, "ones")
-    assert (c.optimizer, c.lr) == ("adadelta", 1.0)
-    assert c.warmup_epochs > 0
+    lr, _, _ = scaled_lr(c, 64)
+    assert lr == 64.0
+    steps = 77871 // (16 * 64)
+    ctl = LRController(torch_opt(), c, lr, steps_per_epoch=steps)
+    assert ctl.lr_at(0) == 1.0
+    for epoch in range(6):
+        assert ctl.lr_at(epoch * steps) == pytest.approx(lr / 64 * (epoch * 63 / 5 + 1))
 
 
 def test_vgg16_and_demo_recipes():
-    v = build_config("vgg16", {})
-    assert v.arch == "vgg16" and v.optimizer == "adadelta" and v.head_bias_init == "ones"
+    v, k = build_config("vgg16", {}), build_config("keras-horovod", {})
+    assert v.arch == "vgg16" and v.to_dict() == {**k.to_dict(), "arch": "vgg16"}, "the same script, another topology"
     d = build_config("demo", {})
     assert d.weights == "none", "the demo must not need a download"
+    assert d.input_transform == "resize"
+
+
+def test_saved_configs_of_older_runs_still_load():
+    """image_size was a crop size, pos_weight the N/P weighting, and best.pt the highest AUROC."""
+    old = config_from_dict({"arch": "resnet18", "image_size": 200, "pos_weight": True})
+    assert (old.input_size, old.input_transform, old.loss_weighting, old.select) == (200, "crop", "pos_ratio", "val_auroc")
+    assert config_from_dict({"pos_weight": False}).loss_weighting == "none"
 
 
 def test_train_help_mentions_the_recipes(capsys):

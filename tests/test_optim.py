@@ -39,19 +39,38 @@ def test_one_process_at_the_reference_batch_keeps_the_lr():
     assert scaled_lr(cfg(lr=3e-4, lr_reference_batch=16, batch_size=16, lr_scaling="linear"), 1) == (3e-4, 16, "linear")
 
 
-def test_warmup_ramps_linearly_to_the_scaled_lr():
-    ctl = LRController(_opt(), cfg(warmup_epochs=2, schedule="none"), base_lr=0.8, steps_per_epoch=10)
+def test_warmup_starts_at_the_reference_lr_and_ramps_linearly_to_the_scaled_lr():
+    """Goyal et al. / Horovod: 8 workers at the reference batch each -> scaled LR 8 x 0.1; warmup goes 0.1 -> 0.8."""
+    c = cfg(lr=0.1, lr_reference_batch=16, batch_size=16, lr_scaling="linear", warmup_epochs=2, schedule="none")
+    scaled, _, _ = scaled_lr(c, 8)
+    ctl = LRController(_opt(), c, base_lr=scaled, steps_per_epoch=10)
     lrs = [ctl.lr_at(s) for s in range(25)]
     assert ctl.warmup_steps == 20
-    assert lrs[0] == pytest.approx(0.8 / 20)
-    assert all(b > a for a, b in zip(lrs[:20], lrs[1:20]))
-    assert lrs[9] == pytest.approx(0.4)
-    assert lrs[19] == pytest.approx(0.8) and lrs[20:] == [pytest.approx(0.8)] * 5
+    assert lrs[0] == pytest.approx(0.1)  # the first step runs at the single-worker (reference-batch) LR
+    assert all(b > a for a, b in zip(lrs[:20], lrs[1:21]))
+    assert lrs[10] == pytest.approx(0.1 + 0.7 * 10 / 20)
+    assert lrs[20:] == [pytest.approx(0.8)] * 5
+
+
+def test_warmup_matches_horovods_callback_at_epoch_boundaries():
+    """Horovod's LearningRateWarmupCallback: lr = initial_lr / size * (epoch * (size - 1) / warmup + 1)."""
+    size, warmup, steps = 4, 5, 7
+    c = cfg(lr=1.0, lr_reference_batch=16, batch_size=16, lr_scaling="linear", warmup_epochs=warmup, schedule="none")
+    scaled, _, _ = scaled_lr(c, size)
+    ctl = LRController(_opt(), c, base_lr=scaled, steps_per_epoch=steps)
+    for epoch in range(warmup + 1):
+        assert ctl.lr_at(epoch * steps) == pytest.approx(scaled / size * (epoch * (size - 1) / warmup + 1))
+
+
+def test_warmup_is_flat_when_there_is_nothing_to_scale():
+    ctl = LRController(_opt(), cfg(lr=0.3, warmup_epochs=2, schedule="none"), base_lr=0.3, steps_per_epoch=10)
+    assert {round(ctl.lr_at(s), 12) for s in range(30)} == {0.3}
 
 
 def test_fractional_warmup():
-    ctl = LRController(_opt(), cfg(warmup_epochs=0.5, schedule="none"), base_lr=1.0, steps_per_epoch=10)
-    assert ctl.warmup_steps == 5 and ctl.lr_at(4) == pytest.approx(1.0) and ctl.lr_at(0) == pytest.approx(0.2)
+    ctl = LRController(_opt(), cfg(lr=0.2, warmup_epochs=0.5, schedule="none"), base_lr=1.0, steps_per_epoch=10)
+    assert ctl.warmup_steps == 5 and ctl.lr_at(0) == pytest.approx(0.2) and ctl.lr_at(5) == pytest.approx(1.0)
+    assert ctl.lr_at(4) == pytest.approx(0.2 + 0.8 * 4 / 5)
 
 
 def test_cosine_goes_from_base_to_min_after_warmup():
@@ -102,6 +121,16 @@ def test_plateau_state_round_trips_and_ignores_nan():
     assert other.state_dict() == ctl.state_dict()
 
 
+def test_plateau_min_delta_is_an_absolute_improvement():
+    """Keras' ReduceLROnPlateau(min_delta=0.01, patience=1), as the Keras + Horovod report's code used."""
+    ctl = LRController(_opt(), cfg(schedule="plateau", plateau_patience=1, plateau_min_delta=0.01), base_lr=1.0,
+                       steps_per_epoch=1)
+    assert not ctl.observe_val_loss(0.200)
+    assert not ctl.observe_val_loss(0.195)  # better, but by less than 0.01: a bad epoch
+    assert ctl.observe_val_loss(0.194)  # the second bad epoch in a row: LR / 10
+    assert ctl.lr_at(5) == pytest.approx(0.1)
+
+
 def test_plateau_respects_min_lr_and_other_schedules_ignore_val_loss():
     ctl = LRController(_opt(), cfg(schedule="plateau", plateau_patience=0, min_lr=0.05), base_lr=1.0, steps_per_epoch=1)
     for loss in (1.0, 2.0, 2.0, 2.0):
@@ -114,9 +143,9 @@ def test_plateau_respects_min_lr_and_other_schedules_ignore_val_loss():
 def test_set_step_writes_every_param_group():
     opt = torch.optim.SGD([{"params": [torch.nn.Parameter(torch.zeros(1))]},
                            {"params": [torch.nn.Parameter(torch.zeros(1))]}], lr=1.0)
-    ctl = LRController(opt, cfg(warmup_epochs=1, schedule="none"), base_lr=0.5, steps_per_epoch=4)
-    assert ctl.set_step(1) == pytest.approx(0.25)
-    assert [g["lr"] for g in opt.param_groups] == [pytest.approx(0.25)] * 2
+    ctl = LRController(opt, cfg(lr=0.1, warmup_epochs=1, schedule="none"), base_lr=0.5, steps_per_epoch=4)
+    assert ctl.set_step(2) == pytest.approx(0.3)
+    assert [g["lr"] for g in opt.param_groups] == [pytest.approx(0.3)] * 2
 
 
 @pytest.mark.parametrize("name,cls,extra", [

@@ -152,6 +152,9 @@ def test_compare_runs_table_text_and_chart(tmp_path):
     for name in ("compare.csv", "compare.md", "compare.png"):
         assert (tmp_path / "cmp" / name).stat().st_size > 0
     assert "p B" in report.format_table(table)
+    # 3 images per patient here: the p-values come from the paired bootstrap over patients, and say so
+    assert "paired bootstrap over patients" in text and "paired bootstrap over patients" in table.attrs["method"]
+    assert "paired bootstrap over patients" in (tmp_path / "cmp" / "compare.md").read_text()
 
 
 def test_compare_refuses_different_image_sets():

@@ -1,5 +1,5 @@
-"""The training dataset over the uint8 cache: shapes and dtypes, label alignment with index.csv, crops,
-deterministic augmentation, batch normalization, distributed sharding, and cheap pickling."""
+"""The training dataset over the uint8 cache: shapes and dtypes, label alignment with index.csv, whole-image
+(resize) and crop views, deterministic augmentation, distributed sharding, and cheap pickling."""
 
 from __future__ import annotations
 
@@ -11,8 +11,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from chexnet.data.cache import load_cache
-from chexnet.data.dataset import (IMAGENET_MEAN, IMAGENET_STD, CacheDataset, SkipSampler, normalize_batch,
-                                  open_split)
+from chexnet.data.dataset import CacheDataset, SkipSampler, open_split
 from chexnet.labels import PATHOLOGIES
 
 SIZE, CROP = 48, 32
@@ -30,9 +29,9 @@ def cache(tmp_path_factory):
     return root / "cache", images, index, meta
 
 
-def split(cache, name="train", mode="train", **kw):
+def split(cache, name="train", mode="train", transform="crop", **kw):
     path, _, index, meta = cache
-    return open_split(path, index, meta, name, CROP, mode, **kw)
+    return open_split(path, index, meta, name, mode, CROP, transform, **kw)
 
 
 def test_sample_shapes_and_dtypes(cache):
@@ -41,9 +40,26 @@ def test_sample_shapes_and_dtypes(cache):
     x, y = ds[0]
     assert x.dtype == torch.uint8 and x.shape == (1, CROP, CROP)
     assert y.dtype == torch.float32 and y.shape == (14,)
-    for mode, shape in (("eval", (1, CROP, CROP)), ("hflip", (2, 1, CROP, CROP)), ("tencrop", (10, 1, CROP, CROP))):
+    # evaluation views are whole cache rows (the device takes the centre crop or resizes); ten-crop makes crops
+    for mode, shape in (("eval", (1, SIZE, SIZE)), ("hflip", (2, 1, SIZE, SIZE)), ("tencrop", (10, 1, CROP, CROP))):
         x, _ = split(cache, "val", mode)[0]
         assert x.shape == shape and x.dtype == torch.uint8, mode
+
+
+def test_resize_mode_trains_on_the_whole_image_flipped_at_random(cache):
+    """The CheXNet paper: nothing is cropped; the whole row goes to the device, mirrored half the time."""
+    _, images, _, _ = cache
+    ds = split(cache, transform="resize", seed=5)
+    flips = 0
+    for i in range(len(ds)):
+        x = ds[i][0][0].numpy()
+        img = images[ds.rows[i]]
+        assert x.shape == (SIZE, SIZE)
+        assert np.array_equal(x, img) or np.array_equal(x, img[:, ::-1])
+        flips += not np.array_equal(x, img)
+    assert 0 < flips < len(ds)
+    no_flip = split(cache, transform="resize", hflip=False)
+    assert all(np.array_equal(no_flip[i][0][0].numpy(), images[no_flip.rows[i]]) for i in range(len(no_flip)))
 
 
 def test_labels_and_images_align_with_index_rows(cache):
@@ -54,11 +70,10 @@ def test_labels_and_images_align_with_index_rows(cache):
         assert len(ds) == len(rows) > 0
         assert np.array_equal(ds.rows, rows)
         expected = index[list(PATHOLOGIES)].to_numpy(np.float32)[rows]
-        o = (SIZE - CROP) // 2
         for i in range(len(ds)):
             x, y = ds[i]
             assert np.array_equal(y.numpy(), expected[i])
-            assert np.array_equal(x[0].numpy(), images[rows[i], o:o + CROP, o:o + CROP])
+            assert np.array_equal(x[0].numpy(), images[rows[i]])
 
 
 def test_ten_crop_holds_corners_center_and_mirrors(cache):
@@ -111,18 +126,6 @@ def test_loader_workers_do_not_change_the_batches(cache):
     assert len(one) == len(two) and all(torch.equal(a, b) for a, b in zip(one, two))
 
 
-def test_normalize_batch():
-    x = torch.tensor([0, 255], dtype=torch.uint8).view(2, 1, 1, 1).expand(2, 1, 4, 4).contiguous()
-    out = normalize_batch(x)
-    assert out.shape == (2, 3, 4, 4) and out.dtype == torch.float32
-    mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
-    assert torch.allclose(out[0, :, 0, 0], -mean / std)
-    assert torch.allclose(out[1, :, 0, 0], (1 - mean) / std)
-    last = normalize_batch(x, channels_last=True)
-    assert last.is_contiguous(memory_format=torch.channels_last) and torch.allclose(last, out)
-    assert x.dtype == torch.uint8, "the input batch is left alone"
-
-
 def test_distributed_sampler_covers_the_split_with_aligned_labels(cache):
     ds = split(cache, "train", "eval")
     labels = ds.labels
@@ -159,9 +162,14 @@ def test_the_memmap_is_not_pickled(cache):
 
 def test_bad_arguments_are_clear(cache):
     path, _, _, meta = cache
+    n = meta["count"]
     with pytest.raises(ValueError, match="larger"):
-        CacheDataset(path / "images.u8", meta["count"], SIZE, np.zeros((meta["count"], 14)), crop=SIZE + 1)
+        CacheDataset(path / "images.u8", n, SIZE, np.zeros((n, 14)), input_size=SIZE + 1, input_transform="crop")
+    # resizing may upsample (a cache smaller than the input), cropping cannot
+    CacheDataset(path / "images.u8", n, SIZE, np.zeros((n, 14)), input_size=SIZE + 1, input_transform="resize")
     with pytest.raises(ValueError, match="mode"):
-        CacheDataset(path / "images.u8", meta["count"], SIZE, np.zeros((meta["count"], 14)), crop=CROP, mode="x")
+        CacheDataset(path / "images.u8", n, SIZE, np.zeros((n, 14)), input_size=CROP, mode="x")
+    with pytest.raises(ValueError, match="ten-crop"):
+        CacheDataset(path / "images.u8", n, SIZE, np.zeros((n, 14)), input_size=CROP, mode="tencrop")
     with pytest.raises(ValueError, match="label rows"):
-        CacheDataset(path / "images.u8", meta["count"], SIZE, np.zeros((3, 14)), crop=CROP)
+        CacheDataset(path / "images.u8", n, SIZE, np.zeros((3, 14)), input_size=CROP)

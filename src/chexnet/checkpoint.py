@@ -6,7 +6,8 @@ A run directory is self-describing::
     RUN/run.json             cache path, label order, world size, library versions, command line
     RUN/metrics.jsonl        one JSON record per logged step / evaluation
     RUN/checkpoints/last.pt  newest complete state (every epoch and every --checkpoint-every steps)
-    RUN/checkpoints/best.pt  highest validation mean AUROC
+    RUN/checkpoints/best.pt  the best validation epoch under the run's ``select`` rule (lowest validation loss
+                             by default, as the CheXNet paper; or highest validation mean AUROC)
     RUN/eval/<split>/        written by ``chexnet evaluate``
 
 Checkpoints are written by rank 0 only, atomically (temp file in the same folder, flush, fsync, rename,
@@ -17,8 +18,10 @@ fsync of the folder): a kill mid-write leaves the previous file intact. They are
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -69,12 +72,16 @@ def checkpoint_dir(run: str | os.PathLike) -> Path:
 
 
 def resolve_checkpoint(run: str | os.PathLike, which: str = "best") -> Path:
-    """``best`` | ``last`` | a path. A run without that checkpoint is a clear error."""
+    """``best`` | ``last`` | a path. A run without that checkpoint is a clear error (``best`` never falls back
+    to ``last`` silently: they are different models)."""
     if which in ("best", "last"):
         path = checkpoint_dir(run) / f"{which}.pt"
-        if not path.is_file() and which == "best" and (checkpoint_dir(run) / "last.pt").is_file():
-            path = checkpoint_dir(run) / "last.pt"  # no validation yet: the newest state is the best we have
         if not path.is_file():
+            if which == "best" and (checkpoint_dir(run) / "last.pt").is_file():
+                raise FileNotFoundError(
+                    f"{run}: no checkpoint best.pt in {checkpoint_dir(run)}: best.pt is written when a validation "
+                    f"pass improves the run's selection metric, and none has (empty val split, or no epoch "
+                    f"validated yet). Pass --checkpoint last to use the newest state instead")
             raise FileNotFoundError(f"{run}: no checkpoint {which}.pt in {checkpoint_dir(run)} (has the run trained an epoch?)")
         return path
     path = Path(which)
@@ -88,3 +95,47 @@ def read_run_info(run: str | os.PathLike) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{run}: not a chexnet run directory (no run.json)")
     return json.loads(path.read_text())
+
+
+SELECT_RULES = {"val_loss": ("min", "lowest validation loss"), "val_auroc": ("max", "highest validation mean AUROC")}
+
+
+class CheckpointSaver:
+    """Model selection and checkpoint writing in one place (after timm's ``CheckpointSaver``).
+
+    ``select`` names the metric (``val_loss``: lower is better, the CheXNet paper's rule; ``val_auroc``: higher
+    is better). :meth:`update` says whether a validation result is a new best; :meth:`save` writes ``last.pt``
+    atomically and, when it is, ``best.pt`` too. Only the process that writes (rank 0) calls them.
+    """
+
+    def __init__(self, run: str | os.PathLike, select: str, best: float | None = None):
+        if select not in SELECT_RULES:
+            raise ValueError(f"select must be one of {tuple(SELECT_RULES)}, got {select!r}")
+        self.dir, self.select = checkpoint_dir(run), select
+        self.mode, self.rule = SELECT_RULES[select]
+        self.best = best if best is not None and math.isfinite(best) else (math.inf if self.mode == "min" else -math.inf)
+
+    def is_better(self, value: float | None) -> bool:
+        if value is None or not math.isfinite(value):
+            return False
+        return value < self.best if self.mode == "min" else value > self.best
+
+    def update(self, value: float | None) -> bool:
+        """Record a validation value; True when it is a new best (then ``best.pt`` should be written)."""
+        improved = self.is_better(value)
+        if improved:
+            self.best = float(value)
+        return improved
+
+    def describe(self) -> str:
+        return f"{self.rule} {self.best:.4f}" if math.isfinite(self.best) else f"{self.rule}: none yet"
+
+    def state_dict(self) -> dict:
+        return {"select": self.select, "best": self.best}
+
+    def save(self, state: dict, improved: bool = False) -> None:
+        state = {**state, "selection": self.state_dict()}
+        save_checkpoint(self.dir / "last.pt", state)
+        if improved:
+            with open(self.dir / "last.pt", "rb") as src:
+                atomic_write(self.dir / "best.pt", lambda f: shutil.copyfileobj(src, f))

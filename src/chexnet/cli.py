@@ -35,7 +35,13 @@ TRAIN_FLAGS = [
     ("momentum", float, "SGD momentum"),
     ("warmup_epochs", float, "gradual LR warmup length in epochs (fractions allowed)"),
     ("schedule", str, "after warmup: plateau | cosine | step | none"),
-    ("image_size", int, "network input size (random crop from the cache's images)"),
+    ("input_size", int, "network input side in pixels (the cached image is resized to it, or cropped: --input-transform)"),
+    ("input_transform", str, "resize: the whole cached image to --input-size (the CheXNet paper) | crop: random crops "
+                             "in training, the centre crop at evaluation (later reimplementations)"),
+    ("train_crop", str, "crop mode: random | random_resized"),
+    ("loss_weighting", str, "none: unweighted BCE (the 14-class paper) | balanced: w+ = N/(P+N), w- = P/(P+N) per class "
+                            "(the paper's pneumonia weighting) | pos_ratio: positives x N/P (torch pos_weight)"),
+    ("select", str, "which epoch becomes best.pt: val_loss (lowest, the paper) | val_auroc (highest mean)"),
     ("precision", str, "fp32 | bf16 | fp16 (autocast; GradScaler for fp16)"),
     ("grad_compression", str, "DDP gradient compression hook: none | bf16 | fp16"),
     ("seed", int, "random seed"),
@@ -46,7 +52,6 @@ TRAIN_FLAGS = [
 ]
 TRAIN_SWITCHES = [
     ("nesterov", "Nesterov momentum (sgd)"),
-    ("pos_weight", "class-balanced positive weights in the BCE loss (CheXNet's weighted loss)"),
     ("channels_last", "channels-last memory format"),
     ("compile", "torch.compile the model"),
     ("skip_nonfinite", "skip steps with a non-finite loss instead of stopping"),
@@ -111,23 +116,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="per-pathology AUROC with CIs, thresholds, plots, published baselines",
                        description="Evaluate a run's checkpoint on a split: predictions.csv, metrics.json, auroc.csv, "
-                       "report.md and ROC / PR / published-comparison plots in RUN/eval/<split>/. AUROC 95%% CIs come "
-                       "from a bootstrap over patients; thresholds are chosen on the validation split.")
+                       "subgroups.csv (sex, age band, view), report.md and ROC / PR / published-comparison plots in "
+                       "RUN/eval/<split>/. AUROC 95%% CIs come from a bootstrap over patients; thresholds are chosen "
+                       "on the validation split.")
     p.add_argument("run", help="run directory (chexnet train --out)")
-    p.add_argument("--checkpoint", default="best", help="best | last | PATH (default best)")
+    p.add_argument("--checkpoint", default="best", help="best | last | PATH (default best: the epoch the run's "
+                   "selection rule chose; an error, never last.pt, if there is none)")
     p.add_argument("--split", choices=["test", "val"], default="test")
+    p.add_argument("--cache", default=None, help="evaluate on this cache instead of the one recorded in RUN/run.json "
+                   "(a run moved or copied to another machine); it must match the run's image size and labels")
     p.add_argument("--tta", choices=["none", "hflip", "tencrop"], default="none", help="test-time augmentation")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs (default 1000)")
     p.add_argument("--threshold", choices=["f1", "youden"], default="f1", help="operating point chosen on val (default max-F1)")
     p.add_argument("--nproc", type=int, default=None, help="evaluate with N local processes")
 
-    p = sub.add_parser("compare", help="compare evaluated runs per pathology, with DeLong tests and a bar chart",
+    p = sub.add_parser("compare", help="compare evaluated runs per pathology, with paired tests and a bar chart",
                        description="Per-pathology AUROC of two or more evaluated runs on the same images, "
-                       "'B better than A on k of 14', DeLong paired p-values, and a grouped bar chart.")
+                       "'B better than A on k of 14', paired p-values (a bootstrap over patients when patients have "
+                       "several images, as in NIH; exact DeLong when each has one), and a grouped bar chart.")
     p.add_argument("runs", nargs="+", help="run directories (the first is the reference A)")
     p.add_argument("--split", choices=["test", "val"], default="test")
     p.add_argument("--out", default=None, help="output folder (default LAST_RUN/eval/SPLIT/compare)")
+    p.add_argument("--resamples", type=int, default=2000, help="patient-bootstrap resamples for the p-values (default 2000)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
 
     p = sub.add_parser("demo", help="synth + prepare + 2-worker training + evaluation on a small synthetic set",
                        description="End to end on a small synthetic set: synth, prepare, train with 2 workers, and a "
@@ -169,7 +181,8 @@ def cmd_evaluate(args) -> int:
         return 0
     from chexnet.evaluate import evaluate_run
 
-    evaluate_run(args.run, args.checkpoint, args.split, args.tta, args.batch_size, args.bootstrap, args.threshold)
+    evaluate_run(args.run, args.checkpoint, args.split, args.tta, args.batch_size, args.bootstrap, args.threshold,
+                 cache=args.cache)
     return 0
 
 
@@ -178,7 +191,7 @@ def cmd_compare(args) -> int:
         raise ValueError("compare needs at least two runs")
     from chexnet.evaluate import compare
 
-    compare(args.runs, args.split, args.out)
+    compare(args.runs, args.split, args.out, n_resamples=args.resamples, seed=args.seed)
     return 0
 
 

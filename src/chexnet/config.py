@@ -22,9 +22,10 @@ class TrainConfig:
     arch: str = "densenet121"
     weights: str = "imagenet"  # imagenet | none | PATH to a state_dict / chexnet checkpoint
     head_bias_init: str = "zeros"  # zeros | ones (the Keras + Horovod report used ones)
-    # data
-    image_size: int = 224  # network input; a random crop of this size from the cache's images
-    train_crop: str = "random"  # random | random_resized
+    # data (see chexnet.preprocess: cache row -> network input)
+    input_size: int = 224  # side of the network input, in pixels
+    input_transform: str = "resize"  # resize: the whole cached image to input_size (the paper) | crop: a crop of it
+    train_crop: str = "random"  # crop mode only: random | random_resized (evaluation takes the centre crop)
     hflip: bool = True
     workers: int = 2  # loader processes per training process
     # optimisation
@@ -44,10 +45,12 @@ class TrainConfig:
     schedule: str = "plateau"  # plateau | cosine | step | none
     plateau_patience: int = 1
     plateau_factor: float = 0.1
+    plateau_min_delta: float = 0.0  # plateau: val loss must fall by this much (absolute, as Keras' min_delta) and 1e-4 relative
     step_size: int = 3  # epochs, for schedule=step
     step_gamma: float = 0.1
     min_lr: float = 0.0
-    pos_weight: bool = False  # class-balanced positive weights in the BCE loss (CheXNet's weighted loss)
+    loss_weighting: str = "none"  # none (the 14-class paper) | balanced (w+ = N/(P+N), w- = P/(P+N)) | pos_ratio (N/P on positives)
+    select: str = "val_loss"  # best.pt: val_loss (lowest, the paper) | val_auroc (highest mean)
     grad_clip: float = 0.0  # 0 = off
     # speed
     precision: str = "fp32"  # fp32 | bf16 | fp16
@@ -72,6 +75,9 @@ class TrainConfig:
 
 CHOICES = {
     "head_bias_init": ("zeros", "ones"),
+    "input_transform": ("resize", "crop"),
+    "loss_weighting": ("none", "balanced", "pos_ratio"),
+    "select": ("val_loss", "val_auroc"),
     "train_crop": ("random", "random_resized"),
     "optimizer": ("adam", "adamw", "sgd", "adadelta"),
     "lr_scaling": ("linear", "sqrt", "none", "auto"),
@@ -168,6 +174,17 @@ def build_config(config_file: str | None, cli: dict[str, Any], sets: list[str] |
 
 
 def config_from_dict(d: dict[str, Any]) -> TrainConfig:
+    """A saved config (config.yaml or a checkpoint's). Runs saved before the fields were renamed still load:
+    ``image_size`` was always a crop size (-> ``input_size`` with ``input_transform: crop``), the boolean
+    ``pos_weight`` was the N/P positive weighting (-> ``loss_weighting: pos_ratio``), and their best.pt was
+    chosen by validation AUROC (-> ``select: val_auroc``)."""
+    d = dict(d)
+    if "image_size" in d:
+        d.setdefault("input_size", d.pop("image_size"))
+        d.setdefault("input_transform", "crop")
+        d.setdefault("select", "val_auroc")
+    if "pos_weight" in d:
+        d.setdefault("loss_weighting", "pos_ratio" if _coerce("pos_weight", d.pop("pos_weight"), False) else "none")
     return apply_overrides(TrainConfig(), d, "saved config")
 
 

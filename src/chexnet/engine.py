@@ -17,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from chexnet import dist
-from chexnet.data.dataset import normalize_batch
+from chexnet.preprocess import input_transform
 
 
 class NonFiniteLossError(RuntimeError):
@@ -35,6 +35,13 @@ class StepContext:
     grad_clip: float = 0.0
     skip_nonfinite: bool = False
     log_every: int = 10
+    # uint8 batch -> normalised network input (chexnet.preprocess.InputTransform, on ``device``); the default
+    # only normalises (batches already of the network's size)
+    transform: torch.nn.Module | None = None
+
+    def __post_init__(self):
+        if self.transform is None:
+            self.transform = input_transform(None).to(self.device)
 
     def autocast(self):
         if self.precision == "fp32":
@@ -44,7 +51,7 @@ class StepContext:
 
 
 def _to_input(x: torch.Tensor, ctx: StepContext) -> torch.Tensor:
-    return normalize_batch(x.to(ctx.device, non_blocking=True), 3, ctx.channels_last)
+    return ctx.transform(x.to(ctx.device, non_blocking=True), ctx.channels_last)
 
 
 def train_one_epoch(model, loader, optimizer, criterion, lr_ctl, scaler, ctx: StepContext, *, epoch: int,

@@ -21,12 +21,13 @@ from chexnet.data.dataset import open_split
 from chexnet.engine import StepContext, predict_distributed
 from chexnet.labels import PATHOLOGIES
 from chexnet.models import create_model
+from chexnet.preprocess import Preprocessing, input_transform
 
 TTA_MODES = {"none": "eval", "hflip": "hflip", "tencrop": "tencrop"}
 
 
 def load_run_model(run: str | Path, checkpoint: str = "best"):
-    """(model on CPU in eval mode, TrainConfig, checkpoint path) of a run directory."""
+    """(model on CPU in eval mode, TrainConfig, checkpoint path, Preprocessing or None) of a run directory."""
     run = Path(run)
     path = resolve_checkpoint(run, checkpoint)
     state = load_checkpoint(path)
@@ -37,11 +38,46 @@ def load_run_model(run: str | Path, checkpoint: str = "best"):
                          f"reports cover the 14 NIH pathologies only")
     model = create_model(cfg.arch, "none", len(cfg.labels), cfg.head_bias_init)
     model.load_state_dict(state["model"])
-    return model.eval(), cfg, path
+    spec = Preprocessing.from_dict(state["preprocessing"]) if state.get("preprocessing") else None
+    return model.eval(), cfg, path, spec
+
+
+def resolve_cache(run: Path, run_info: dict, cache: str | Path | None, spec: Preprocessing | None):
+    """(path, index, meta) of the cache to evaluate on: ``cache`` if given, else the one recorded in run.json;
+    checked against the run (image size, labels; other split sizes only warn)."""
+    if cache is None:
+        cache = Path(run_info["cache"])
+        if not (cache / "meta.json").is_file():
+            raise FileNotFoundError(f"{run}: the run's cache {cache} (recorded in run.json) does not exist here; "
+                                    f"was the run moved or copied? Pass --cache CACHE (a cache prepared from the same "
+                                    f"data with the same --size)")
+    cache = Path(cache)
+    _, index, meta = load_cache(cache)
+    problems = []
+    want_size = spec.cache_size if spec is not None else run_info.get("cache_size")
+    if want_size is not None and int(meta["size"]) != int(want_size):
+        problems.append(f"its images are {meta['size']} px, the run was trained on {want_size} px "
+                        f"(prepare one with --size {want_size})")
+    labels = run_info.get("labels") or list(PATHOLOGIES)
+    if list(meta.get("pathologies", [])) != list(labels):
+        problems.append(f"its labels {meta.get('pathologies')} differ from the run's {labels}")
+    if problems:
+        raise ValueError(f"{cache} does not match run {run}: " + "; ".join(problems))
+    splits = run_info.get("cache_splits")
+    if splits and {k: v.get("images") for k, v in splits.items()} != {k: v.get("images") for k, v in meta["splits"].items()}:
+        print(f"warning: {cache} has other split sizes than the run's training cache "
+              f"({_split_sizes(meta['splits'])} now, {_split_sizes(splits)} then): another split or data set",
+              file=sys.stderr)
+    return cache, index, meta
+
+
+def _split_sizes(splits: dict) -> str:
+    return ", ".join(f"{k} {v.get('images')}" for k, v in splits.items())
 
 
 def predict_split(model, cfg, cache: Path, index, meta, split: str, tta: str, info, ctx, batch_size: int):
-    dataset = open_split(cache, index, meta, split, cfg.image_size, TTA_MODES[tta], labels=cfg.labels)
+    dataset = open_split(cache, index, meta, split, TTA_MODES[tta], cfg.input_size, cfg.input_transform,
+                         labels=cfg.labels)
     if len(dataset) == 0:
         raise ValueError(f"{cache}: the {split} split is empty")
     probs = predict_distributed(model, dataset, info, ctx, batch_size=batch_size, workers=cfg.workers,
@@ -51,44 +87,65 @@ def predict_split(model, cfg, cache: Path, index, meta, split: str, tta: str, in
 
 
 def evaluate_run(run: str | Path, checkpoint: str = "best", split: str = "test", tta: str = "none",
-                 batch_size: int = 64, n_resamples: int = 1000, threshold_method: str = "f1"):
-    """Evaluate ``run`` on ``split``; rank 0 writes RUN/eval/<split>/ and returns the table (others None)."""
+                 batch_size: int = 64, n_resamples: int = 1000, threshold_method: str = "f1",
+                 cache: str | Path | None = None):
+    """Evaluate ``run`` on ``split``; rank 0 writes RUN/eval/<split>/ and returns the table (others None).
+
+    ``cache``: evaluate on this cache instead of the one recorded in run.json (a moved or copied run); it must
+    match the run's image size and labels.
+    """
     from chexnet import report
 
     info, device = dist.init()
     try:
         run = Path(run)
-        info_json = read_run_info(run)
-        cache = Path(info_json["cache"])
-        model, cfg, path = load_run_model(run, checkpoint)
+        run_info = read_run_info(run)
+        model, cfg, path, spec = load_run_model(run, checkpoint)
+        cache, index, meta = resolve_cache(run, run_info, cache, spec)
+        if spec is None:  # a run saved before checkpoints carried their preprocessing
+            spec = Preprocessing(int(meta["size"]), cfg.input_size, cfg.input_transform)
         model.to(device)
-        _, index, meta = load_cache(cache)
-        ctx = StepContext(device, cfg.precision, cfg.channels_last)
-        frames = {}
+        ctx = StepContext(device, cfg.precision, cfg.channels_last, transform=input_transform(spec).to(device))
+        frames, attributes = {}, None
         for name in dict.fromkeys([split, "val"] if split == "test" else [split]):
             rows, probs, labels = predict_split(model, cfg, cache, index, meta, name, tta, info, ctx, batch_size)
             if info.is_main:  # every rank predicted its shard; only rank 0 writes
                 frames[name] = report.predictions_frame(rows["image"].to_numpy(), rows["patient_id"].to_numpy(),
                                                         probs, labels)
+                if name == split:
+                    attributes = rows[["sex", "age", "view"]].reset_index(drop=True)
         if not info.is_main:
             return None
         for name, frame in frames.items():
             (run / "eval" / name).mkdir(parents=True, exist_ok=True)
             report.write_predictions(frame, run / "eval" / name / "predictions.csv")
-        context = {"run": str(run), "checkpoint": str(path), "split": split, "tta": tta, "arch": cfg.arch,
+        selection = _selection_note(cfg, path, checkpoint)
+        context = {"run": str(run), "checkpoint": str(path), "selected by": selection, "split": split, "tta": tta,
+                   "arch": cfg.arch, "input": f"{spec.input_transform} {spec.cache_size} -> {spec.input_size} px",
                    "processes": info.world_size, "cache": str(cache)}
         table = report.write_evaluation(run / "eval" / split, frames[split], frames.get("val"),
-                                        threshold_method=threshold_method, n_resamples=n_resamples, context=context)
-        print(f"{run} [{split}, checkpoint {path.name}, tta {tta}]")
+                                        threshold_method=threshold_method, n_resamples=n_resamples, context=context,
+                                        attributes=attributes)
+        print(f"{run} [{split}, checkpoint {path.name} ({selection}), tta {tta}]")
         print(report.format_table(table))
-        print(f"wrote {run / 'eval' / split}/ (predictions.csv, metrics.json, auroc.csv, report.md, roc.png, pr.png, "
-              f"auroc_vs_published.png)", file=sys.stderr)
+        print(f"wrote {run / 'eval' / split}/ (predictions.csv, metrics.json, auroc.csv, subgroups.csv, report.md, "
+              f"roc.png, pr.png, auroc_vs_published.png)", file=sys.stderr)
         return table
     finally:
         dist.teardown()
 
 
-def compare(runs: list[str], split: str = "test", out: str | None = None):
+def _selection_note(cfg, path: Path, checkpoint: str) -> str:
+    from chexnet.checkpoint import SELECT_RULES
+
+    if checkpoint == "best":
+        return f"best.pt: {SELECT_RULES[cfg.select][1]}"
+    if checkpoint == "last":
+        return "last.pt: the newest state (not a selected model)"
+    return f"{path} given on the command line"
+
+
+def compare(runs: list[str], split: str = "test", out: str | None = None, n_resamples: int = 2000, seed: int = 0):
     """Compare evaluated runs on the same images (``chexnet evaluate`` first). Prints and returns the table."""
     from chexnet import report
 
@@ -99,7 +156,7 @@ def compare(runs: list[str], split: str = "test", out: str | None = None):
             raise FileNotFoundError(f"{r}: no {split} predictions ({path}); run `chexnet evaluate {r} --split {split}` first")
         csvs.append((Path(r).name or str(r), path))
     out_dir = Path(out) if out else Path(runs[-1]) / "eval" / split / "compare"
-    table, text = report.compare_runs(csvs, out_dir=out_dir)
+    table, text = report.compare_runs(csvs, out_dir=out_dir, n_resamples=n_resamples, seed=seed)
     print(report.format_table(table))
     print(text)
     print(f"wrote {out_dir}/", file=sys.stderr)

@@ -7,10 +7,13 @@ The base LR in a config is defined for a reference global batch (``lr_reference_
 * ``sqrt``: lr x sqrt(global/reference) -- gentler, usually better for adaptive optimizers (Adam, Adadelta);
 * ``none``; ``auto`` (default) picks linear for sgd and sqrt otherwise.
 
-Warmup ramps the LR linearly from scaled/warmup_steps to the scaled LR over ``warmup_epochs``; then the
-schedule applies: ``plateau`` (LR x factor when validation loss has not improved for more than ``patience``
-evaluations, as torch's ReduceLROnPlateau -- CheXNet's rule), ``cosine`` (per step to ``min_lr``), ``step`` (x gamma every
-``step_size`` epochs) or ``none``.
+Gradual warmup (Goyal et al. 2017, section 2.2; Horovod's ``LearningRateWarmupCallback``) starts from the
+single-worker LR -- the base LR, defined for the reference batch -- and ramps it linearly, step by step, to the
+scaled LR over ``warmup_epochs``: step 0 runs at the base LR, step ``warmup_steps`` at the scaled LR. (When the
+scaled LR equals the base LR, one worker at the reference batch, there is nothing to warm up.) Then the
+schedule applies: ``plateau`` (LR x factor when the validation loss has not improved for more than ``patience``
+evaluations, as torch's ReduceLROnPlateau and Keras' ReduceLROnPlateau -- CheXNet's rule), ``cosine`` (per step
+to ``min_lr``), ``step`` (x gamma every ``step_size`` epochs) or ``none``.
 """
 
 from __future__ import annotations
@@ -53,8 +56,12 @@ def scaled_lr(cfg: TrainConfig, world_size: int) -> tuple[float, int, str]:
 class LRController:
     """Sets the optimizer's LR every step from warmup + schedule; its state goes into checkpoints."""
 
-    def __init__(self, optimizer, cfg: TrainConfig, base_lr: float, steps_per_epoch: int):
+    def __init__(self, optimizer, cfg: TrainConfig, base_lr: float, steps_per_epoch: int,
+                 start_lr: float | None = None):
+        """``base_lr``: the scaled LR the schedule runs at; ``start_lr``: where warmup starts (the config's
+        reference-batch LR, ``cfg.lr``, unless given)."""
         self.opt, self.cfg, self.base_lr = optimizer, cfg, base_lr
+        self.start_lr = cfg.lr if start_lr is None else start_lr
         self.steps_per_epoch = max(1, steps_per_epoch)
         self.warmup_steps = int(round(cfg.warmup_epochs * self.steps_per_epoch))
         self.total_steps = cfg.epochs * self.steps_per_epoch
@@ -65,7 +72,7 @@ class LRController:
     def lr_at(self, step: int) -> float:
         cfg = self.cfg
         if step < self.warmup_steps:
-            return self.base_lr * (step + 1) / self.warmup_steps
+            return self.start_lr + (self.base_lr - self.start_lr) * step / self.warmup_steps
         if cfg.schedule == "cosine":
             span = max(1, self.total_steps - self.warmup_steps)
             t = min(1.0, (step - self.warmup_steps) / span)
@@ -86,7 +93,7 @@ class LRController:
         """Feed a validation loss (plateau schedule). Returns True when the LR was reduced."""
         if self.cfg.schedule != "plateau" or not math.isfinite(loss):
             return False
-        if loss < self.best_val * (1 - 1e-4):
+        if loss < self.best_val * (1 - 1e-4) - self.cfg.plateau_min_delta:
             self.best_val, self.bad_evals = loss, 0
             return False
         self.bad_evals += 1

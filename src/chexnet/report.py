@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from chexnet import metrics
+from chexnet import metrics, subgroups
 from chexnet.fileio import atomic_write
 from chexnet.labels import PATHOLOGIES
 from chexnet.plots import (
@@ -331,12 +331,15 @@ def write_evaluation(
     seed: int = 0,
     alpha: float = 0.05,
     context: dict | None = None,
+    attributes: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Evaluate a predictions table and write ``metrics.json``, ``auroc.csv``, ``report.md``,
     ``roc.png``, ``pr.png`` and ``auroc_vs_published.png`` into ``out_dir``.
 
     ``val_predictions_df`` (same format) supplies the thresholds; ``context`` (e.g. run,
-    checkpoint, split, tta) is recorded in metrics.json and report.md. Returns the table.
+    checkpoint, split, tta) is recorded in metrics.json and report.md. ``attributes`` (columns
+    sex, age, view; one row per prediction, same order) adds ``subgroups.csv`` and a subgroup
+    section to report.md (:mod:`chexnet.subgroups`). Returns the table.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -370,11 +373,16 @@ def write_evaluation(
     plot_roc(y, p, table, out_dir / "roc.png")
     plot_pr(y, p, table, out_dir / "pr.png")
     plot_auroc_vs_published(table, out_dir / "auroc_vs_published.png")
-    atomic_write(out_dir / "report.md", _report_markdown(table, context, citations))
+    sub_md = None
+    if attributes is not None:
+        sub = subgroups.subgroup_table(y, p, patients, attributes, n_resamples=n_resamples, seed=seed, alpha=alpha)
+        atomic_write(out_dir / "subgroups.csv", sub.to_csv(index=False, float_format="%.6f"))
+        sub_md = subgroups.subgroup_markdown(sub)
+    atomic_write(out_dir / "report.md", _report_markdown(table, context, citations, sub_md))
     return table
 
 
-def _report_markdown(table: pd.DataFrame, context: dict, citations: dict) -> str:
+def _report_markdown(table: pd.DataFrame, context: dict, citations: dict, subgroups_md: str | None = None) -> str:
     a = table.attrs
     level = int(round(100 * (1 - a["alpha"])))
     lines = ["# Evaluation", ""]
@@ -387,6 +395,10 @@ def _report_markdown(table: pd.DataFrame, context: dict, citations: dict) -> str
         lines.append(f"- thresholds: {THRESHOLD_NOTES[a['threshold_method']]} (method `{a['threshold_method']}`); "
                      "sensitivity, specificity and F1 are measured at that threshold")
     lines += ["", _markdown_table(table), ""]
+    if subgroups_md:
+        lines += ["## Subgroups", "",
+                  f"AUROC [{level}% CI] (positives) by sex, age band and view; blank where a cell has fewer than "
+                  f"{subgroups.MIN_POSITIVES} positives. Also in `subgroups.csv`.", "", subgroups_md, ""]
     lines += ["## Notes", ""]
     lines += [f"- {n}" for n in a["notes"]]
     lines += [f"- {COMPARABILITY_NOTE}", ""]
@@ -427,15 +439,19 @@ def _align(frames: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
     return out
 
 
-def compare_runs(prediction_csvs, out_dir=None, alpha: float = 0.05) -> tuple[pd.DataFrame, str]:
-    """Compare runs evaluated on the same images: per-pathology AUROC, wins and DeLong p-values.
+def compare_runs(prediction_csvs, out_dir=None, alpha: float = 0.05, n_resamples: int = 2000,
+                 seed: int = 0) -> tuple[pd.DataFrame, str]:
+    """Compare runs evaluated on the same images: per-pathology AUROC, wins and paired p-values.
 
     ``prediction_csvs`` is a list of (name, path or predictions DataFrame); the first is
     the reference A. For each other run B the table has columns ``AUROC <name>`` per
-    run, ``delta <B>`` (B - A) and ``p <B>`` (DeLong paired test, two-sided,
-    unadjusted for 14 comparisons). Runs on different image sets are refused; the same
-    set in a different order is aligned by image name. With ``out_dir``, writes
-    ``compare.csv``, ``compare.md`` and ``compare.png``. Returns (table, text summary).
+    run, ``delta <B>`` (B - A) and ``p <B>``: two-sided, unadjusted for 14 comparisons, from
+    :func:`chexnet.metrics.paired_auroc_test` -- a paired bootstrap over patients (``n_resamples``,
+    ``seed``) when a patient has several images, as in NIH (the CIs are clustered by patient too), and
+    the exact DeLong test only when every patient has one image. The text and ``compare.md`` name the
+    method (``table.attrs["method"]``). Runs on different image sets are refused; the same set in a
+    different order is aligned by image name. With ``out_dir``, writes ``compare.csv``, ``compare.md``
+    and ``compare.png``. Returns (table, text summary).
     """
     if len(prediction_csvs) < 2:
         raise ValueError("compare needs at least two runs")
@@ -449,33 +465,37 @@ def compare_runs(prediction_csvs, out_dir=None, alpha: float = 0.05) -> tuple[pd
     frames = _align(frames)
     names = list(frames)
     a_name = names[0]
-    _, _, p_a, y = prediction_arrays(frames[a_name])
+    _, patients, p_a, y = prediction_arrays(frames[a_name])
     defined = metrics.defined_classes(y)
 
     table = pd.DataFrame(index=pd.Index(list(PATHOLOGIES), name="pathology"))
     for name in names:
         table[f"AUROC {name}"] = metrics.auroc(y, prediction_arrays(frames[name])[2])
-    lines = [f"{len(y)} test images; reference run A = {a_name!r}."]
+    lines = [f"{len(y)} images of {len(np.unique(patients))} patients; reference run A = {a_name!r}."]
+    method = None
     for b_name in names[1:]:
         p_b = prediction_arrays(frames[b_name])[2]
-        tests = [metrics.delong_test(y[:, c], p_b[:, c], p_a[:, c]) for c in range(len(PATHOLOGIES))]
+        test = metrics.paired_auroc_test(y, p_b, p_a, patients, n_resamples=n_resamples, seed=seed)
+        method = test.method
         table[f"delta {b_name}"] = table[f"AUROC {b_name}"] - table[f"AUROC {a_name}"]
-        table[f"p {b_name}"] = [t.p_value for t in tests]
+        table[f"p {b_name}"] = test.p_value
         delta = table.loc[defined, f"delta {b_name}"]
         sig = table.loc[defined, f"p {b_name}"] < alpha
         better, worse = int((delta > 0).sum()), int((delta < 0).sum())
         lines.append(
             f"{b_name} better than {a_name} on {better} of {int(defined.sum())} pathologies "
-            f"(worse on {worse}); DeLong p < {alpha:g} (unadjusted): {int((sig & (delta > 0)).sum())} better, "
+            f"(worse on {worse}); p < {alpha:g} (unadjusted): {int((sig & (delta > 0)).sum())} better, "
             f"{int((sig & (delta < 0)).sum())} worse."
         )
     if not defined.all():
         lines.append(f"n/a (single class in this split, left out of counts and means): "
                      f"{', '.join(np.array(PATHOLOGIES)[~defined])}.")
+    lines.append(f"p-values: {method}, two-sided.")
     mean = table.loc[defined].mean()
     for b_name in names[1:]:
         mean[f"p {b_name}"] = np.nan
     table.loc[MEAN_ROW] = mean
+    table.attrs["method"] = method
     text = "\n".join(lines)
 
     if out_dir is not None:

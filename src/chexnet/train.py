@@ -22,7 +22,6 @@ averaging), and rank-0-only atomic checkpoints.
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 import time
@@ -34,50 +33,42 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from chexnet import dist
 from chexnet.checkpoint import (
+    CheckpointSaver,
     checkpoint_dir,
     load_checkpoint,
     resolve_checkpoint,
     rng_state,
-    save_checkpoint,
     set_rng_state,
     versions,
 )
 from chexnet.config import TrainConfig, build_config, config_from_dict, save_config
 from chexnet.data.cache import load_cache
 from chexnet.data.dataset import SkipSampler, open_split
-from chexnet.engine import (
-    StepContext,
-    bce_from_probs,
-    predict_distributed,
-    train_one_epoch,
-)
+from chexnet.engine import StepContext, predict_distributed, train_one_epoch
 from chexnet.fileio import atomic_write
+from chexnet.losses import DESCRIPTIONS, build_criterion, loss_from_probs
 from chexnet.metrics import auroc
 from chexnet.models import create_model
 from chexnet.optim import LRController, build_optimizer, scaled_lr
+from chexnet.preprocess import Preprocessing, input_transform
 from chexnet.runlog import RunLogger
 
-COMPATIBLE_FIELDS = ("arch", "labels", "image_size")
+COMPATIBLE_FIELDS = ("arch", "labels", "input_size", "input_transform")
 
 
 class ResumeError(ValueError):
     pass
 
 
-def check_compatible(saved: dict, cfg: TrainConfig, path) -> None:
-    """Refuse to resume a checkpoint whose architecture, label set or input size differs from ``cfg``."""
-    now = cfg.to_dict()
-    diffs = [f"{k}: checkpoint has {saved.get(k)!r}, this run has {now[k]!r}" for k in COMPATIBLE_FIELDS
-             if (list(saved.get(k)) if isinstance(saved.get(k), (list, tuple)) else saved.get(k)) != now[k]]
+def check_compatible(ckpt: dict, cfg: TrainConfig, spec: Preprocessing, path) -> None:
+    """Refuse to resume a checkpoint whose architecture, label set or input preprocessing differs from this run's."""
+    saved, now = config_from_dict(ckpt["config"]).to_dict(), cfg.to_dict()
+    diffs = [f"{k}: checkpoint has {saved[k]!r}, this run has {now[k]!r}" for k in COMPATIBLE_FIELDS if saved[k] != now[k]]
+    cache_size = (ckpt.get("preprocessing") or {}).get("cache_size")
+    if cache_size is not None and cache_size != spec.cache_size:
+        diffs.append(f"cache images: checkpoint trained on {cache_size} px, this cache has {spec.cache_size} px")
     if diffs:
         raise ResumeError(f"cannot resume from {path}: incompatible config ({'; '.join(diffs)})")
-
-
-def pos_weights(labels: np.ndarray) -> torch.Tensor:
-    """CheXNet's class-balanced weighting: positives weighted by #negatives / #positives per class."""
-    pos = labels.sum(0)
-    neg = len(labels) - pos
-    return torch.tensor(np.where(pos > 0, neg / np.maximum(pos, 1), 1.0), dtype=torch.float32)
 
 
 def _say(info: dist.DistInfo, msg: str) -> None:
@@ -112,28 +103,27 @@ def train(cfg: TrainConfig, cache: str | os.PathLike, out: str | os.PathLike, re
 def _train(cfg, cache, run, resume, progress, info, device) -> dict:
     t_start = time.time()
     _, index, meta = load_cache(cache)
+    spec = Preprocessing(cache_size=int(meta["size"]), input_size=cfg.input_size, input_transform=cfg.input_transform)
     resume_path = _resume_path(run, resume)
     ckpt = load_checkpoint(resume_path) if resume_path else None
     if ckpt is not None:
-        check_compatible(ckpt["config"], cfg, resume_path)
+        check_compatible(ckpt, cfg, spec, resume_path)
     elif any((checkpoint_dir(run) / f).is_file() for f in ("last.pt", "best.pt")):
         raise ResumeError(f"{run} already holds checkpoints of another run: pass --resume to continue it, "
                           f"or choose a new --out")
     if info.is_main:
         checkpoint_dir(run).mkdir(parents=True, exist_ok=True)
         save_config(cfg, run / "config.yaml")
-        atomic_write(run / "run.json", json.dumps({
-            "cache": str(Path(cache).resolve()), "labels": list(cfg.labels), "world_size": info.world_size,
-            "launcher": info.launcher, "device": str(device), "versions": versions(), "argv": sys.argv,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=2))
+        atomic_write(run / "run.json", json.dumps(_run_info(cfg, cache, meta, spec, info, device), indent=2))
     dist.barrier()
 
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick the fastest kernels
     torch.manual_seed(cfg.seed)  # same initial weights everywhere; DDP also broadcasts rank 0's
     np.random.seed(cfg.seed)
-    train_set = open_split(cache, index, meta, "train", cfg.image_size, "train", cfg.seed, cfg.train_crop, cfg.hflip, cfg.labels)
-    val_set = open_split(cache, index, meta, "val", cfg.image_size, "eval", labels=cfg.labels)
+    train_set = open_split(cache, index, meta, "train", "train", cfg.input_size, cfg.input_transform, cfg.seed,
+                           cfg.train_crop, cfg.hflip, cfg.labels)
+    val_set = open_split(cache, index, meta, "val", "eval", cfg.input_size, cfg.input_transform, labels=cfg.labels)
     if len(train_set) == 0:
         raise ValueError(f"{cache}: the train split is empty")
     with dist.rank_zero_first(info):  # rank 0 downloads ImageNet weights once, the others read the cache
@@ -145,70 +135,49 @@ def _train(cfg, cache, run, resume, progress, info, device) -> dict:
 
     sampler = DistributedSampler(train_set, num_replicas=info.world_size, rank=info.rank, shuffle=True,
                                  seed=cfg.seed, drop_last=True)
-    micro_batches = len(sampler) // cfg.batch_size
-    steps = micro_batches // cfg.accum_steps
+    steps = len(sampler) // cfg.batch_size // cfg.accum_steps
     if cfg.max_steps_per_epoch:
         steps = min(steps, cfg.max_steps_per_epoch)
     if steps == 0:
         raise ValueError(f"train split has {len(train_set)} images: too few for {info.world_size} process(es) x batch "
                          f"{cfg.batch_size} x accumulation {cfg.accum_steps}")
     lr, global_batch, rule = scaled_lr(cfg, info.world_size)
+    criterion = build_criterion(train_set.labels, cfg.loss_weighting).to(device)
+    saver = CheckpointSaver(run, cfg.select)
     _say(info, f"chexnet train: {cfg.arch} on {device} x {info.world_size} ({info.launcher}); "
-               f"{len(train_set)} train / {len(val_set)} val images; global batch {global_batch}; "
-               f"lr {cfg.lr:g} for batch {cfg.lr_reference_batch} -> {lr:.4g} ({rule} scaling); {steps} steps/epoch")
+               f"{len(train_set)} train / {len(val_set)} val images; input: {cfg.input_transform} {spec.cache_size} -> "
+               f"{cfg.input_size} px; global batch {global_batch}; lr {cfg.lr:g} for batch {cfg.lr_reference_batch} -> "
+               f"{lr:.4g} ({rule} scaling{f', warmup {cfg.warmup_epochs:g} epochs from {cfg.lr:g}' if cfg.warmup_epochs else ''}); "
+               f"{steps} steps/epoch\nloss: {DESCRIPTIONS[cfg.loss_weighting]}; best.pt: {saver.rule}")
     optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], cfg, lr)
     lr_ctl = LRController(optimizer, cfg, lr, steps)
     scaler = torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None
-    weight = pos_weights(train_set.labels).to(device) if cfg.pos_weight else None
-    criterion = torch.nn.BCEWithLogitsLoss(pos_weight=weight)
 
-    epoch, step_offset, global_step, best = 0, 0, 0, -math.inf
+    epoch, step_offset, global_step = 0, 0, 0
     if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        lr_ctl.load_state_dict(ckpt["lr"])
-        if scaler is not None and ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        epoch, step_offset, global_step = ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"]
-        best = ckpt.get("best_auroc", -math.inf)
-        per_rank = ckpt.get("rng_per_rank") or []
-        set_rng_state(per_rank[info.rank] if len(per_rank) == info.world_size else ckpt["rng"])
-        if step_offset and (ckpt.get("world_size"), ckpt["config"]["batch_size"], ckpt["config"]["accum_steps"]) != (
-                info.world_size, cfg.batch_size, cfg.accum_steps):
-            _say(info, f"warning: {resume_path} was saved mid-epoch by {ckpt.get('world_size')} process(es) with another "
-                       f"batch layout; the sample order differs now, so epoch {epoch + 1} restarts from its beginning")
-            step_offset = 0
-        if epoch >= cfg.epochs:
-            _say(info, f"resumed from {resume_path}: all {cfg.epochs} epochs are done; nothing to train "
-                       f"(raise --epochs to go on)")
-        else:
-            _say(info, f"resumed from {resume_path}: epoch {epoch + 1}, step {step_offset} (global step {global_step})")
+        epoch, step_offset, global_step = _restore(ckpt, resume_path, cfg, info, model, optimizer, lr_ctl, scaler, saver)
 
     ddp = dist.wrap_ddp(model, device, cfg.grad_compression)
     net = torch.compile(ddp) if cfg.compile else ddp
     ctx = StepContext(device, cfg.precision, cfg.channels_last, cfg.accum_steps, cfg.grad_clip, cfg.skip_nonfinite,
-                      max(1, cfg.log_every))
+                      max(1, cfg.log_every), transform=input_transform(spec).to(device))
     logger = RunLogger(run, enabled=info.is_main)
     if ckpt is not None:
         logger.truncate_after(global_step)
 
-    def save_last(epoch_, step_in_epoch, gstep, best_, improved_=False):
+    def save_last(epoch_, step_in_epoch, gstep, improved_=False):
         """Collective (every rank's RNG state is gathered); rank 0 writes last.pt, and best.pt when improved."""
         rngs = dist.all_gather_objects(rng_state())
-        if not info.is_main:
-            return
-        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "lr": lr_ctl.state_dict(),
-                 "scaler": scaler.state_dict() if scaler is not None else {}, "epoch": epoch_,
-                 "step_in_epoch": step_in_epoch, "global_step": gstep, "best_auroc": best_, "rng": rngs[0],
-                 "rng_per_rank": rngs, "config": cfg.to_dict(), "labels": list(cfg.labels), "versions": versions(),
-                 "world_size": info.world_size}
-        save_checkpoint(checkpoint_dir(run) / "last.pt", state)
-        if improved_:
-            save_checkpoint(checkpoint_dir(run) / "best.pt", state)
+        if info.is_main:
+            saver.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "lr": lr_ctl.state_dict(),
+                        "scaler": scaler.state_dict() if scaler is not None else {}, "epoch": epoch_,
+                        "step_in_epoch": step_in_epoch, "global_step": gstep, "rng": rngs[0], "rng_per_rank": rngs,
+                        "config": cfg.to_dict(), "labels": list(cfg.labels), "preprocessing": spec.to_dict(),
+                        "versions": versions(), "world_size": info.world_size}, improved_)
 
     def on_step(step_in_epoch, gstep):
         if cfg.checkpoint_every and gstep % cfg.checkpoint_every == 0 and step_in_epoch < steps:
-            save_last(epoch, step_in_epoch, gstep, best)
+            save_last(epoch, step_in_epoch, gstep)
 
     summary = {"epochs": []}
     while epoch < cfg.epochs:
@@ -226,33 +195,76 @@ def _train(cfg, cache, run, resume, progress, info, device) -> dict:
         global_step, step_offset = result["global_step"], 0
         record = {"kind": "epoch", "epoch": epoch + 1, "step": global_step, "train_loss": result["loss"],
                   "img_per_s": result["img_per_s"], "lr": optimizer.param_groups[0]["lr"]}
-        improved = False
         if len(val_set) and (epoch + 1) % cfg.eval_every == 0:
-            dist.broadcast_buffers(model)  # evaluate exactly rank 0's model (the one checkpointed)
-            probs = predict_distributed(model, val_set, info, ctx, batch_size=2 * cfg.batch_size, workers=cfg.workers)
-            val_loss = bce_from_probs(val_set.labels, probs)
-            lr_ctl.observe_val_loss(val_loss)
-            record["val_loss"] = val_loss
-            if info.is_main:  # AUROC once, on the whole gathered validation set
-                per_class = auroc(val_set.labels, probs)
-                mean = float(np.nanmean(per_class)) if np.isfinite(per_class).any() else float("nan")
-                record["val_auroc_mean"] = mean
-                record["auroc"] = {n: (None if not np.isfinite(a) else float(a)) for n, a in zip(cfg.labels, per_class)}
-                improved = math.isfinite(mean) and mean > best
-                best = mean if improved else best
+            record.update(_validate(model, val_set, criterion, lr_ctl, info, ctx, cfg))
+            if info.is_main:
+                record["best"] = saver.update(record["val_loss" if cfg.select == "val_loss" else "val_auroc_mean"])
         epoch += 1
         logger.log(record)
-        save_last(epoch, 0, global_step, best, improved)
+        save_last(epoch, 0, global_step, record.get("best", False))
         if info.is_main:
-            print(f"epoch {epoch}/{cfg.epochs}: train loss {result['loss']:.4f}, "
-                  + (f"val loss {record['val_loss']:.4f}, val mean AUROC {record['val_auroc_mean']:.4f}, " if "val_loss" in record else "")
-                  + f"{result['img_per_s']:.1f} img/s" + (" (best)" if improved else ""), file=sys.stderr, flush=True)
+            val = (f"val loss {record['val_loss']:.4f}, val mean AUROC {record['val_auroc_mean']:.4f}, "
+                   if "val_loss" in record else "")
+            best = f" (best: {saver.describe()})" if record.get("best") else ""
+            print(f"epoch {epoch}/{cfg.epochs}: train loss {result['loss']:.4f}, {val}{result['img_per_s']:.1f} img/s{best}",
+                  file=sys.stderr, flush=True)
         summary["epochs"].append(record)
         dist.barrier()
     logger.close()
-    summary.update({"run": str(run), "best_val_auroc": best, "global_step": global_step,
+    summary.update({"run": str(run), "select": cfg.select, "best": saver.best, "global_step": global_step,
                     "seconds": time.time() - t_start, "world_size": info.world_size})
     return summary
+
+
+def _run_info(cfg, cache, meta, spec, info, device) -> dict:
+    """run.json: what a moved run needs to be evaluated elsewhere and to check a cache against."""
+    return {"cache": str(Path(cache).resolve()), "cache_size": spec.cache_size, "cache_count": int(meta["count"]),
+            "cache_splits": meta.get("splits"), "labels": list(cfg.labels), "preprocessing": spec.to_dict(),
+            "select": cfg.select, "loss_weighting": cfg.loss_weighting, "world_size": info.world_size,
+            "launcher": info.launcher, "device": str(device), "versions": versions(), "argv": sys.argv,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def _validate(model, val_set, criterion, lr_ctl, info, ctx, cfg) -> dict:
+    """Validation loss (the trained loss, weighted as in training) everywhere; AUROC on rank 0 only."""
+    dist.broadcast_buffers(model)  # evaluate exactly rank 0's model (the one checkpointed)
+    probs = predict_distributed(model, val_set, info, ctx, batch_size=2 * cfg.batch_size, workers=cfg.workers)
+    val_loss = loss_from_probs(val_set.labels, probs, criterion.w_pos.cpu().numpy(), criterion.w_neg.cpu().numpy())
+    lr_ctl.observe_val_loss(val_loss)
+    out = {"val_loss": val_loss, "loss_weighting": cfg.loss_weighting}
+    if info.is_main:  # AUROC once, on the whole gathered validation set
+        per_class = auroc(val_set.labels, probs)
+        out["val_auroc_mean"] = float(np.nanmean(per_class)) if np.isfinite(per_class).any() else float("nan")
+        out["auroc"] = {n: (None if not np.isfinite(a) else float(a)) for n, a in zip(cfg.labels, per_class)}
+    return out
+
+
+def _restore(ckpt, path, cfg, info, model, optimizer, lr_ctl, scaler, saver) -> tuple[int, int, int]:
+    """Load a checkpoint's state into this run's objects; returns (epoch, step in epoch, global step)."""
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    lr_ctl.load_state_dict(ckpt["lr"])
+    if scaler is not None and ckpt.get("scaler"):
+        scaler.load_state_dict(ckpt["scaler"])
+    epoch, step_offset, global_step = ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"]
+    selection = ckpt.get("selection") or {"select": "val_auroc", "best": ckpt.get("best_auroc")}
+    if selection["select"] == cfg.select:
+        saver.best = selection["best"] if selection["best"] is not None else saver.best
+    else:
+        _say(info, f"note: {path} selected models by {selection['select']}, this run by {cfg.select}: "
+                   f"best.pt is replaced at the next validation")
+    per_rank = ckpt.get("rng_per_rank") or []
+    set_rng_state(per_rank[info.rank] if len(per_rank) == info.world_size else ckpt["rng"])
+    if step_offset and (ckpt.get("world_size"), ckpt["config"]["batch_size"], ckpt["config"]["accum_steps"]) != (
+            info.world_size, cfg.batch_size, cfg.accum_steps):
+        _say(info, f"warning: {path} was saved mid-epoch by {ckpt.get('world_size')} process(es) with another "
+                   f"batch layout; the sample order differs now, so epoch {epoch + 1} restarts from its beginning")
+        step_offset = 0
+    if epoch >= cfg.epochs:
+        _say(info, f"resumed from {path}: all {cfg.epochs} epochs are done; nothing to train (raise --epochs to go on)")
+    else:
+        _say(info, f"resumed from {path}: epoch {epoch + 1}, step {step_offset} (global step {global_step})")
+    return epoch, step_offset, global_step
 
 
 def resolve_config(run: str | os.PathLike, config_file: str | None, cli: dict, sets: list[str] | None,

@@ -60,7 +60,8 @@ def _worker(rank: int, port: int, out: str) -> None:
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     from chexnet import dist
-    from chexnet.data.dataset import CacheDataset, normalize_batch
+    from chexnet.data.dataset import CacheDataset
+    from chexnet.preprocess import input_transform
     from chexnet.engine import StepContext, predict, predict_distributed, train_one_epoch
     from chexnet.models import create_model
 
@@ -94,7 +95,7 @@ def _worker(rank: int, port: int, out: str) -> None:
             local = copy.deepcopy(model)
             ddp = dist.wrap_ddp(model, device, compression)
             x, y = _batch(100 + rank)  # different data on every rank
-            inputs = normalize_batch(x)
+            inputs = input_transform(None)(x)
             crit = torch.nn.BCEWithLogitsLoss()
             crit(ddp(inputs), y).backward()
             crit(local(inputs), y).backward()
@@ -134,7 +135,7 @@ def _worker(rank: int, port: int, out: str) -> None:
                                  on_log=logs.append)
         model.train()
         with torch.no_grad():
-            local = [float(torch.nn.functional.binary_cross_entropy_with_logits(model(normalize_batch(x)), y))
+            local = [float(torch.nn.functional.binary_cross_entropy_with_logits(model(input_transform(None)(x)), y))
                      for x, y in batches]
         per_rank = gather(float(np.mean(local)))
         return {"logged": [r["loss"] for r in logs], "epoch_loss": result["loss"], "per_rank": per_rank}
@@ -151,13 +152,13 @@ def _worker(rank: int, port: int, out: str) -> None:
             images.tofile(path)
         dist.barrier()
         labels = (rng.random((n, 14)) < 0.3).astype(np.float32)
-        ds = CacheDataset(path, n, size, labels, crop=32, mode="eval")
+        ds = CacheDataset(path, n, size, labels, input_size=32, mode="eval")
         torch.manual_seed(11)
         model = create_model("resnet18", "none").eval()
         ctx = StepContext(device)
         full = predict_distributed(model, ds, info, ctx, batch_size=4)
         single = predict(model, ds, range(n), ctx, batch_size=4)
-        one_row = CacheDataset(path, n, size, labels[:1], rows=[0], crop=32, mode="eval")  # rank 1 gets no row
+        one_row = CacheDataset(path, n, size, labels[:1], rows=[0], input_size=32, mode="eval")  # rank 1 gets no row
         tiny = predict_distributed(model, one_row, info, ctx, batch_size=4)
         return {"shape": list(full.shape), "max_abs_diff": float(np.abs(full - single).max()),
                 "tiny_shape": list(tiny.shape), "tiny_diff": float(np.abs(tiny[0] - single[0]).max())}

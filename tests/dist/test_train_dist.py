@@ -3,7 +3,7 @@ metric averaging, 2-process evaluation == 1-process evaluation, and elastic rest
 
 The process groups are real: ``torch.multiprocessing.spawn`` with MASTER_ADDR/PORT (as torchrun sets them), or
 ``chexnet train/evaluate --nproc 2`` (torch elastic) in a subprocess. Inside spawned ranks, the module's
-``train_one_epoch`` and ``save_checkpoint`` are wrapped by *spies* that call the real functions and record what
+``train_one_epoch`` and ``CheckpointSaver.save`` are wrapped by *spies* that call the real functions and record what
 happened (which rank saved, the parameter checksums after each epoch); nothing of torch.distributed is faked.
 """
 
@@ -41,10 +41,11 @@ def _train_worker(rank: int, port: int, cache: str, run: str, cfg_dict: dict, ou
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     import chexnet.train as T
+    from chexnet.checkpoint import CheckpointSaver
     from chexnet.config import config_from_dict
 
     record = {"saves": [], "epochs": []}
-    real_epoch, real_save = T.train_one_epoch, T.save_checkpoint
+    real_epoch, real_save = T.train_one_epoch, CheckpointSaver.save
 
     def spy_epoch(net, *args, **kwargs):
         result = real_epoch(net, *args, **kwargs)
@@ -53,11 +54,12 @@ def _train_worker(rank: int, port: int, cache: str, run: str, cfg_dict: dict, ou
                                  "wrapped": type(net).__name__})
         return result
 
-    def spy_save(path, state):
-        record["saves"].append({"path": Path(path).name, "epoch": state["epoch"], "step": state["step_in_epoch"]})
-        return real_save(path, state)
+    def spy_save(saver, state, improved=False):
+        for name in ("last.pt", "best.pt") if improved else ("last.pt",):
+            record["saves"].append({"path": name, "epoch": state["epoch"], "step": state["step_in_epoch"]})
+        return real_save(saver, state, improved)
 
-    T.train_one_epoch, T.save_checkpoint = spy_epoch, spy_save
+    T.train_one_epoch, CheckpointSaver.save = spy_epoch, spy_save
     summary = T.train(config_from_dict(cfg_dict), cache, run, progress=False)
     record["summary_world"] = summary["world_size"]
     Path(out, f"rank{rank}.json").write_text(json.dumps(record))
@@ -99,7 +101,7 @@ def test_checkpoints_are_written_by_rank_zero_only(two_rank_run):
     run, (r0, r1) = two_rank_run
     assert r1["saves"] == [], f"rank 1 wrote checkpoints: {r1['saves']}"
     names = [(s["path"], s["epoch"], s["step"]) for s in r0["saves"]]
-    # a mid-epoch last.pt after step 1 of each epoch, last.pt (+ best.pt when val AUROC improved) at epoch ends
+    # a mid-epoch last.pt after step 1 of each epoch, last.pt (+ best.pt when the val loss improved) at epoch ends
     assert ("last.pt", 0, 1) in names and ("last.pt", 1, 0) in names
     assert ("last.pt", 1, 1) in names and ("last.pt", 2, 0) in names
     assert any(n == "best.pt" for n, _, _ in names)

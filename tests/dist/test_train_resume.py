@@ -49,7 +49,9 @@ def straight(tiny_cache, tiny_cfg, tmp_path_factory):
     """2 epochs of 3 steps in one go, last.pt every 2 steps; a copy of every checkpoint written is kept."""
     base = tmp_path_factory.mktemp("straight")
     copies = []
-    real = T.save_checkpoint
+    import chexnet.checkpoint as C
+
+    real = C.save_checkpoint  # CheckpointSaver writes last.pt through it (best.pt is a copy of last.pt)
 
     def keep_copies(path, state):
         real(path, state)
@@ -60,11 +62,11 @@ def straight(tiny_cache, tiny_cfg, tmp_path_factory):
     cfg = tiny_cfg(epochs=2, checkpoint_every=2)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    T.save_checkpoint = keep_copies
+    C.save_checkpoint = keep_copies
     try:
         T.train(cfg, tiny_cache, base / "run", progress=False)
     finally:
-        T.save_checkpoint = real
+        C.save_checkpoint = real
         torch.set_num_threads(threads)
     return cfg, base / "run", copies
 
@@ -82,8 +84,8 @@ def test_checkpoint_contents_and_run_directory(trained_run, tiny_cfg):
     cfg = tiny_cfg()
     for name in ("last.pt", "best.pt"):
         ckpt = torch.load(trained_run / "checkpoints" / name, map_location="cpu", weights_only=True)
-        for key in ("model", "optimizer", "lr", "scaler", "epoch", "step_in_epoch", "global_step", "best_auroc", "rng",
-                    "config", "labels", "versions", "world_size"):
+        for key in ("model", "optimizer", "lr", "scaler", "epoch", "step_in_epoch", "global_step", "selection", "rng",
+                    "config", "labels", "preprocessing", "versions", "world_size"):
             assert key in ckpt, f"{name} lacks {key!r}"
         assert ckpt["epoch"] == 1 and ckpt["step_in_epoch"] == 0 and ckpt["global_step"] == 3
         assert not any(k.startswith("module.") for k in ckpt["model"])
@@ -93,7 +95,9 @@ def test_checkpoint_contents_and_run_directory(trained_run, tiny_cfg):
         assert {"torch", "numpy", "python"} <= set(ckpt["rng"])
         assert ckpt["optimizer"]["state"] and ckpt["optimizer"]["param_groups"][0]["lr"] > 0
         assert set(ckpt["lr"]) >= {"plateau_scale", "best_val", "bad_evals"}
-        assert math.isfinite(ckpt["best_auroc"])
+        assert ckpt["selection"]["select"] == "val_loss" and math.isfinite(ckpt["selection"]["best"])
+        assert ckpt["preprocessing"] == {**ckpt["preprocessing"], "cache_size": 48, "input_size": 32,
+                                         "input_transform": "resize"}
     assert config_from_dict(yaml.safe_load((trained_run / "config.yaml").read_text())) == cfg
     assert sorted(p.name for p in (trained_run / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
     records = read_metrics(trained_run)
@@ -247,7 +251,8 @@ def test_resume_auto_and_missing_last(tiny_cache, tiny_cfg, tmp_path):
 @pytest.mark.parametrize("change,names", [
     ({"arch": "resnet34"}, ("arch", "resnet18", "resnet34")),
     ({"labels": PATHOLOGIES[:13]}, ("labels", "Hernia")),
-    ({"image_size": 40}, ("image_size", "32", "40")),
+    ({"input_size": 40}, ("input_size", "32", "40")),
+    ({"input_transform": "crop"}, ("input_transform", "resize", "crop")),
 ])
 def test_incompatible_resume_is_refused_naming_the_difference(trained_run, copy_run, tiny_cache, tiny_cfg, change, names):
     run = copy_run(trained_run)

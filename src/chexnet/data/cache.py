@@ -18,7 +18,7 @@ A cache is a folder with three files::
 
 ``meta.json`` is written **last**, atomically (temporary file + fsync + rename): a folder without it
 is an incomplete cache and :func:`load_cache` refuses it. Images are stretched to S x S with area
-averaging (:func:`chexnet.data.imageio.resize_area`), bone bright (:func:`chexnet.data.imageio.read_xray`).
+averaging, bone bright: step 1 of :mod:`chexnet.preprocess` (:func:`chexnet.preprocess.read_cache_row`).
 Index rows follow the metadata file's order after the view filter and split assignment.
 
 While it runs (resumable work area)
@@ -65,7 +65,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from chexnet.data.imageio import ImageReadError, read_xray_resized
+from chexnet.data.imageio import ImageReadError
 from chexnet.data.nih import (
     SPLITS,
     assign_splits,
@@ -77,6 +77,7 @@ from chexnet.data.nih import (
 from chexnet.environment import library_versions, usable_cpus
 from chexnet.fileio import atomic_write, fsync_dir
 from chexnet.labels import PATHOLOGIES
+from chexnet.preprocess import read_cache_row
 
 FORMAT = "chexnet-cache"
 FORMAT_VERSION = 1
@@ -209,8 +210,8 @@ def read_index(path: str | os.PathLike) -> pd.DataFrame:
 
 
 def process_row(path: str | os.PathLike, size: int) -> np.ndarray:
-    """The cache row of one image file: ``resize_area(read_xray(path), size)`` (computed fused)."""
-    return read_xray_resized(path, size)
+    """The cache row of one image file: :func:`chexnet.preprocess.read_cache_row` (as predict computes it)."""
+    return read_cache_row(path, size)
 
 
 # =========================================================================== planning

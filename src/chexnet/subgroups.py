@@ -1,0 +1,90 @@
+"""AUROC by patient subgroup: sex, age band and view position, with patient-bootstrap CIs.
+
+A model can be good on average and poor for a group (AP films come from sicker, bed-bound patients; the very
+old and the very young are few). ``chexnet evaluate`` writes the table below as ``subgroups.csv`` and as a
+section of ``report.md``. One row per (group, subgroup, pathology)::
+
+    group, subgroup, pathology, n, n_pos, auroc, auroc_ci_low, auroc_ci_high
+
+``n`` images of the subgroup, ``n_pos`` of them positive for the pathology. The AUROC and its 95% CI
+(percentile bootstrap over the subgroup's patients) are left blank where a cell has fewer than
+:data:`MIN_POSITIVES` positives (or no negative): too few to say anything.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from chexnet import metrics
+from chexnet.labels import PATHOLOGIES
+
+MIN_POSITIVES = 5
+AGE_BANDS = ("0-20", "21-40", "41-60", "61-80", "81+")
+AGE_EDGES = (20, 40, 60, 80)  # upper ends (inclusive) of the first four bands, in years
+MAX_AGE = 120  # ages above this are data-entry errors (NIH has a few): in no band
+COLUMNS = ["group", "subgroup", "pathology", "n", "n_pos", "auroc", "auroc_ci_low", "auroc_ci_high"]
+
+
+def age_band(age) -> np.ndarray:
+    """Age in years -> band label ('' for unknown or implausible ages)."""
+    age = np.asarray(age, dtype=np.float64)
+    idx = np.digitize(age, AGE_EDGES, right=True)
+    out = np.array(AGE_BANDS, dtype=object)[np.minimum(idx, len(AGE_BANDS) - 1)]
+    out[~np.isfinite(age) | (age < 0) | (age > MAX_AGE)] = ""
+    return out
+
+
+def subgroup_masks(attributes: pd.DataFrame) -> list[tuple[str, str, np.ndarray]]:
+    """(group, subgroup, boolean mask) for sex (M, F), age band and view (PA, AP), from columns sex/age/view."""
+    sex = attributes["sex"].astype(str).str.upper().to_numpy()
+    view = attributes["view"].astype(str).str.upper().to_numpy()
+    band = age_band(attributes["age"].to_numpy())
+    out = [("sex", s, sex == s) for s in ("M", "F")]
+    out += [("age", b, band == b) for b in AGE_BANDS]
+    out += [("view", v, view == v) for v in ("PA", "AP")]
+    return out
+
+
+def subgroup_table(y, p, patient_ids, attributes: pd.DataFrame, n_resamples: int = 1000, seed: int = 0,
+                   alpha: float = 0.05) -> pd.DataFrame:
+    """The long table described in the module docstring (labels ``y`` and scores ``p`` are (n, 14))."""
+    y, p = metrics._as_2d(y, p)
+    patient_ids = np.asarray(patient_ids)
+    if len(attributes) != len(y):
+        raise ValueError(f"subgroup attributes have {len(attributes)} rows for {len(y)} predictions")
+    rows = []
+    for group, sub, mask in subgroup_masks(attributes.reset_index(drop=True)):
+        ys, ps = y[mask], p[mask]
+        n_pos = ys.sum(axis=0)
+        enough = (n_pos >= MIN_POSITIVES) & (n_pos < len(ys))
+        auc = np.full(y.shape[1], np.nan)
+        low, high = auc.copy(), auc.copy()
+        if enough.any():
+            cols = np.flatnonzero(enough)
+            auc[cols] = metrics.auroc(ys[:, cols], ps[:, cols])
+            ci = metrics.bootstrap_auroc_ci(ys[:, cols], ps[:, cols], groups=patient_ids[mask],
+                                            n_resamples=n_resamples, seed=seed, alpha=alpha)
+            low[cols], high[cols] = ci.low, ci.high
+        for c, name in enumerate(PATHOLOGIES[: y.shape[1]]):
+            rows.append((group, sub, name, int(mask.sum()), int(n_pos[c]), auc[c], low[c], high[c]))
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def subgroup_markdown(table: pd.DataFrame) -> str:
+    """A pathology x subgroup Markdown table of "AUROC [CI]" cells (blank: fewer than 5 positives)."""
+    keys = list(dict.fromkeys(zip(table["group"], table["subgroup"])))
+    header = ["pathology"] + [f"{g} {s}" for g, s in keys]
+    n_row = ["images (n)"] + [str(int(table[(table["group"] == g) & (table["subgroup"] == s)]["n"].iloc[0]))
+                              for g, s in keys]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * len(keys)) + "|",
+             "| " + " | ".join(n_row) + " |"]
+    by_key = table.set_index(["group", "subgroup", "pathology"])
+    for name in dict.fromkeys(table["pathology"]):
+        cells = [name]
+        for g, s in keys:
+            r = by_key.loc[(g, s, name)]
+            cells.append("" if not np.isfinite(r["auroc"]) else
+                         f"{r['auroc']:.3f} [{r['auroc_ci_low']:.3f}, {r['auroc_ci_high']:.3f}] ({int(r['n_pos'])}+)")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
