@@ -16,6 +16,10 @@ examples:
   chexnet train    --cache cache/synth-256 --out runs/r1 --config chexnet --nproc 2
   chexnet evaluate runs/r1
   chexnet compare  runs/r1 runs/r2
+  chexnet predict  runs/r1 xray.dcm scans/ --cam heatmaps/
+  chexnet localize runs/r1
+  chexnet export   runs/r1 --format onnx
+  chexnet predict  --onnx runs/r1/export/model.onnx scans/
   chexnet demo
 """
 
@@ -141,6 +145,60 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resamples", type=int, default=2000, help="patient-bootstrap resamples for the p-values (default 2000)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
 
+    p = sub.add_parser("predict", help="probabilities, findings and heatmaps for X-ray files (PNG, JPEG, DICOM)",
+                       description="Predict the 14 pathologies for image files or folders (recursive) with a run's "
+                       "checkpoint (torch) or an exported ONNX model (--onnx; no torch needed). Each file is "
+                       "preprocessed exactly as in training. A bad file is reported and the others go on; the exit "
+                       "status is 1 when any file failed. DICOM header values (patient name, ID, dates) are never "
+                       "printed or written.",
+                       usage="chexnet predict RUN PATH... [options]\n       chexnet predict --onnx FILE PATH... [options]")
+    p.add_argument("paths", nargs="+", metavar="RUN PATH", help="a run directory, then image files or folders "
+                   "(with --onnx: image files or folders only)")
+    p.add_argument("--onnx", default=None, metavar="FILE", help="use this exported model instead of a run (onnxruntime)")
+    p.add_argument("--checkpoint", default="best", help="best | last | PATH (default best)")
+    p.add_argument("--format", choices=["table", "json", "csv"], default="table",
+                   help="table (default), json (one object per line: path, probabilities, findings, error) or csv")
+    p.add_argument("--threshold", default="val", help="'val': the thresholds chexnet evaluate chose on the validation "
+                   "split for this checkpoint (default; 0.5 where there are none, said on stderr), or a number such as 0.5")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--tta", choices=["none", "hflip"], default="none", help="test-time augmentation")
+    p.add_argument("--max-pixels", type=int, default=100_000_000,
+                   help="refuse images with more pixels than this, from the header, before decoding (default 100 megapixels)")
+    p.add_argument("--cam", default=None, metavar="OUTDIR", help="write Grad-CAM heatmaps (PNG overlay at the image's size "
+                   "+ raw .npy) for each finding above threshold (needs chexnet[cam]; not with --onnx)")
+    p.add_argument("--cam-all", action="store_true", help="heatmaps for all 14 findings")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("localize", help="Grad-CAM localization against bounding boxes (Wang et al. 2017 protocol)",
+                       description="For every labelled box (NIH's BBox_List_2017.csv), the heatmap of that finding is "
+                       "thresholded and boxed around its connected regions; accuracy at IoBB >= T (T = 0.1, 0.25, 0.5, "
+                       "0.75, 0.9) and IoU >= 0.5 per pathology, beside random boxes of the same sizes. Writes "
+                       "RUN/eval/localize/ (localize.csv, localize.md, localize.png, examples/).")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--bbox", default=None, help="box list CSV (default: BBox_List_2017.csv in the data folder the cache "
+                   "was prepared from)")
+    p.add_argument("--data", default=None, help="the original image folder, for each image's size (default: the one "
+                   "recorded in the cache)")
+    p.add_argument("--image-size", type=int, default=None, help="assume every original image is N x N pixels (NIH's PNGs "
+                   "are 1024) instead of reading sizes from --data")
+    p.add_argument("--split", choices=["test", "val", "train", "all"], default="test")
+    p.add_argument("--checkpoint", default="best", help="best | last | PATH (default best)")
+    p.add_argument("--cache", default=None, help="the cache to read images from (default: the run's)")
+    p.add_argument("--cam-threshold", type=float, default=0.5, help="heatmap threshold, a fraction of its maximum (default 0.5)")
+    p.add_argument("--examples", type=int, default=8, help="overlay examples to draw (default 8)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random-box baseline")
+
+    p = sub.add_parser("export", help="export a run's model to ONNX with its preprocessing contract and labels",
+                       description="Write a single ONNX file that takes uint8 cache rows (batch, 1, S, S) and returns the "
+                       "14 probabilities, with the preprocessing spec, labels and validation thresholds in its metadata. "
+                       "The file is checked against torch (to 1e-4) before it is kept. Needs chexnet[export].")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--format", choices=["onnx"], default="onnx")
+    p.add_argument("--out", default=None, help="output file (default RUN/export/model.onnx)")
+    p.add_argument("--checkpoint", default="best", help="best | last | PATH (default best)")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
+    p.add_argument("--dynamic-batch", action="store_true", help="any batch size (default: batch 1)")
+
     p = sub.add_parser("demo", help="synth + prepare + 2-worker training + evaluation on a small synthetic set",
                        description="End to end on a small synthetic set: synth, prepare, train with 2 workers, and a "
                        "per-pathology validation/test AUROC table. About 10 minutes on 2 CPU cores.")
@@ -195,6 +253,38 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_predict(args) -> int:
+    from chexnet.predict import run_predict
+
+    if args.onnx:
+        run, paths = None, args.paths
+    else:
+        run, paths = args.paths[0], args.paths[1:]
+        if not paths:
+            raise ValueError("give a run directory and at least one image file or folder (or --onnx FILE PATH...)")
+    failed = run_predict(run, paths, onnx=args.onnx, checkpoint=args.checkpoint, fmt=args.format,
+                         threshold=args.threshold, batch_size=args.batch_size, tta=args.tta,
+                         max_pixels=args.max_pixels, cam_dir=args.cam, cam_all=args.cam_all,
+                         progress=not args.no_progress)
+    return 1 if failed else 0
+
+
+def cmd_localize(args) -> int:
+    from chexnet.localize import localize_run
+
+    localize_run(args.run, bbox=args.bbox, data=args.data, image_size=args.image_size, split=args.split,
+                 checkpoint=args.checkpoint, cache=args.cache, cam_threshold=args.cam_threshold,
+                 examples=args.examples, seed=args.seed)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from chexnet.export import export_onnx
+
+    export_onnx(args.run, args.checkpoint, args.out, args.opset, args.dynamic_batch)
+    return 0
+
+
 def cmd_synth(args) -> int:
     from chexnet.data.synthetic import generate
 
@@ -220,7 +310,8 @@ def cmd_demo(args) -> int:
 
 
 COMMANDS = {"synth": cmd_synth, "prepare": cmd_prepare, "train": cmd_train, "evaluate": cmd_evaluate,
-            "compare": cmd_compare, "demo": cmd_demo}
+            "compare": cmd_compare, "predict": cmd_predict, "localize": cmd_localize, "export": cmd_export,
+            "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,6 +9,7 @@ When the split is ``test``, validation predictions are made as well: the operati
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -26,20 +27,32 @@ from chexnet.preprocess import Preprocessing, input_transform
 TTA_MODES = {"none": "eval", "hflip": "hflip", "tencrop": "tencrop"}
 
 
-def load_run_model(run: str | Path, checkpoint: str = "best"):
-    """(model on CPU in eval mode, TrainConfig, checkpoint path, Preprocessing or None) of a run directory."""
+@dataclass
+class LoadedRun:
+    """A run's model (on the CPU, eval mode) and what belongs with it."""
+
+    model: object
+    cfg: object  # TrainConfig
+    path: Path  # the checkpoint file
+    spec: Preprocessing | None  # None only for runs saved before checkpoints carried their preprocessing
+    epoch: int
+    global_step: int
+
+    def __iter__(self):  # model, cfg, path, spec = load_run_model(...)
+        return iter((self.model, self.cfg, self.path, self.spec))
+
+
+def load_run_model(run: str | Path, checkpoint: str = "best") -> LoadedRun:
+    """Load a run directory's checkpoint (``best``, ``last`` or a PATH) into its model."""
     run = Path(run)
     path = resolve_checkpoint(run, checkpoint)
     state = load_checkpoint(path)
     cfg_dict = state.get("config") or yaml.safe_load((run / "config.yaml").read_text())
     cfg = config_from_dict(cfg_dict)
-    if tuple(cfg.labels) != PATHOLOGIES:
-        raise ValueError(f"{run}: trained on {len(cfg.labels)} labels ({', '.join(cfg.labels)}); evaluation and its "
-                         f"reports cover the 14 NIH pathologies only")
     model = create_model(cfg.arch, "none", len(cfg.labels), cfg.head_bias_init)
     model.load_state_dict(state["model"])
     spec = Preprocessing.from_dict(state["preprocessing"]) if state.get("preprocessing") else None
-    return model.eval(), cfg, path, spec
+    return LoadedRun(model.eval(), cfg, path, spec, int(state.get("epoch", 0)), int(state.get("global_step", 0)))
 
 
 def resolve_cache(run: Path, run_info: dict, cache: str | Path | None, spec: Preprocessing | None):
@@ -59,8 +72,9 @@ def resolve_cache(run: Path, run_info: dict, cache: str | Path | None, spec: Pre
         problems.append(f"its images are {meta['size']} px, the run was trained on {want_size} px "
                         f"(prepare one with --size {want_size})")
     labels = run_info.get("labels") or list(PATHOLOGIES)
-    if list(meta.get("pathologies", [])) != list(labels):
-        problems.append(f"its labels {meta.get('pathologies')} differ from the run's {labels}")
+    missing = [n for n in labels if n not in meta.get("pathologies", [])]
+    if missing:
+        problems.append(f"it has no labels for {missing}, which the run was trained on")
     if problems:
         raise ValueError(f"{cache} does not match run {run}: " + "; ".join(problems))
     splits = run_info.get("cache_splits")
@@ -100,7 +114,11 @@ def evaluate_run(run: str | Path, checkpoint: str = "best", split: str = "test",
     try:
         run = Path(run)
         run_info = read_run_info(run)
-        model, cfg, path, spec = load_run_model(run, checkpoint)
+        loaded = load_run_model(run, checkpoint)
+        model, cfg, path, spec = loaded
+        if tuple(cfg.labels) != PATHOLOGIES:
+            raise ValueError(f"{run}: trained on {len(cfg.labels)} labels ({', '.join(cfg.labels)}); evaluation and "
+                             f"its reports cover the 14 NIH pathologies only (predict and localize work on any set)")
         cache, index, meta = resolve_cache(run, run_info, cache, spec)
         if spec is None:  # a run saved before checkpoints carried their preprocessing
             spec = Preprocessing(int(meta["size"]), cfg.input_size, cfg.input_transform)
@@ -126,6 +144,8 @@ def evaluate_run(run: str | Path, checkpoint: str = "best", split: str = "test",
         table = report.write_evaluation(run / "eval" / split, frames[split], frames.get("val"),
                                         threshold_method=threshold_method, n_resamples=n_resamples, context=context,
                                         attributes=attributes)
+        if table.attrs.get("threshold_source") == "validation":
+            save_thresholds(run, loaded, table, threshold_method)
         print(f"{run} [{split}, checkpoint {path.name} ({selection}), tta {tta}]")
         print(report.format_table(table))
         print(f"wrote {run / 'eval' / split}/ (predictions.csv, metrics.json, auroc.csv, subgroups.csv, report.md, "
@@ -133,6 +153,23 @@ def evaluate_run(run: str | Path, checkpoint: str = "best", split: str = "test",
         return table
     finally:
         dist.teardown()
+
+
+THRESHOLDS = "thresholds.json"
+
+
+def save_thresholds(run: Path, loaded: LoadedRun, table, method: str) -> None:
+    """RUN/thresholds.json: the per-pathology operating points chosen on the validation split for this checkpoint
+    (``chexnet predict`` and ``chexnet export`` pick them up; they belong to that checkpoint only)."""
+    import json
+
+    from chexnet.fileio import atomic_write
+
+    thresholds = {name: (None if table.loc[name, "threshold"] != table.loc[name, "threshold"] else
+                         float(table.loc[name, "threshold"])) for name in PATHOLOGIES}
+    atomic_write(run / THRESHOLDS, json.dumps({
+        "checkpoint": loaded.path.name, "epoch": loaded.epoch, "global_step": loaded.global_step,
+        "method": method, "chosen_on": "val", "thresholds": thresholds}, indent=2) + "\n")
 
 
 def _selection_note(cfg, path: Path, checkpoint: str) -> str:

@@ -43,6 +43,14 @@ class Classifier(nn.Module):
         return self.head(self.body(x))
 
 
+def cam_target_layer(model: Classifier) -> nn.Module:
+    """The layer Grad-CAM explains, chosen here for every architecture: the whole trunk, whose output is the last
+    feature map before global average pooling (DenseNet's final ReLU, ResNet's layer4, VGG's last pool, ...)."""
+    if not isinstance(model, Classifier):
+        raise TypeError(f"expected a chexnet Classifier, got {type(model).__name__}")
+    return model.body
+
+
 _HEAD_CHILDREN = {"avgpool", "fc", "dropout", "aux1", "aux2", "AuxLogits"}
 
 

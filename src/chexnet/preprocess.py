@@ -77,9 +77,12 @@ class Preprocessing:
         return cls(**known)
 
 
-def read_cache_row(path: str | os.PathLike, cache_size: int) -> np.ndarray:
-    """Step 1: an image file -> its ``(cache_size, cache_size)`` uint8 cache row (what ``prepare`` stores)."""
-    return read_xray_resized(path, cache_size)
+def read_cache_row(path: str | os.PathLike, cache_size: int, max_pixels: int | None = None) -> np.ndarray:
+    """Step 1: an image file -> its ``(cache_size, cache_size)`` uint8 cache row (what ``prepare`` stores).
+
+    ``max_pixels`` refuses larger images from their header, before decoding (predict's decompression-bomb guard).
+    """
+    return read_xray_resized(path, cache_size, max_pixels=max_pixels)
 
 
 @functools.lru_cache(maxsize=32)

@@ -40,6 +40,15 @@ import numpy as np
 from PIL import Image, ImageOps
 
 DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
+# pydicom decoder plugins by transfer syntax (pydicom 3's pixel-data handlers), named in decode errors
+_DECODER_HINTS = {
+    "1.2.840.10008.1.2.4.80": "pip install pyjpegls (JPEG-LS), or python-gdcm",
+    "1.2.840.10008.1.2.4.81": "pip install pyjpegls (JPEG-LS), or python-gdcm",
+    "1.2.840.10008.1.2.4.90": "pip install pylibjpeg pylibjpeg-openjpeg (JPEG 2000), or python-gdcm",
+    "1.2.840.10008.1.2.4.91": "pip install pylibjpeg pylibjpeg-openjpeg (JPEG 2000), or python-gdcm",
+    "1.2.840.10008.1.2.4.57": "pip install pylibjpeg pylibjpeg-libjpeg (lossless JPEG), or python-gdcm",
+    "1.2.840.10008.1.2.4.70": "pip install pylibjpeg pylibjpeg-libjpeg (lossless JPEG), or python-gdcm",
+}
 _LUMA = np.array([0.299, 0.587, 0.114])
 
 
@@ -55,24 +64,26 @@ class ImageReadError(Exception):
         return f"{self.path}: {self.reason}"
 
 
-def read_xray(path: str | os.PathLike) -> np.ndarray:
+def read_xray(path: str | os.PathLike, max_pixels: int | None = None) -> np.ndarray:
     """Read an X-ray image as a C-contiguous ``uint8`` ``(H, W)`` array with bone bright.
 
     Supports PNG (8/16-bit, gray, RGB, RGBA), JPEG, TIFF and DICOM; see the module docstring.
-    Raises :class:`ImageReadError` (naming the file) for missing, truncated, corrupt or non-image files.
+    Raises :class:`ImageReadError` (naming the file) for missing, truncated, corrupt or non-image files,
+    and, with ``max_pixels``, for images with more pixels than that -- checked from the header, before the
+    pixel data is decoded (a guard against decompression bombs).
     """
     path = Path(path)
-    return _as_array(_decode(path), path)
+    return _as_array(_decode(path, max_pixels), path)
 
 
-def read_xray_resized(path: str | os.PathLike, size: int) -> np.ndarray:
+def read_xray_resized(path: str | os.PathLike, size: int, max_pixels: int | None = None) -> np.ndarray:
     """``resize_area(read_xray(path), size)``, bit for bit, but faster.
 
     For 8-bit and colour files the resize runs on the decoded PIL image, which skips the
     full-size array copy (about 2 ms of the ~10 ms a 1024 px PNG costs). Used by ``chexnet prepare``.
     """
     path = Path(path)
-    img = _decode(path)
+    img = _decode(path, max_pixels)
     if isinstance(img, Image.Image):
         _check_size(size)
         return np.array(_resize_pil(img, size), dtype=np.uint8)
@@ -110,7 +121,7 @@ def _looks_like_dicom(path, head: bytes) -> bool:
     return str(path).lower().endswith(DICOM_SUFFIXES) or head[128:132] == b"DICM"
 
 
-def _decode(path: Path) -> Image.Image | np.ndarray:
+def _decode(path: Path, max_pixels: int | None = None) -> Image.Image | np.ndarray:
     """Open ``path`` once and decode it: a mode ``L`` PIL image, or a uint8 array (high bit depth, DICOM)."""
     try:
         f = open(path, "rb")
@@ -124,8 +135,14 @@ def _decode(path: Path) -> Image.Image | np.ndarray:
         head = f.read(132)
         f.seek(0)
         if _looks_like_dicom(path, head):
-            return _read_dicom(f, path)
-        return _read_pil(f, path)
+            return _read_dicom(f, path, max_pixels)
+        return _read_pil(f, path, max_pixels)
+
+
+def _check_pixels(path: Path, width: int, height: int, max_pixels: int | None) -> None:
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageReadError(path, f"image of {width} x {height} = {width * height:,} pixels is over the limit of "
+                                   f"{max_pixels:,} (--max-pixels); not decoded")
 
 
 def _as_array(img: Image.Image | np.ndarray, path: Path) -> np.ndarray:
@@ -138,9 +155,10 @@ def _as_array(img: Image.Image | np.ndarray, path: Path) -> np.ndarray:
 # --------------------------------------------------------------------------- PIL formats
 
 
-def _read_pil(f, path: Path) -> Image.Image | np.ndarray:
+def _read_pil(f, path: Path, max_pixels: int | None = None) -> Image.Image | np.ndarray:
     try:
-        im = Image.open(f)
+        im = Image.open(f)  # reads the header only
+        _check_pixels(path, *im.size, max_pixels)
         im.load()  # decode now: truncated or corrupt data raises here, not later
         if im.format == "JPEG":
             im = ImageOps.exif_transpose(im)
@@ -175,7 +193,7 @@ def _pydicom_luts():
     return apply_modality_lut, apply_voi_lut
 
 
-def _read_dicom(f, path: Path) -> np.ndarray:
+def _read_dicom(f, path: Path, max_pixels: int | None = None) -> np.ndarray:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -185,12 +203,17 @@ def _read_dicom(f, path: Path) -> np.ndarray:
         raise ImageReadError(path, f"unreadable DICOM file ({type(exc).__name__}: {exc})") from None
     if "PixelData" not in ds:
         raise ImageReadError(path, "DICOM file has no pixel data")
+    _check_pixels(path, int(ds.get("Columns", 0) or 0), int(ds.get("Rows", 0) or 0), max_pixels)
     try:
         arr = ds.pixel_array
     except Exception as exc:  # pydicom raises many kinds (missing codec, truncated data, ...)
         ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         syntax = f" (transfer syntax {ts.name})" if ts is not None else ""
-        raise ImageReadError(path, f"cannot decode DICOM pixel data{syntax}: {type(exc).__name__}: {exc}") from None
+        hint = ""
+        if ts is not None and getattr(ts, "is_compressed", False):
+            hint = (f"; compressed DICOM needs a pydicom decoder plugin for {ts.name}: "
+                    f"{_DECODER_HINTS.get(str(ts), 'pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg, or python-gdcm')}")
+        raise ImageReadError(path, f"cannot decode DICOM pixel data{syntax}: {type(exc).__name__}: {exc}{hint}") from None
     try:
         return _dicom_to_gray(ds, arr, path)
     except ImageReadError:

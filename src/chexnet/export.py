@@ -1,0 +1,113 @@
+"""``chexnet export RUN --format onnx``: one self-describing ONNX file for devices without torch.
+
+The graph takes what step 1 of :mod:`chexnet.preprocess` produces -- uint8 cache rows, shape
+(batch, 1, S, S): the decoded X-ray, bone bright, resized whole to S x S by area averaging -- and returns the 14
+sigmoid probabilities. Step 2 (resize to the input size or centre crop, ImageNet normalisation, 3 channels) is
+inside the graph, so a device only decodes and area-resizes (``chexnet predict --onnx`` does exactly that, with
+Pillow and pydicom). Metadata (``custom_metadata_map`` in onnxruntime):
+
+* ``chexnet_preprocessing``: the :class:`~chexnet.preprocess.Preprocessing` spec (JSON);
+* ``chexnet_labels``: the output order (JSON list);
+* ``chexnet_thresholds``: the validation operating points from ``chexnet evaluate`` for this checkpoint (JSON,
+  ``null`` if the run was not evaluated), and ``chexnet_threshold_method``;
+* ``chexnet_arch``, ``chexnet_checkpoint``, ``chexnet_version``, ``chexnet_input`` (the contract in words).
+
+The export is checked before it is kept: onnxruntime and torch must agree on random cache rows to 1e-4.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from chexnet import __version__
+from chexnet.predict import require
+
+PARITY_TOLERANCE = 1e-4
+INPUT_CONTRACT = ("uint8 (batch, 1, S, S) cache rows: decode the X-ray (bone bright; DICOM modality/VOI LUT, "
+                  "MONOCHROME1 inverted), resize the whole image to S x S by area averaging; S = cache_size")
+
+
+def _wrapper(model, transform):
+    import torch
+
+    class Exported(torch.nn.Module):
+        """uint8 cache rows -> probabilities: the network with preprocessing step 2 and the sigmoid."""
+
+        def __init__(self):
+            super().__init__()
+            self.transform, self.model = transform, model
+
+        def forward(self, image):
+            return torch.sigmoid(self.model(self.transform(image)))
+
+    return Exported().eval()
+
+
+def export_onnx(run: str | Path, checkpoint: str = "best", out: str | Path | None = None, opset: int = 18,
+                dynamic_batch: bool = False) -> Path:
+    """Export ``run``'s checkpoint; returns the path written (default RUN/export/model.onnx)."""
+    onnx = require("onnx", "export", "export to ONNX")
+    require("onnxscript", "export", "export to ONNX")
+    ort = require("onnxruntime", "export", "checking the exported model")
+    import torch
+
+    from chexnet.evaluate import THRESHOLDS, load_run_model
+    from chexnet.fileio import atomic_write
+    from chexnet.preprocess import input_transform
+
+    run = Path(run)
+    loaded = load_run_model(run, checkpoint)
+    if loaded.spec is None:
+        raise ValueError(f"{loaded.path}: saved before checkpoints carried their preprocessing; cannot export it")
+    spec = loaded.spec
+    out = Path(out) if out else run / "export" / "model.onnx"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    wrapper = _wrapper(loaded.model, input_transform(spec))
+    example = torch.zeros((2 if dynamic_batch else 1, 1, spec.cache_size, spec.cache_size), dtype=torch.uint8)
+    shapes = ({0: torch.export.Dim("batch")},) if dynamic_batch else None
+    tmp = out.with_name(f".{out.name}.tmp")
+    print(f"exporting {loaded.path} ({loaded.cfg.arch}, {spec.input_transform} {spec.cache_size} -> "
+          f"{spec.input_size} px) to ONNX opset {opset} ...", file=sys.stderr, flush=True)
+    with contextlib.redirect_stdout(sys.stderr):  # the exporter prints its progress; stdout stays for results
+        torch.onnx.export(wrapper, (example,), str(tmp), input_names=["image"], output_names=["probabilities"],
+                          opset_version=opset, dynamo=True, external_data=False, dynamic_shapes=shapes, verbose=False)
+
+    thresholds, method = None, None
+    saved = run / THRESHOLDS
+    if saved.is_file():
+        info = json.loads(saved.read_text())
+        if (info.get("epoch"), info.get("global_step")) == (loaded.epoch, loaded.global_step):
+            thresholds, method = info["thresholds"], info.get("method")
+    model = onnx.load(str(tmp))
+    meta = {"chexnet_preprocessing": json.dumps(spec.to_dict()), "chexnet_labels": json.dumps(list(loaded.cfg.labels)),
+            "chexnet_thresholds": json.dumps(thresholds), "chexnet_threshold_method": json.dumps(method),
+            "chexnet_arch": loaded.cfg.arch, "chexnet_checkpoint": f"{loaded.path.name} (epoch {loaded.epoch}, "
+            f"step {loaded.global_step})", "chexnet_version": __version__, "chexnet_input": INPUT_CONTRACT}
+    del model.metadata_props[:]
+    for k, v in meta.items():
+        model.metadata_props.add(key=k, value=v)
+    model.doc_string = f"chexnet {__version__}: {loaded.cfg.arch} chest X-ray classifier, 14 sigmoid outputs"
+    tmp.unlink()
+    atomic_write(out, model.SerializeToString())
+
+    # parity: the file must give what torch gives, before anyone relies on it
+    rng = np.random.default_rng(0)
+    rows = rng.integers(0, 256, (2 if dynamic_batch else 1, 1, spec.cache_size, spec.cache_size), dtype=np.uint8)
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"image": rows})[0]
+    with torch.no_grad():
+        want = wrapper(torch.from_numpy(rows)).numpy()
+    diff = float(np.abs(got - want).max())
+    if not diff <= PARITY_TOLERANCE:
+        out.unlink()
+        raise RuntimeError(f"the exported model disagrees with torch by {diff:.2e} (> {PARITY_TOLERANCE}); not kept")
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, batch {'dynamic' if dynamic_batch else 1}); "
+          f"onnxruntime vs torch max |dp| = {diff:.1e}; thresholds: "
+          f"{'validation (' + str(method) + ')' if thresholds else 'none (evaluate the run first to embed them)'}",
+          file=sys.stderr)
+    return out

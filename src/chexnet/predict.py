@@ -1,0 +1,329 @@
+"""``chexnet predict``: X-ray files or folders -> 14 probabilities, the findings above threshold, and heatmaps.
+
+Two engines share everything but the network:
+
+* a run directory (``chexnet predict RUN PATH...``): the checkpoint's model in torch, Grad-CAM heatmaps
+  (``--cam``); the thresholds are those ``chexnet evaluate`` chose on the validation split for that checkpoint
+  (``RUN/thresholds.json``);
+* an exported model (``chexnet predict --onnx FILE PATH...``): onnxruntime, with the preprocessing contract,
+  labels and thresholds read from the file's metadata. This path imports no torch: a device may not have it.
+
+Preprocessing is :mod:`chexnet.preprocess` in both: step 1 (file -> uint8 cache row) here, step 2 (resize or
+crop, normalisation) inside the network (the torch :class:`~chexnet.preprocess.InputTransform`, or the same
+operations inside the ONNX graph), so a file gives the probabilities ``chexnet evaluate`` gives its cache row.
+
+Every file is processed on its own: a missing, truncated or unsupported file, a DICOM without pixel data, or an
+image over ``max_pixels`` becomes an error row for that file, and the others go on. DICOM files are named by
+their path only; no header value (patient name, ID, dates) is ever printed or written.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from chexnet.data.imageio import DICOM_SUFFIXES, ImageReadError, read_xray, resize_area
+from chexnet.labels import PATHOLOGIES
+from chexnet.preprocess import Preprocessing, read_cache_row
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", *DICOM_SUFFIXES)
+DEFAULT_MAX_PIXELS = 100_000_000
+FALLBACK_THRESHOLD = 0.5
+TTA_MODES = ("none", "hflip")
+
+
+class MissingExtra(RuntimeError):
+    """An optional dependency is not installed; the message names the ``pip install`` to run."""
+
+
+def require(module: str, extra: str, what: str):
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise MissingExtra(f"{what} needs the '{module}' package: pip install 'chexnet[{extra}]'") from None
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def _has_dicom_magic(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(132)[128:132] == b"DICM"
+    except OSError:
+        return False
+
+
+def collect_files(paths) -> list[Path]:
+    """Files named on the command line (whatever their suffix), and image files found in folders, recursively:
+    PNG, JPEG, TIFF, DICOM (by suffix, or by the DICM marker for files without one). Sorted within a folder."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            for f in sorted(p.rglob("*")):
+                if f.is_file() and not f.name.startswith(".") and (
+                        f.suffix.lower() in IMAGE_SUFFIXES or (f.suffix == "" and _has_dicom_magic(f))):
+                    out.append(f)
+        else:
+            out.append(p)  # a missing file becomes an error row, not an abort
+    return out
+
+
+def read_input(path: Path, spec: Preprocessing, max_pixels: int | None, keep_original: bool = False):
+    """(cache row, original image or None) of one file: step 1 of the preprocessing contract.
+
+    With ``keep_original`` the full-size image is kept for heatmap overlays; the row is then
+    ``resize_area(read_xray(path))``, bit for bit what :func:`chexnet.preprocess.read_cache_row` gives.
+    """
+    if keep_original:
+        original = read_xray(path, max_pixels=max_pixels)
+        return resize_area(original, spec.cache_size), original
+    return read_cache_row(path, spec.cache_size, max_pixels), None
+
+
+# --------------------------------------------------------------------------- engines
+
+
+@dataclass
+class Thresholds:
+    values: np.ndarray  # (k,), NaN filled with FALLBACK_THRESHOLD
+    source: str  # said in the output
+
+
+def thresholds_from(mapping: dict | None, labels, source: str, fixed: float | None) -> Thresholds:
+    """``fixed`` (--threshold FLOAT) wins; else the validation thresholds in ``mapping``; else 0.5, saying so."""
+    if fixed is not None:
+        return Thresholds(np.full(len(labels), float(fixed)), f"fixed {fixed:g}")
+    if not mapping:
+        return Thresholds(np.full(len(labels), FALLBACK_THRESHOLD),
+                          f"{FALLBACK_THRESHOLD:g} for every finding: no validation thresholds for this model "
+                          f"(run chexnet evaluate on the run first, or pass --threshold)")
+    values = np.array([np.nan if mapping.get(n) is None else float(mapping[n]) for n in labels], dtype=np.float64)
+    missing = [n for n, v in zip(labels, values) if not np.isfinite(v)]
+    note = f"; {FALLBACK_THRESHOLD:g} for {', '.join(missing)} (no validation positives)" if missing else ""
+    return Thresholds(np.where(np.isfinite(values), values, FALLBACK_THRESHOLD), source + note)
+
+
+class TorchPredictor:
+    """A run's checkpoint in torch (and Grad-CAM)."""
+
+    def __init__(self, run: str | Path, checkpoint: str = "best", threshold: float | None = None):
+        import torch
+
+        from chexnet.evaluate import THRESHOLDS, load_run_model
+        from chexnet.preprocess import input_transform
+
+        self.run = Path(run)
+        loaded = load_run_model(self.run, checkpoint)
+        if loaded.spec is None:
+            raise ValueError(f"{loaded.path}: saved before checkpoints carried their preprocessing; evaluate it with "
+                             f"the cache, or retrain")
+        self.loaded, self.spec, self.labels = loaded, loaded.spec, tuple(loaded.cfg.labels)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = loaded.model.to(self.device).eval()
+        self.transform = input_transform(self.spec).to(self.device)
+        chosen, source = None, ""
+        saved = self.run / THRESHOLDS
+        if saved.is_file():
+            info = json.loads(saved.read_text())
+            if (info.get("epoch"), info.get("global_step")) == (loaded.epoch, loaded.global_step):
+                chosen = info.get("thresholds")
+                source = f"validation thresholds (max {info.get('method', 'f1')}) of {loaded.path.name}"
+            else:
+                source = f"{saved.name} belongs to another checkpoint ({info.get('checkpoint')})"
+        self.thresholds = thresholds_from(chosen, self.labels, source, threshold)
+        if chosen is None and threshold is None and source:
+            self.thresholds.source += f"; {source}"
+
+    def inputs(self, rows: np.ndarray):
+        import torch
+
+        x = torch.from_numpy(np.ascontiguousarray(rows))[:, None].to(self.device)
+        return self.transform(x)
+
+    def probabilities(self, rows: np.ndarray, tta: str = "none") -> np.ndarray:
+        import torch
+
+        with torch.no_grad():
+            p = torch.sigmoid(self.model(self.inputs(rows)).float())
+            if tta == "hflip":
+                p = (p + torch.sigmoid(self.model(self.inputs(rows[:, :, ::-1])).float())) / 2
+        return p.cpu().numpy().astype(np.float64)
+
+
+class OnnxPredictor:
+    """An exported ONNX model in onnxruntime; no torch."""
+
+    def __init__(self, path: str | Path, threshold: float | None = None):
+        ort = require("onnxruntime", "export", "predict --onnx")
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"{path}: no such ONNX file")
+        try:
+            self.session = ort.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            raise ValueError(f"{path}: not a loadable ONNX model ({type(exc).__name__}: {exc})") from None
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if "chexnet_preprocessing" not in meta:
+            raise ValueError(f"{path}: not exported by chexnet export (no chexnet_preprocessing metadata)")
+        self.spec = Preprocessing.from_dict(json.loads(meta["chexnet_preprocessing"]))
+        self.labels = tuple(json.loads(meta["chexnet_labels"]))
+        chosen = json.loads(meta.get("chexnet_thresholds", "null"))
+        self.thresholds = thresholds_from(chosen, self.labels, f"validation thresholds stored in {self.path.name}",
+                                          threshold)
+        inp = self.session.get_inputs()[0]
+        self.input_name = inp.name
+        self.fixed_batch = inp.shape[0] if isinstance(inp.shape[0], int) else None
+
+    def _run(self, rows: np.ndarray) -> np.ndarray:
+        rows = np.ascontiguousarray(rows, dtype=np.uint8)[:, None]
+        if self.fixed_batch is None:
+            return self.session.run(None, {self.input_name: rows})[0]
+        step = self.fixed_batch
+        out = []
+        for i in range(0, len(rows), step):
+            chunk = rows[i:i + step]
+            pad = step - len(chunk)
+            if pad:
+                chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), np.uint8)])
+            out.append(self.session.run(None, {self.input_name: chunk})[0][:step - pad])
+        return np.concatenate(out)
+
+    def probabilities(self, rows: np.ndarray, tta: str = "none") -> np.ndarray:
+        p = self._run(rows).astype(np.float64)
+        if tta == "hflip":
+            p = (p + self._run(rows[:, :, ::-1]).astype(np.float64)) / 2
+        return p
+
+
+# --------------------------------------------------------------------------- running
+
+
+@dataclass
+class Result:
+    path: str
+    probabilities: dict | None = None
+    findings: list = field(default_factory=list)
+    error: str | None = None
+    heatmaps: list = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        out = {"path": self.path, "probabilities": self.probabilities, "findings": self.findings, "error": self.error}
+        if self.heatmaps:
+            out["heatmaps"] = self.heatmaps
+        return out
+
+
+def predict_files(predictor, paths, batch_size: int = 16, tta: str = "none", max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                  cam_dir: str | Path | None = None, cam_all: bool = False, progress: bool = True) -> list[Result]:
+    """Predict every file; errors are per file. With ``cam_dir`` (torch only), Grad-CAM overlays for each finding
+    above threshold (every finding with ``cam_all``) are written there."""
+    from tqdm import tqdm
+
+    if tta not in TTA_MODES:
+        raise ValueError(f"tta must be one of {TTA_MODES}, got {tta!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch size must be positive, got {batch_size}")
+    cams = None
+    if cam_dir is not None:
+        if not isinstance(predictor, TorchPredictor):
+            raise ValueError("--cam needs a run directory (Grad-CAM runs in torch), not --onnx")
+        from chexnet.explain import HeatmapWriter
+
+        cams = HeatmapWriter(predictor, cam_dir, cam_all)
+    files = collect_files(paths)
+    results = [Result(str(f)) for f in files]
+    bar = tqdm(total=len(files), desc="predict", unit="img", disable=not progress, file=sys.stderr, leave=False)
+    for start in range(0, len(files), batch_size):
+        batch, rows, originals = [], [], []
+        for i in range(start, min(start + batch_size, len(files))):
+            try:
+                row, original = read_input(files[i], predictor.spec, max_pixels, keep_original=cams is not None)
+            except ImageReadError as exc:
+                results[i].error = exc.reason
+                continue
+            except Exception as exc:  # a decoder bug must not stop the other files
+                results[i].error = f"{type(exc).__name__}: {exc}"
+                continue
+            batch.append(i)
+            rows.append(row)
+            originals.append(original)
+        if batch:
+            probs = predictor.probabilities(np.stack(rows), tta)
+            for j, i in enumerate(batch):
+                above = probs[j] >= predictor.thresholds.values
+                results[i].probabilities = {n: float(v) for n, v in zip(predictor.labels, probs[j])}
+                results[i].findings = [n for n, a in zip(predictor.labels, above) if a]
+            if cams is not None:
+                for j, i in enumerate(batch):
+                    results[i].heatmaps = cams.write(files[i], rows[j], originals[j], probs[j])
+        bar.update(min(batch_size, len(files) - start))
+    bar.close()
+    return results
+
+
+# --------------------------------------------------------------------------- output
+
+
+def format_results(results: list[Result], fmt: str, labels=PATHOLOGIES) -> str:
+    if fmt == "json":
+        return "".join(json.dumps(r.to_json()) + "\n" for r in results)
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["path", *[f"prob_{n}" for n in labels], "findings", "error"])
+        for r in results:
+            probs = [f"{r.probabilities[n]:.6f}" if r.probabilities else "" for n in labels]
+            w.writerow([r.path, *probs, "|".join(r.findings), r.error or ""])
+        return buf.getvalue()
+    if fmt != "table":
+        raise ValueError(f"format must be table, json or csv, got {fmt!r}")
+    width = min(60, max([len("image")] + [len(r.path) for r in results]))
+    lines = [f"{'image':<{width}}  findings above threshold (probability)", "-" * (width + 42)]
+    for r in results:
+        name = r.path if len(r.path) <= width else "..." + r.path[-(width - 3):]
+        if r.error:
+            text = f"ERROR: {r.error}"
+        elif r.findings:
+            text = ", ".join(f"{n} {r.probabilities[n]:.2f}" for n in sorted(r.findings, key=lambda n: -r.probabilities[n]))
+        else:
+            top = max(r.probabilities, key=r.probabilities.get)
+            text = f"none (highest: {top} {r.probabilities[top]:.2f})"
+        lines.append(f"{name:<{width}}  {text}")
+    return "\n".join(lines) + "\n"
+
+
+def run_predict(run: str | None, paths: list[str], onnx: str | None = None, checkpoint: str = "best",
+                fmt: str = "table", threshold: str = "val", batch_size: int = 16, tta: str = "none",
+                max_pixels: int | None = DEFAULT_MAX_PIXELS, cam_dir: str | None = None, cam_all: bool = False,
+                progress: bool = True) -> int:
+    """The command: print the results to stdout, notes to stderr; returns the number of files that failed."""
+    fixed = None
+    if threshold != "val":
+        try:
+            fixed = float(threshold)
+        except ValueError:
+            raise ValueError(f"--threshold must be 'val' or a number, got {threshold!r}") from None
+        if not 0.0 <= fixed <= 1.0 or math.isnan(fixed):
+            raise ValueError(f"--threshold must be in [0, 1], got {threshold}")
+    if not paths:
+        raise ValueError("no input files or folders given")
+    predictor = OnnxPredictor(onnx, fixed) if onnx else TorchPredictor(run, checkpoint, fixed)
+    results = predict_files(predictor, paths, batch_size, tta, max_pixels, cam_dir, cam_all, progress)
+    if not results:
+        raise ValueError(f"no image files found in {', '.join(map(str, paths))}")
+    sys.stdout.write(format_results(results, fmt, predictor.labels))
+    failed = sum(r.error is not None for r in results)
+    print(f"{len(results) - failed} of {len(results)} image(s) predicted; thresholds: {predictor.thresholds.source}"
+          + (f"; {failed} failed" if failed else "") + (f"; heatmaps in {cam_dir}" if cam_dir else ""),
+          file=sys.stderr)
+    return failed
