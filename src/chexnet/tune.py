@@ -21,10 +21,10 @@ pruner says so: the trial is then PRUNED, its run directory kept. A trial whose 
 the error in its ``error`` user attribute; the study goes on.
 
 ``--trials N`` is the study's total: a process starts trials while the study holds fewer than N (of any state,
-running ones on other machines included; trials enqueued with Optuna's ``enqueue_trial`` run first), so running the same command again resumes an interrupted study and
-a larger N extends it. Processes that start a trial at the same moment can overshoot N by one each. Every
-trial's heartbeat is recorded in the storage: a trial whose process died (killed, machine lost) is marked
-FAILED by the next process that starts a trial.
+running ones on other machines included; trials enqueued with Optuna's ``enqueue_trial`` wait, and run first),
+so running the same command again resumes an interrupted study and a larger N extends it. Processes that start
+a trial at the same moment can overshoot N by one each. Every trial's heartbeat is recorded in the storage: a
+trial whose process died (killed, machine lost) is marked FAILED by the next process that starts a trial.
 """
 
 from __future__ import annotations
