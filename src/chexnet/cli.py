@@ -20,6 +20,7 @@ examples:
   chexnet localize runs/r1
   chexnet export   runs/r1 --format onnx
   chexnet predict  --onnx runs/r1/export/model.onnx scans/
+  chexnet tune     --cache cache/synth-256 --out studies/s1 --config demo --space demo --trials 8
   chexnet demo
 """
 
@@ -85,6 +86,65 @@ def _add_train(sub) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+TUNE_EPILOG = """\
+--trials N is the study's total: running the same command again resumes an interrupted study, a larger N
+extends it, and several processes (machines) on one --storage share it, each starting trials while the study
+holds fewer than N. Each trial is a normal run in STUDY/trials/NNNN/ (chexnet evaluate / compare work on it).
+Outputs: STUDY/trials.csv, STUDY/best.yaml (chexnet train --config STUDY/best.yaml), STUDY/plots/*.png.
+
+examples:
+  chexnet tune --cache cache/nih-256 --out studies/report --config keras-horovod --space report --trials 50
+  chexnet tune --cache cache/nih-256 --out studies/report --storage postgresql://USER:PASS@HOST/chexnet ...
+  chexnet tune --summary studies/report
+"""
+
+
+def _add_tune(sub) -> None:
+    p = sub.add_parser("tune", help="optimizer / topology / learning-rate search with Optuna (each trial is a run)",
+                       description="Hyperparameter search with Optuna (TPE sampler): every trial trains the base "
+                       "config (--config, --epochs, --set) with the fields a search space draws, reports the "
+                       "objective after each validation from the training loop, and is pruned when clearly worse "
+                       "than earlier trials at the same epoch. A trial that raises is recorded as failed and the "
+                       "study goes on.", epilog=TUNE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--summary", metavar="STUDY", help="print the trials table and write trials.csv, best.yaml and "
+                   "the plots of STUDY again, without training")
+    p.add_argument("--cache", help="prepared cache folder (chexnet prepare)")
+    p.add_argument("--out", metavar="STUDY", help="study folder: study.db, trials/NNNN/, trials.csv, best.yaml, plots/")
+    p.add_argument("--space", default="report", help="search space: a YAML file or a bundled space (report: the "
+                   "report's optimizers x topologies x lr x batch x weight decay; demo: small, for CPUs). Default report")
+    p.add_argument("--trials", type=int, default=20, help="the study's total number of trials (default 20)")
+    p.add_argument("--timeout", type=float, default=None, metavar="S",
+                   help="start no new trial after S seconds (a running trial finishes)")
+    p.add_argument("--storage", metavar="URL", help="Optuna RDB URL shared by many machines, e.g. "
+                   "postgresql://USER:PASS@HOST/DB (default: sqlite:///STUDY/study.db)")
+    p.add_argument("--study-name", help="study name in the storage (default: the STUDY folder's name)")
+    p.add_argument("--nproc-per-trial", type=int, default=1, metavar="K",
+                   help="train each trial with K local processes (DDP, as chexnet train --nproc K; default 1)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs per trial (overrides the recipe)")
+    p.add_argument("--objective", choices=["val_auroc", "val_loss"], default=None,
+                   help="maximize validation mean AUROC or minimize validation loss (default: the config's select "
+                   "rule); each trial's best.pt is selected by it")
+    p.add_argument("--pruner", choices=["median", "hyperband", "none"], default="median",
+                   help="stop trials whose per-epoch objective is worse than the median of earlier trials at that "
+                   "epoch (median, default), Hyperband's successive halving, or never (none)")
+    p.add_argument("--pruner-startup-trials", type=int, default=3, metavar="N",
+                   help="median: prune nothing until N trials have finished (default 3)")
+    p.add_argument("--pruner-warmup-epochs", type=int, default=1, metavar="E",
+                   help="every trial trains at least E epochs before it can be pruned (default 1)")
+    p.add_argument("--seed", type=int, default=None, help="sampler seed, for a reproducible single-process study "
+                   "(the training seed is the config's: --set seed=N)")
+    p.add_argument("--config", help="base recipe: a file or a bundled recipe (chexnet, keras-horovod, vgg16, demo)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a base config field (repeatable)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar over trials")
+
+    # internal: one of the K processes of a trial (started by chexnet tune through chexnet.launch.local)
+    w = sub.add_parser("tune-trial", description="internal: train one trial of a chexnet tune study as one of its "
+                       "--nproc-per-trial processes; rank 0 reports to the trial through the storage")
+    for flag in ("--storage", "--study-name", "--pruner", "--cache", "--out"):
+        w.add_argument(flag, required=True)
+    w.add_argument("--trial", type=int, required=True, help="the trial's number")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="chexnet", description="Train, test and tune CheXNet chest X-ray classifiers "
                                      "(DenseNet-121, 14 pathologies, NIH ChestX-ray14) with data-parallel training.",
@@ -117,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="rebuild OUT even if it holds a cache made with other arguments")
 
     _add_train(sub)
+    _add_tune(sub)
 
     p = sub.add_parser("evaluate", help="per-pathology AUROC with CIs, thresholds, plots, published baselines",
                        description="Evaluate a run's checkpoint on a split: predictions.csv, metrics.json, auroc.csv, "
@@ -302,6 +363,33 @@ def cmd_prepare(args) -> int:
     return 0
 
 
+def cmd_tune(args) -> int:
+    from chexnet import tune
+
+    if args.summary:
+        tune.summarize(args.summary, storage=args.storage, study_name=args.study_name)
+        return 0
+    if not args.cache or not args.out:
+        raise ValueError("--cache and --out are required (or --summary STUDY)")
+    from chexnet.config import build_config
+
+    base = build_config(args.config, {"epochs": args.epochs}, args.set)
+    options = tune.TuneOptions(
+        cache=args.cache, out=args.out, space=args.space, trials=args.trials, timeout=args.timeout,
+        storage=args.storage, study_name=args.study_name, nproc_per_trial=args.nproc_per_trial, pruner=args.pruner,
+        pruner_startup_trials=args.pruner_startup_trials, pruner_warmup_epochs=args.pruner_warmup_epochs,
+        seed=args.seed, objective=args.objective, progress=not args.no_progress)
+    tune.tune(base, options)
+    return 0
+
+
+def cmd_tune_trial(args) -> int:
+    from chexnet.tune import trial_worker
+
+    trial_worker(args.storage, args.study_name, args.trial, json.loads(args.pruner), args.cache, args.out)
+    return 0
+
+
 def cmd_demo(args) -> int:
     from chexnet.demo import run_demo
 
@@ -311,7 +399,7 @@ def cmd_demo(args) -> int:
 
 COMMANDS = {"synth": cmd_synth, "prepare": cmd_prepare, "train": cmd_train, "evaluate": cmd_evaluate,
             "compare": cmd_compare, "predict": cmd_predict, "localize": cmd_localize, "export": cmd_export,
-            "demo": cmd_demo}
+            "tune": cmd_tune, "tune-trial": cmd_tune_trial, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:

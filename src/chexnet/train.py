@@ -26,6 +26,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -90,17 +91,40 @@ def _resume_path(run: Path, resume: str | None) -> Path | None:
         raise ResumeError(f"--resume {resume}: {exc}") from None
 
 
+EpochCallback = Callable[[dict], bool]
+
+
 def train(cfg: TrainConfig, cache: str | os.PathLike, out: str | os.PathLike, resume: str | None = None,
-          progress: bool = True) -> dict:
-    """Train ``cfg`` on a prepared cache into run directory ``out``. Returns a summary (rank 0's view)."""
+          progress: bool = True, epoch_callback: EpochCallback | None = None) -> dict:
+    """Train ``cfg`` on a prepared cache into run directory ``out``. Returns a summary (rank 0's view).
+
+    ``epoch_callback(record)`` is called on rank 0 after each validation pass, once the epoch's checkpoints
+    are written, with the epoch's metrics record (``epoch``, ``val_loss``, ``val_auroc_mean``, ...). Returning
+    True stops the run after that epoch on every rank (the decision is broadcast), e.g. to prune a trial
+    (chexnet.tune); the run then ends as a finished one would, its checkpoints intact and resumable.
+    """
     info, device = dist.init()
     try:
-        return _train(cfg, Path(cache), Path(out), resume, progress, info, device)
+        return _train(cfg, Path(cache), Path(out), resume, progress, info, device, epoch_callback)
     finally:
         dist.teardown()
 
 
-def _train(cfg, cache, run, resume, progress, info, device) -> dict:
+def _ask_callback(callback: EpochCallback | None, record: dict, info: dist.DistInfo) -> bool:
+    """Rank 0 asks ``callback`` whether to stop; every rank gets the same answer (or the same error)."""
+    decision: bool | str = False
+    if info.is_main and callback is not None:
+        try:
+            decision = bool(callback(record))
+        except Exception as exc:  # the other ranks must not wait in the broadcast below for ever
+            decision = f"epoch callback failed after epoch {record['epoch']}: {type(exc).__name__}: {exc}"
+    decision = dist.broadcast_object(decision)
+    if isinstance(decision, str):
+        raise RuntimeError(decision)
+    return decision
+
+
+def _train(cfg, cache, run, resume, progress, info, device, epoch_callback=None) -> dict:
     t_start = time.time()
     _, index, meta = load_cache(cache)
     spec = Preprocessing(cache_size=int(meta["size"]), input_size=cfg.input_size, input_transform=cfg.input_transform)
@@ -209,6 +233,10 @@ def _train(cfg, cache, run, resume, progress, info, device) -> dict:
             print(f"epoch {epoch}/{cfg.epochs}: train loss {result['loss']:.4f}, {val}{result['img_per_s']:.1f} img/s{best}",
                   file=sys.stderr, flush=True)
         summary["epochs"].append(record)
+        if "val_loss" in record and _ask_callback(epoch_callback, record, info):  # every rank validated, or none
+            summary["stopped_after_epoch"] = epoch
+            _say(info, f"stopped after epoch {epoch}/{cfg.epochs} by the epoch callback")
+            break
         dist.barrier()
     logger.close()
     summary.update({"run": str(run), "select": cfg.select, "best": saver.best, "global_step": global_step,
