@@ -50,7 +50,7 @@ def test_evaluate_test_split_then_compare(trained_run, second_run, copy_run, che
 
     b = copy_run(second_run, "run_b")
     chexnet_cli("evaluate", b, "--split", "test", "--bootstrap", "200", "--tta", "hflip")
-    proc = chexnet_cli("compare", a, b, "--split", "test")
+    proc = chexnet_cli("compare", a, b, "--split", "test", "--resamples", "200")
     # "k of N": N is 14 less the pathologies with no positive (or no negative) test case in this tiny split
     assert re.search(r"run_b better than run_a on \d+ of \d+ pathologies", proc.stdout), proc.stdout
     assert (b / "eval" / "test" / "compare" / "compare.png").stat().st_size > 0
