@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 
-.PHONY: demo test install install-dev bench clean
+.PHONY: demo test install install-dev bench bench-peer clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,8 +29,25 @@ test: $(VENV)/.installed-dev
 	@$(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit 5)"; exit 0; fi; exit $$rc
 
+# CPU benchmarks (minutes): loader, inference (torch vs onnxruntime), 1 vs 2 processes and the scaling model.
+# Tables on stdout, JSON and the scaling chart in $(BENCH_OUT); record numbers in benchmarks/RESULTS.md.
+BENCH_OUT ?= bench-out
 bench: $(VENV)/.installed-dev
-	$(PY) benchmarks/bench_loader.py
+	mkdir -p $(BENCH_OUT)
+	$(PY) benchmarks/bench_loader.py --images 2000 --json $(BENCH_OUT)/loader.json
+	$(PY) benchmarks/bench_predict.py --json $(BENCH_OUT)/predict.json
+	$(PY) benchmarks/bench_scaling.py --steps 5 --json $(BENCH_OUT)/scaling.json
+	$(PY) benchmarks/scaling_model.py --measured $(BENCH_OUT)/scaling.json --json $(BENCH_OUT)/scaling_model.json \
+		--png $(BENCH_OUT)/scaling.png
+
+# chexnet vs the Keras + Horovod report's model, alternating in one run; TensorFlow lives in its own venv
+KERAS_VENV ?= .venv-keras
+$(KERAS_VENV)/bin/python:
+	$(PYTHON) -m venv $(KERAS_VENV)
+	$(KERAS_VENV)/bin/python -m pip install -q tensorflow-cpu
+bench-peer: $(VENV)/.installed-dev $(KERAS_VENV)/bin/python
+	mkdir -p $(BENCH_OUT)
+	$(PY) benchmarks/bench_peer.py --keras-python $(KERAS_VENV)/bin/python --rounds 3 --json $(BENCH_OUT)/peer.json
 
 clean:
-	rm -rf $(VENV) demo build *.egg-info src/*.egg-info .pytest_cache
+	rm -rf $(VENV) $(KERAS_VENV) $(BENCH_OUT) demo build *.egg-info src/*.egg-info .pytest_cache

@@ -71,6 +71,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--passes", type=int, default=3)
     ap.add_argument("--work", default="/tmp/chexnet-bench-loader")
+    ap.add_argument("--json", default=None, help="write the numbers here")
     args = ap.parse_args()
     torch.set_num_threads(1)
     cache = make_cache(Path(args.work), args.images, args.size)
@@ -116,6 +117,12 @@ def main() -> None:
     print(f"num_workers={args.workers}: {rate:.0f} samples/s; worker private memory after 2 passes: "
           f"{', '.join(f'{m:.0f} MB' for m in mem)} (cache file {os.path.getsize(cache / 'images.u8') / 1e6:.0f} MB)")
     del loader
+    if args.json:
+        import json
+
+        Path(args.json).write_text(json.dumps({
+            "args": vars(args), "one_core_samples_per_s": max(rates), "per_sample_normalization": per_sample,
+            "per_batch_normalization": per_batch, "workers_samples_per_s": rate, "worker_private_mb": mem}, indent=2))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,107 @@
+"""chexnet vs the Keras + Horovod report's stack on this CPU, side by side in one run.
+
+Alternates the two, Keras then chexnet, ``--rounds`` times (at least 3 each), and reports the median img/s of each
+and the ratio of medians:
+
+* Keras: ``benchmarks/keras_peer.py`` in its own venv (``--keras-python``; ``make bench-peer`` creates
+  ``.venv-keras`` with tensorflow-cpu): the report's exact model (DenseNet121 + GAP + Dense(14, sigmoid,
+  bias ones), Adadelta(1.0), binary cross-entropy) on random data already in memory, TF's thread pools pinned;
+* chexnet: the full training loop, ``chexnet train`` with the same model and optimizer (``--arch densenet121
+  --head-bias-init ones --optimizer adadelta --lr 1``), data loading from a synthetic 256 px cache included
+  (whole rows, resize to 224 and normalisation in the loop), img/s from metrics.jsonl's steady-state windows.
+
+Variants of the chexnet side (``--variants``): ``base``, ``channels_last``, ``compile``, ``threads1`` (one
+intra-op thread), ``workers0`` (no loader process). Every number goes to ``--json``.
+
+    python benchmarks/bench_peer.py --keras-python .venv-keras/bin/python --rounds 3 --json peer.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+VARIANT_FLAGS = {
+    "base": ([], {}),
+    "channels_last": (["--channels-last"], {}),
+    "compile": (["--compile"], {}),
+    "threads1": ([], {"OMP_NUM_THREADS": "1"}),
+    "workers0": (["--workers", "0"], {}),
+}
+
+
+def keras_rate(python: str, batch: int, size: int, steps: int, precision: str) -> float:
+    out = subprocess.run([python, str(Path(__file__).with_name("keras_peer.py")), "--batch", str(batch), "--size",
+                          str(size), "--steps", str(steps), "--precision", precision],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])["img_per_s"]
+
+
+def chexnet_rate(cache: Path, work: Path, batch: int, size: int, steps: int, precision: str, variant: str) -> float:
+    flags, env = VARIANT_FLAGS[variant]
+    run = work / f"run-{variant}-{precision}-{time.time_ns()}"
+    warm = 4 if variant == "compile" else 2
+    cmd = [sys.executable, "-m", "chexnet", "train", "--cache", str(cache), "--out", str(run), "--arch", "densenet121",
+           "--weights", "none", "--head-bias-init", "ones", "--optimizer", "adadelta", "--lr", "1",
+           "--input-size", str(size), "--input-transform", "resize", "--batch-size", str(batch), "--precision",
+           precision, "--epochs", "1", "--max-steps-per-epoch", str(warm + steps), "--log-every", "2", "--workers", "1",
+           "--set", "eval_every=1000", "--no-progress", *flags]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **env})
+    train = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in train if r["kind"] == "train"]
+    steady = train[warm // 2:]
+    return sum(r["img_per_s"] for r in steady) / len(steady)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--keras-python", default=".venv-keras/bin/python")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--precisions", default="fp32")
+    ap.add_argument("--variants", default="base")
+    ap.add_argument("--work", default="/tmp/chexnet-bench-peer")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    from chexnet.data.cache import prepare
+    from chexnet.data.synthetic import generate
+
+    work = Path(args.work)
+    cache = work / "cache"
+    if not (cache / "meta.json").is_file():
+        generate(work / "data", images=600, size=256, seed=0, progress=False)
+        prepare(work / "data", cache, size=256, progress=False)
+    result = {"machine": {"cpu": platform.processor() or platform.machine(), "usable_cpus": len(os.sched_getaffinity(0)),
+                          "date": time.strftime("%Y-%m-%d")}, "args": vars(args), "runs": []}
+    variants = args.variants.split(",")
+    for precision in args.precisions.split(","):
+        rates = {"keras": [], **{v: [] for v in variants}}
+        for r in range(args.rounds):
+            k = keras_rate(args.keras_python, args.batch, args.size, args.steps, precision)
+            rates["keras"].append(k)
+            print(f"round {r + 1} {precision}: keras {k:.2f} img/s", flush=True)
+            for v in variants:
+                c = chexnet_rate(cache, work, args.batch, args.size, args.steps, precision, v)
+                rates[v].append(c)
+                print(f"round {r + 1} {precision}: chexnet {v} {c:.2f} img/s", flush=True)
+        med = {name: statistics.median(v) for name, v in rates.items()}
+        result["runs"].append({"precision": precision, "rates": rates, "medians": med,
+                               "ratios": {v: med[v] / med["keras"] for v in variants}})
+        for v in variants:
+            print(f"{precision}: chexnet {v} {med[v]:.2f} / keras {med['keras']:.2f} img/s = {med[v] / med['keras']:.2f}x",
+                  flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
