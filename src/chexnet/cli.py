@@ -54,6 +54,9 @@ TRAIN_FLAGS = [
     ("checkpoint_every", int, "also write last.pt every N optimizer steps (0: at epoch end only)"),
     ("max_steps_per_epoch", int, "cap on optimizer steps per epoch (smoke tests, benchmarks)"),
     ("log_every", int, "steps between training-loss records"),
+    ("dist_timeout", float, "seconds a collective or the rendezvous waits for a peer before the job fails naming "
+                            "the lost rank (default 1800; keep it above the longest rank-0-only pause: first download "
+                            "of ImageNet weights, a checkpoint write to slow storage)"),
 ]
 TRAIN_SWITCHES = [
     ("nesterov", "Nesterov momentum (sgd)"),

@@ -103,9 +103,10 @@ def train(cfg: TrainConfig, cache: str | os.PathLike, out: str | os.PathLike, re
     True stops the run after that epoch on every rank (the decision is broadcast), e.g. to prune a trial
     (chexnet.tune); the run then ends as a finished one would, its checkpoints intact and resumable.
     """
-    info, device = dist.init()
+    info, device = dist.init(cfg.dist_timeout)
     try:
-        return _train(cfg, Path(cache), Path(out), resume, progress, info, device, epoch_callback)
+        with dist.naming_lost_peers(info):  # a lost peer fails the run with an error naming its rank and host
+            return _train(cfg, Path(cache), Path(out), resume, progress, info, device, epoch_callback)
     finally:
         dist.teardown()
 
@@ -168,7 +169,8 @@ def _train(cfg, cache, run, resume, progress, info, device, epoch_callback=None)
     lr, global_batch, rule = scaled_lr(cfg, info.world_size)
     criterion = build_criterion(train_set.labels, cfg.loss_weighting).to(device)
     saver = CheckpointSaver(run, cfg.select)
-    _say(info, f"chexnet train: {cfg.arch} on {device} x {info.world_size} ({info.launcher}); "
+    _say(info, f"chexnet train: {cfg.arch} on {device} x {info.world_size} ({info.launcher}), {torch.get_num_threads()} "
+               f"thread(s) + {cfg.workers} loader process(es) per rank; "
                f"{len(train_set)} train / {len(val_set)} val images; input: {cfg.input_transform} {spec.cache_size} -> "
                f"{cfg.input_size} px; global batch {global_batch}; lr {cfg.lr:g} for batch {cfg.lr_reference_batch} -> "
                f"{lr:.4g} ({rule} scaling{f', warmup {cfg.warmup_epochs:g} epochs from {cfg.lr:g}' if cfg.warmup_epochs else ''}); "
