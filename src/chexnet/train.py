@@ -41,6 +41,7 @@ from chexnet.checkpoint import (
     rng_state,
     set_rng_state,
     versions,
+    weights_sha256,
 )
 from chexnet.config import TrainConfig, build_config, config_from_dict, save_config
 from chexnet.data.cache import load_cache
@@ -240,10 +241,32 @@ def _train(cfg, cache, run, resume, progress, info, device, epoch_callback=None)
             _say(info, f"stopped after epoch {epoch}/{cfg.epochs} by the epoch callback")
             break
         dist.barrier()
+    summary["weights_sha256"] = _compare_weights(model, info, logger, epoch, global_step)
     logger.close()
     summary.update({"run": str(run), "select": cfg.select, "best": saver.best, "global_step": global_step,
                     "seconds": time.time() - t_start, "world_size": info.world_size})
     return summary
+
+
+def _compare_weights(model, info, logger, epoch: int, global_step: int) -> list[str]:
+    """Every rank logs a checksum of its final parameters (its own line, on its own stderr); rank 0 checks
+    that all ranks agree, as DDP promises, and records them in metrics.jsonl."""
+    digest = weights_sha256(model)
+    peer = dist.peers()[info.rank] if dist.peers() else {}
+    where = f" ({peer.get('host')}, {peer.get('addr')})" if peer else ""
+    print(f"chexnet: rank {info.rank}/{info.world_size}{where}: final weights sha256 {digest} "
+          f"(epoch {epoch}, step {global_step})", file=sys.stderr, flush=True)
+    digests = dist.all_gather_objects(digest)
+    if info.is_main and info.distributed:
+        odd = [r for r, d in enumerate(digests) if d != digests[0]]
+        if odd:
+            print(f"warning: final weights differ between ranks: rank(s) {odd} differ from rank 0 (DDP keeps them "
+                  f"equal; suspect a hardware fault or a non-deterministic collective)", file=sys.stderr, flush=True)
+        else:
+            print(f"chexnet: all {info.world_size} ranks hold identical final weights", file=sys.stderr, flush=True)
+    logger.log({"kind": "weights", "epoch": epoch, "step": global_step, "world_size": info.world_size,
+                "sha256": digests})
+    return digests
 
 
 def _run_info(cfg, cache, meta, spec, info, device) -> dict:
