@@ -78,10 +78,25 @@ def _say(info: dist.DistInfo, msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
+def _elastic_continuation(run: Path) -> bool:
+    """True when torch elastic restarted this job's workers into ``run``: after a failure (the restart count),
+    or after nodes joined or left an elastic (``--nnodes MIN:MAX``) job, which torch elastic does not count as
+    a restart; that is recognised by the job's rendezvous id, recorded in run.json by the earlier attempt."""
+    if dist.restart_count() > 0:
+        return True
+    run_id = dist.elastic_run_id()
+    if run_id is None:
+        return False
+    try:
+        return json.loads((run / "run.json").read_text()).get("elastic_run_id") == run_id
+    except (OSError, ValueError):
+        return False
+
+
 def _resume_path(run: Path, resume: str | None) -> Path | None:
     last = checkpoint_dir(run) / "last.pt"
-    if dist.restart_count() > 0 and last.is_file():
-        return last  # torch elastic restarted the group after a failure: continue from this run's newest state
+    if last.is_file() and _elastic_continuation(run):
+        return last  # torch elastic restarted the group: continue from this run's newest state
     if resume is None:
         return None
     if resume == "auto":
@@ -183,6 +198,7 @@ def _train(cfg, cache, run, resume, progress, info, device, epoch_callback=None)
     epoch, step_offset, global_step = 0, 0, 0
     if ckpt is not None:
         epoch, step_offset, global_step = _restore(ckpt, resume_path, cfg, info, model, optimizer, lr_ctl, scaler, saver)
+        lr_ctl.resume_at(global_step, epoch, step_offset)  # schedules follow epochs when the world size changed
 
     ddp = dist.wrap_ddp(model, device, cfg.grad_compression)
     net = torch.compile(ddp) if cfg.compile else ddp
@@ -274,7 +290,8 @@ def _run_info(cfg, cache, meta, spec, info, device) -> dict:
     return {"cache": str(Path(cache).resolve()), "cache_size": spec.cache_size, "cache_count": int(meta["count"]),
             "cache_splits": meta.get("splits"), "labels": list(cfg.labels), "preprocessing": spec.to_dict(),
             "select": cfg.select, "loss_weighting": cfg.loss_weighting, "world_size": info.world_size,
-            "launcher": info.launcher, "device": str(device), "versions": versions(), "argv": sys.argv,
+            "launcher": info.launcher, "elastic_run_id": dist.elastic_run_id(), "device": str(device),
+            "versions": versions(), "argv": sys.argv,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
@@ -306,6 +323,13 @@ def _restore(ckpt, path, cfg, info, model, optimizer, lr_ctl, scaler, saver) -> 
     else:
         _say(info, f"note: {path} selected models by {selection['select']}, this run by {cfg.select}: "
                    f"best.pt is replaced at the next validation")
+    saved_world = ckpt.get("world_size")
+    if saved_world is not None and saved_world != info.world_size:
+        old_lr, old_batch, _ = scaled_lr(config_from_dict(ckpt["config"]), saved_world)
+        new_lr, new_batch, rule = scaled_lr(cfg, info.world_size)
+        _say(info, f"note: {path} was saved by {saved_world} process(es), this run has {info.world_size}: global batch "
+                   f"{old_batch} -> {new_batch}, lr {old_lr:.4g} -> {new_lr:.4g} ({rule} scaling); an epoch may now have "
+                   f"another number of steps, and warmup / schedules continue from the same epoch")
     per_rank = ckpt.get("rng_per_rank") or []
     set_rng_state(per_rank[info.rank] if len(per_rank) == info.world_size else ckpt["rng"])
     if step_offset and (ckpt.get("world_size"), ckpt["config"]["batch_size"], ckpt["config"]["accum_steps"]) != (
@@ -327,6 +351,6 @@ def resolve_config(run: str | os.PathLike, config_file: str | None, cli: dict, s
 
     saved = Path(run) / "config.yaml"
     base = None
-    if (resume is not None or dist.restart_count() > 0) and saved.is_file():
+    if (resume is not None or _elastic_continuation(Path(run))) and saved.is_file():
         base = config_from_dict(yaml.safe_load(saved.read_text()))
     return build_config(config_file, cli, sets, base=base)
