@@ -68,12 +68,13 @@ TRAIN_SWITCHES = [
 
 
 def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="train a model on a prepared cache (1 process, --nproc N, torchrun, mpirun, srun)",
+    p = sub.add_parser("train", help="train a model on a prepared cache (1 process, --nproc N, torchrun, mpirun, srun, Spark)",
                        description="Train a CheXNet-style classifier with synchronous data-parallel SGD (DDP). "
                        "Config precedence: defaults < --config < flags < --set. The resolved config is saved in OUT.",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="recipes: chexnet (the CheXNet paper), keras-horovod (the Keras + Horovod report), vgg16, demo\n"
-                       "multi-node: torchrun ... -m chexnet train ... | mpirun -np 64 chexnet train ... | srun chexnet train ...")
+                       "multi-node: torchrun ... -m chexnet train ... | mpirun -np 64 chexnet train ... | srun chexnet train ...\n"
+                       "Spark: chexnet train --launcher spark --spark-master spark://HOST:7077 --nproc 16 ...")
     p.add_argument("--cache", required=True, help="prepared cache folder (chexnet prepare)")
     p.add_argument("--out", required=True, help="run directory to create or resume")
     p.add_argument("--config", help="YAML recipe: a file, or the name of a bundled recipe (chexnet, keras-horovod, vgg16, demo)")

@@ -8,11 +8,18 @@ N local processes (torch elastic, as torchrun; ``--max-restarts`` restarts faile
 
     chexnet train --cache cache/nih-256 --out runs/r1 --config chexnet --nproc 4
 
-Many nodes -- the same command under any launcher (see chexnet.dist for the environments read)::
+Many nodes -- the same command under any launcher (see chexnet.dist for the environments read; README, "Scaling
+out", for binding, threads, timeouts and elastic restarts)::
 
-    torchrun --nnodes 4 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29400 -m chexnet train ...
-    mpirun -np 64 -x MASTER_ADDR=HOST chexnet train ...
+    torchrun --nnodes 4 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29400 --rdzv-id r1 -m chexnet train ...
+    mpirun -np 2 chexnet train ...                                   # one host: nothing to export
+    mpirun -np 64 --hostfile hosts -x MASTER_ADDR=HOST -x PATH -x PYTHONPATH chexnet train ...
     srun --ntasks 64 chexnet train ...
+    chexnet train --launcher spark --spark-master spark://HOST:7077 --nproc 16 ...   # Spark executors
+
+A lost peer fails the run within ``--dist-timeout`` seconds with an error naming it; under torch elastic the
+group restarts from the newest complete checkpoint (also when nodes join or leave), the LR following the new
+world size.
 
 The Keras + Horovod report's five steps map to: dist.init (init), DDP construction (broadcast from rank 0),
 DDP's bucketed all-reduce (DistributedOptimizer), dist.all_reduce_sum / predict_distributed (metric
