@@ -196,3 +196,9 @@ def test_elastic_run_id(monkeypatch):
     assert dist.elastic_run_id() is None
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-42")
     assert dist.elastic_run_id() == "job-42"
+
+
+def test_mpirun_inside_a_slurm_allocation_takes_the_first_node():
+    env = {"OMPI_COMM_WORLD_RANK": "5", "OMPI_COMM_WORLD_SIZE": "8", "OMPI_COMM_WORLD_LOCAL_RANK": "1",
+           "OMPI_COMM_WORLD_LOCAL_SIZE": "4", "SLURM_NODELIST": "gpu[07-08]"}
+    assert dist.rendezvous_env(dist.detect(env), env)["MASTER_ADDR"] == "gpu07"

@@ -147,7 +147,7 @@ def rendezvous_env(info: DistInfo, env=None) -> dict[str, str]:
     out = {"RANK": str(info.rank), "WORLD_SIZE": str(info.world_size), "LOCAL_RANK": str(info.local_rank)}
     addr = env.get("MASTER_ADDR")
     if not addr:
-        nodes = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_NODELIST") if info.launcher == "slurm" else None
+        nodes = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_NODELIST")  # srun, or mpirun in an allocation
         if nodes:
             addr = first_slurm_host(nodes)
         elif info.local_world_size >= info.world_size:
