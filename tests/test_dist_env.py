@@ -124,3 +124,81 @@ def test_restart_count(monkeypatch):
 ])
 def test_strip_option(argv, name, expected):
     assert strip_option(argv, name) == expected
+
+
+# ------------------------------------------------------------------ MPI / srun rendezvous defaults (issue 9)
+
+OMPI_ONE_HOST = {"OMPI_COMM_WORLD_RANK": "1", "OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_LOCAL_RANK": "1",
+                 "OMPI_COMM_WORLD_LOCAL_SIZE": "2", "OMPI_MCA_ess_base_jobid": "1132199937"}
+
+
+def test_mpirun_on_one_host_needs_no_exports():
+    env = dict(OMPI_ONE_HOST)
+    out = dist.rendezvous_env(dist.detect(env), env)
+    assert out["MASTER_ADDR"] == "localhost"
+    assert (out["RANK"], out["WORLD_SIZE"], out["LOCAL_RANK"]) == ("1", "2", "1")
+    port = int(out["MASTER_PORT"])
+    assert dist.DEFAULT_PORT <= port < dist.DEFAULT_PORT + dist.PORT_SPAN < 32768  # below the ephemeral range
+
+
+def test_master_port_is_derived_from_the_job_so_concurrent_jobs_differ():
+    ports = set()
+    for jobid in range(1132199937, 1132199937 + 50 * 65536, 65536):  # 50 mpiruns: other job families
+        env = {**OMPI_ONE_HOST, "OMPI_MCA_ess_base_jobid": str(jobid)}
+        info = dist.detect(env)
+        assert dist.default_master_port(info, env) == dist.default_master_port(info, dict(env))  # every rank agrees
+        ports.add(dist.default_master_port(info, env))
+    assert len(ports) >= 45
+    no_job = {k: v for k, v in OMPI_ONE_HOST.items() if k != "OMPI_MCA_ess_base_jobid"}
+    assert dist.default_master_port(dist.detect(no_job), no_job) == 29500
+
+
+def test_slurm_port_depends_on_job_and_step():
+    base = {"SLURM_PROCID": "0", "SLURM_NTASKS": "2", "SLURM_NODELIST": "n[1-2]", "SLURM_JOB_ID": "77"}
+    a, b = {**base, "SLURM_STEP_ID": "0"}, {**base, "SLURM_STEP_ID": "1"}
+    assert dist.default_master_port(dist.detect(a), a) != dist.default_master_port(dist.detect(b), b)
+    assert dist.rendezvous_env(dist.detect(a), a)["MASTER_ADDR"] == "n1"
+
+
+def test_exported_master_addr_and_port_win():
+    env = {**OMPI_ONE_HOST, "MASTER_ADDR": "node7", "MASTER_PORT": "12345"}
+    out = dist.rendezvous_env(dist.detect(env), env)
+    assert (out["MASTER_ADDR"], out["MASTER_PORT"]) == ("node7", "12345")
+
+
+@pytest.mark.parametrize("env", [
+    {"OMPI_COMM_WORLD_RANK": "3", "OMPI_COMM_WORLD_SIZE": "4", "OMPI_COMM_WORLD_LOCAL_RANK": "1",
+     "OMPI_COMM_WORLD_LOCAL_SIZE": "2"},
+    {"PMI_RANK": "3", "PMI_SIZE": "4", "MPI_LOCALRANKID": "1", "MPI_LOCALNRANKS": "2"},
+])
+def test_multi_host_mpi_without_master_addr_is_an_error_not_a_30_minute_wait(env):
+    with pytest.raises(ValueError, match="several hosts.*export MASTER_ADDR"):
+        dist.rendezvous_env(dist.detect(env), env)
+
+
+@pytest.mark.parametrize("launcher_env,usable,total,expected", [
+    (OMPI_ONE_HOST, 1, 16, 1),      # mpirun --bind-to core: the one core it is bound to
+    (OMPI_ONE_HOST, 4, 16, 4),      # --map-by slot:PE=4: its 4 cores
+    (OMPI_ONE_HOST, 16, 16, 8),     # --bind-to none: its share, 16 cores / 2 ranks on the host
+    ({**OMPI_ONE_HOST, "OMP_NUM_THREADS": "3"}, 16, 16, None),  # the user's choice stands
+    ({"RANK": "0", "WORLD_SIZE": "2"}, 16, 16, None),           # torchrun sets OMP_NUM_THREADS itself
+])
+def test_threads_per_rank(launcher_env, usable, total, expected, monkeypatch):
+    monkeypatch.setattr("chexnet.environment.usable_cpus", lambda: usable)
+    monkeypatch.setattr(dist.os, "cpu_count", lambda: total)
+    assert dist.default_threads(dist.detect(launcher_env), launcher_env) == expected
+
+
+def test_elastic_run_id(monkeypatch):
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    assert dist.elastic_run_id() is None
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")  # torchrun's default --rdzv-id identifies nothing
+    assert dist.elastic_run_id() is None
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-42")
+    assert dist.elastic_run_id() == "job-42"
+
+
+def test_mpirun_inside_a_slurm_allocation_takes_the_first_node():
+    env = {"OMPI_COMM_WORLD_RANK": "5", "OMPI_COMM_WORLD_SIZE": "8", "OMPI_COMM_WORLD_LOCAL_RANK": "1",
+           "OMPI_COMM_WORLD_LOCAL_SIZE": "4", "SLURM_NODELIST": "gpu[07-08]"}
+    assert dist.rendezvous_env(dist.detect(env), env)["MASTER_ADDR"] == "gpu07"

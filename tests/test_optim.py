@@ -165,3 +165,17 @@ def test_build_optimizer(name, cls, extra):
     if name != "adamw":
         assert group["weight_decay"] == 0.0
     assert not math.isnan(group["lr"])
+
+
+def test_schedule_follows_epochs_when_the_world_size_changes():
+    """An elastic restart on half the nodes: an epoch has twice the steps (the same per-worker batch over half the
+    processes). The cosine / warmup position continues from the same epoch, not from the optimizer step count."""
+    c = cfg(warmup_epochs=1, schedule="cosine", epochs=4, min_lr=0.0)
+    two = LRController(_opt(), c, base_lr=0.1, steps_per_epoch=10)  # 2 nodes: 10 steps per epoch
+    after_two_epochs = two.lr_at(20)
+    one = LRController(_opt(), c, base_lr=0.1, steps_per_epoch=20)  # 1 node: 20 steps per epoch
+    assert one.resume_at(global_step=20, epoch=2, step_in_epoch=0) == 20
+    assert one.set_step(20) == pytest.approx(after_two_epochs)  # epoch 2's start in both layouts
+    assert one.set_step(20 + 40 - 1) == pytest.approx(one.lr_at(79))  # the last step of epoch 4
+    same = LRController(_opt(), c, base_lr=0.1, steps_per_epoch=10)
+    assert same.resume_at(global_step=23, epoch=2, step_in_epoch=3) == 0  # same layout: nothing moves

@@ -49,6 +49,18 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         raise RuntimeError(f"{path}: cannot load checkpoint ({exc})") from exc
 
 
+def weights_sha256(module: torch.nn.Module) -> str:
+    """SHA-256 of a module's parameters (names, dtypes, shapes and bytes, in order): equal on every DDP rank."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, p in module.named_parameters():
+        t = p.detach().to("cpu").contiguous().flatten()
+        h.update(f"{name}:{t.dtype}:{tuple(p.shape)};".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def rng_state() -> dict:
     np_state = np.random.get_state()
     state = {"torch": torch.get_rng_state(), "numpy": torch.from_numpy(np_state[1].astype(np.int64)),

@@ -54,6 +54,9 @@ TRAIN_FLAGS = [
     ("checkpoint_every", int, "also write last.pt every N optimizer steps (0: at epoch end only)"),
     ("max_steps_per_epoch", int, "cap on optimizer steps per epoch (smoke tests, benchmarks)"),
     ("log_every", int, "steps between training-loss records"),
+    ("dist_timeout", float, "seconds a collective or the rendezvous waits for a peer before the job fails naming "
+                            "the lost rank (default 1800; keep it above the longest rank-0-only pause: first download "
+                            "of ImageNet weights, a checkpoint write to slow storage)"),
 ]
 TRAIN_SWITCHES = [
     ("nesterov", "Nesterov momentum (sgd)"),
@@ -65,12 +68,13 @@ TRAIN_SWITCHES = [
 
 
 def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="train a model on a prepared cache (1 process, --nproc N, torchrun, mpirun, srun)",
+    p = sub.add_parser("train", help="train a model on a prepared cache (1 process, --nproc N, torchrun, mpirun, srun, Spark)",
                        description="Train a CheXNet-style classifier with synchronous data-parallel SGD (DDP). "
                        "Config precedence: defaults < --config < flags < --set. The resolved config is saved in OUT.",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="recipes: chexnet (the CheXNet paper), keras-horovod (the Keras + Horovod report), vgg16, demo\n"
-                       "multi-node: torchrun ... -m chexnet train ... | mpirun -np 64 chexnet train ... | srun chexnet train ...")
+                       "multi-node: torchrun ... -m chexnet train ... | mpirun -np 64 chexnet train ... | srun chexnet train ...\n"
+                       "Spark: chexnet train --launcher spark --spark-master spark://HOST:7077 --nproc 16 ...")
     p.add_argument("--cache", required=True, help="prepared cache folder (chexnet prepare)")
     p.add_argument("--out", required=True, help="run directory to create or resume")
     p.add_argument("--config", help="YAML recipe: a file, or the name of a bundled recipe (chexnet, keras-horovod, vgg16, demo)")
@@ -83,6 +87,15 @@ def _add_train(sub) -> None:
                    help="continue a run: 'last' (default when given bare), 'best', 'auto' (only if OUT has last.pt), or a checkpoint PATH")
     p.add_argument("--nproc", type=int, default=None, help="start N local worker processes (torch elastic, like torchrun)")
     p.add_argument("--max-restarts", type=int, default=0, help="with --nproc: restart the worker group up to K times after a failure, resuming from last.pt")
+    p.add_argument("--launcher", choices=["local", "spark"], default="local",
+                   help="where --nproc N processes run: local (this machine, torch elastic as torchrun --standalone; "
+                   "default) | spark (barrier tasks on a Spark cluster's executors through TorchDistributor; needs "
+                   "chexnet[spark])")
+    p.add_argument("--spark-master", metavar="URL", help="with --launcher spark: spark://HOST:7077, yarn, k8s://..., "
+                   "local[N] (default: the master spark-submit / spark-defaults.conf name)")
+    p.add_argument("--spark-conf", action="append", default=[], metavar="KEY=VALUE",
+                   help="with --launcher spark: a Spark setting (repeatable), e.g. spark.task.resource.gpu.amount=1, "
+                   "spark.executor.resource.gpu.amount=8, spark.task.cpus=8")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -285,12 +298,35 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _spawn_if_asked(args) -> bool:
-    if args.nproc and args.nproc > 1 and "RANK" not in os.environ:
-        from chexnet.launch.local import spawn, strip_option
+LAUNCHER_OPTIONS = ("--nproc", "--max-restarts", "--launcher", "--spark-master", "--spark-conf")
 
-        spawn(args.nproc, strip_option(strip_option(sys.argv[1:], "--nproc"), "--max-restarts"),
-              max_restarts=getattr(args, "max_restarts", 0))
+
+def _worker_argv(args) -> list[str]:
+    """This command line without the launcher's options: what every worker process runs."""
+    from chexnet.launch.local import strip_option
+
+    argv = args.argv
+    for name in LAUNCHER_OPTIONS:
+        argv = strip_option(argv, name)
+    return argv
+
+
+def _spawn_if_asked(args) -> bool:
+    launcher = getattr(args, "launcher", "local")
+    if launcher != "spark" and (getattr(args, "spark_master", None) or getattr(args, "spark_conf", None)):
+        raise ValueError("--spark-master and --spark-conf go with --launcher spark")
+    if launcher == "spark" and "RANK" not in os.environ:
+        from chexnet.launch import spark
+
+        if args.max_restarts:
+            raise ValueError("--max-restarts is for --launcher local: Spark retries a failed barrier stage itself "
+                             "(spark.task.maxFailures); add --resume auto so that a retry continues from last.pt")
+        spark.run(_worker_argv(args), args.nproc or 1, args.spark_master, spark.parse_conf(args.spark_conf))
+        return True
+    if args.nproc and args.nproc > 1 and "RANK" not in os.environ:
+        from chexnet.launch.local import spawn
+
+        spawn(args.nproc, _worker_argv(args), max_restarts=getattr(args, "max_restarts", 0))
         return True
     return False
 
@@ -405,6 +441,7 @@ COMMANDS = {"synth": cmd_synth, "prepare": cmd_prepare, "train": cmd_train, "eva
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what launchers hand their workers
     if args.command is None:
         parser.print_help()
         return 0

@@ -64,6 +64,7 @@ class TrainConfig:
     skip_nonfinite: bool = False  # skip steps whose loss/gradients are not finite instead of stopping
     max_steps_per_epoch: int = 0  # 0 = whole epoch (benchmarks and smoke tests use a cap)
     eval_every: int = 1  # epochs between validation passes
+    dist_timeout: float = 1800.0  # seconds a collective / the rendezvous waits for a lost or stuck peer before failing
     labels: tuple[str, ...] = field(default_factory=lambda: PATHOLOGIES)
 
     def to_dict(self) -> dict[str, Any]:

@@ -11,8 +11,16 @@ Launchers understood (the same ``chexnet train`` command runs unchanged under ea
   as srun sets it): a plain ``chexnet train`` in an ``sbatch`` script or ``salloc`` shell also sees SLURM_PROCID and
   SLURM_NTASKS of the allocation, but nothing started its peers, so it runs as one process.
 
-Under MPI or srun, MASTER_ADDR defaults to the first host of SLURM_NODELIST (or localhost for a single
-node) and MASTER_PORT to 29500; export them for multi-node MPI jobs.
+Under MPI or srun, MASTER_ADDR defaults to the first host of SLURM_NODELIST, or to localhost when every rank runs
+on one host; a multi-host MPI job without MASTER_ADDR is an error that says so (rank 0's host cannot be known from
+the MPI environment). MASTER_PORT defaults to a port derived from the launcher's job id (Open MPI's jobid, SLURM's
+job and step ids: 29500-31499), so that two jobs on one host do not collide; 29500 where there is no job id.
+Without OMP_NUM_THREADS, each rank of an MPI / srun job uses the cores it is bound to, or its share of the host's
+cores when it is not bound (``--bind-to none``).
+
+``init(timeout_s)`` is the process-group timeout: how long a collective (or the initial rendezvous) waits for a
+peer before it fails (``--dist-timeout``). ``naming_lost_peers`` turns a failed collective into an error that
+names the rank(s) that stopped answering, found through the rendezvous store.
 """
 
 from __future__ import annotations
@@ -21,6 +29,10 @@ import contextlib
 import datetime
 import os
 import re
+import socket
+import threading
+import time
+import zlib
 from dataclasses import dataclass
 
 import torch
@@ -101,27 +113,215 @@ def device_for(info: DistInfo) -> torch.device:
     return torch.device("cpu")
 
 
-def init(timeout_s: float = 1800.0) -> tuple[DistInfo, torch.device]:
-    """``hvd.init()``'s twin: join the process group the launcher set up (nccl on CUDA, gloo otherwise)."""
+DEFAULT_TIMEOUT_S = 1800.0
+DEFAULT_PORT, PORT_SPAN = 29500, 2000  # derived ports: 29500-31499, below Linux's ephemeral range (32768-60999)
+
+
+class PeerLostError(RuntimeError):
+    """A collective failed because a peer died, was cut off, or did not answer within the process-group timeout."""
+
+
+def job_id(info: DistInfo, env=None) -> str | None:
+    """The launcher's id for this job (the same on every rank), or None."""
+    env = os.environ if env is None else env
+    if info.launcher == "openmpi":
+        return env.get("OMPI_MCA_ess_base_jobid") or env.get("PMIX_NAMESPACE") or None
+    if info.launcher == "slurm" and env.get("SLURM_JOB_ID"):
+        return f"{env['SLURM_JOB_ID']}.{env.get('SLURM_STEP_ID', env.get('SLURM_STEPID', ''))}"
+    return None
+
+
+def default_master_port(info: DistInfo, env=None) -> int:
+    """MASTER_PORT when the launcher gives none: derived from the job id, so concurrent jobs on a host differ."""
+    jid = job_id(info, env)
+    return DEFAULT_PORT if jid is None else DEFAULT_PORT + zlib.crc32(jid.encode()) % PORT_SPAN
+
+
+def rendezvous_env(info: DistInfo, env=None) -> dict[str, str]:
+    """MASTER_ADDR / MASTER_PORT / RANK / WORLD_SIZE / LOCAL_RANK for an MPI or srun rank (torch's env:// init).
+
+    Raises ValueError for a multi-host MPI job without MASTER_ADDR: each rank would otherwise wait on its own
+    localhost until the timeout.
+    """
+    env = os.environ if env is None else env
+    out = {"RANK": str(info.rank), "WORLD_SIZE": str(info.world_size), "LOCAL_RANK": str(info.local_rank)}
+    addr = env.get("MASTER_ADDR")
+    if not addr:
+        nodes = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_NODELIST")  # srun, or mpirun in an allocation
+        if nodes:
+            addr = first_slurm_host(nodes)
+        elif info.local_world_size >= info.world_size:
+            addr = "localhost"
+        else:
+            raise ValueError(f"{info.launcher}: {info.world_size} ranks on several hosts ({info.local_world_size} on "
+                             f"this one) but MASTER_ADDR is not set: export MASTER_ADDR=<rank 0's host> to every rank "
+                             f"(mpirun -x MASTER_ADDR=HOST -x MASTER_PORT=PORT ...)")
+    out["MASTER_ADDR"] = addr
+    out["MASTER_PORT"] = env.get("MASTER_PORT") or str(default_master_port(info, env))
+    return out
+
+
+def default_threads(info: DistInfo, env=None) -> int | None:
+    """Intra-op threads for a rank started by MPI / srun without OMP_NUM_THREADS: the cores it is bound to, or
+    its share of the host when it is not bound. None: leave torch's choice (set, or another launcher)."""
+    env = os.environ if env is None else env
+    if info.launcher not in ("openmpi", "mpich", "slurm") or env.get("OMP_NUM_THREADS"):
+        return None
+    from chexnet.environment import usable_cpus
+
+    usable, total = usable_cpus(), os.cpu_count() or 1
+    return usable if usable < total else max(1, total // max(1, info.local_world_size))
+
+
+# what every rank knows about the others once the group is up: [{"rank", "host", "addr", "pid"}, ...]
+_PEERS: list[dict] = []
+_STORE = None  # the rendezvous store (rank 0's TCPStore, or torchrun's), for the liveness probe
+_TIMEOUT_S = DEFAULT_TIMEOUT_S
+
+
+def _own_address(master_addr: str, master_port: str) -> str | None:
+    """The local address this host uses to reach MASTER_ADDR (no packet is sent)."""
+    try:
+        family, _, _, _, sockaddr = socket.getaddrinfo(master_addr, int(master_port), proto=socket.IPPROTO_UDP)[0]
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            s.connect(sockaddr)
+            return s.getsockname()[0]
+    except (OSError, ValueError):
+        return None
+
+
+def init(timeout_s: float = DEFAULT_TIMEOUT_S) -> tuple[DistInfo, torch.device]:
+    """``hvd.init()``'s twin: join the process group the launcher set up (nccl on CUDA, gloo otherwise).
+
+    ``timeout_s`` bounds the rendezvous and every collective: a peer that is lost makes the others fail after
+    at most that long (plus the liveness probe of ``naming_lost_peers``).
+    """
+    global _STORE, _TIMEOUT_S
     info = detect()
     device = device_for(info)
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    threads = default_threads(info)
+    if threads is not None:
+        torch.set_num_threads(threads)
     if info.distributed and not dist.is_initialized():
         if info.launcher != "torchrun":  # MPI / SLURM: give torch the rendezvous it expects
-            nodes = os.environ.get("SLURM_STEP_NODELIST") or os.environ.get("SLURM_NODELIST") or "localhost"
-            os.environ.setdefault("MASTER_ADDR", first_slurm_host(nodes))
-            os.environ.setdefault("MASTER_PORT", "29500")
-            os.environ["RANK"], os.environ["WORLD_SIZE"] = str(info.rank), str(info.world_size)
-            os.environ["LOCAL_RANK"] = str(info.local_rank)
+            os.environ.update(rendezvous_env(info))
         # NCCL for CUDA tensors; gloo too on GPUs so that small CPU-side collectives (gather_object) also work
         backend = "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
         kwargs = {"device_id": device} if device.type == "cuda" else {}
-        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s), **kwargs)
+        timeout = datetime.timedelta(seconds=timeout_s)
+        where = f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}"
+        try:  # what init_process_group(init_method="env://") does, keeping the store for the liveness probe
+            store, rank, size = next(dist.rendezvous("env://", timeout=timeout))
+            store.set_timeout(timeout)
+            dist.init_process_group(backend, store=dist.PrefixStore("default_pg", store), rank=rank,
+                                    world_size=size, timeout=timeout, **kwargs)
+        except (dist.DistError, RuntimeError) as exc:
+            raise RuntimeError(f"rank {info.rank}/{info.world_size} ({info.launcher}) could not join the process group "
+                               f"at MASTER_ADDR:MASTER_PORT = {where} within {timeout_s:g} s (--dist-timeout): is rank "
+                               f"0 running, is that address reachable from this host and the port free? ({exc})") from exc
+        _STORE, _TIMEOUT_S = dist.PrefixStore("chexnet", store), timeout_s
+        me = {"rank": info.rank, "host": socket.gethostname(), "pid": os.getpid(),
+              "addr": _own_address(os.environ.get("MASTER_ADDR", "localhost"), os.environ.get("MASTER_PORT", "0"))}
+        _PEERS[:] = all_gather_objects(me)
     return info, device
 
 
+def peers() -> list[dict]:
+    """Every rank's host, address and pid (rank order), gathered when the group was formed; [] when alone."""
+    return list(_PEERS)
+
+
+def describe_rank(rank: int) -> str:
+    p = _PEERS[rank] if rank < len(_PEERS) else {}
+    return f"rank {rank} ({p.get('host', '?')}, {p.get('addr') or '?'}, pid {p.get('pid', '?')})"
+
+
+def _is_comm_failure(exc: BaseException) -> bool:
+    if isinstance(exc, dist.DistError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and any(s in text for s in (
+        "gloo", "Gloo", "NCCL", "Connection closed by peer", "Connection reset by peer", "Timed out waiting",
+        "Broken pipe", "collective operation timeout"))
+
+
+def _probe(info: DistInfo, wait_s: float) -> tuple[list[int] | None, str | None]:
+    """Which ranks are still alive? Each survivor posts a key to the rendezvous store and waits up to ``wait_s``
+    for the others' keys. Returns (silent ranks, None), or (None, why the store itself is unreachable).
+
+    Runs in a daemon thread with a hard deadline: a store client whose host is cut off (no FIN, no RST) can
+    block in a read longer than its own timeout.
+    """
+    if _STORE is None:
+        return None, "no rendezvous store"
+    prefix, result = f"alive/{restart_count()}/", {}
+
+    def run():
+        try:
+            _STORE.set_timeout(datetime.timedelta(seconds=max(1.0, wait_s)))
+            _STORE.set(prefix + str(info.rank), "1")
+            pending = [r for r in range(info.world_size) if r != info.rank]
+            deadline = time.monotonic() + wait_s
+            while pending and time.monotonic() < deadline:
+                pending = [r for r in pending if not _STORE.check([prefix + str(r)])]
+                if pending:
+                    time.sleep(0.2)
+            result["silent"] = pending
+        except Exception as exc:  # rank 0's store is gone (its host died) or cut off from this host
+            result["error"] = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
+
+    thread = threading.Thread(target=run, name="chexnet-liveness-probe", daemon=True)
+    thread.start()
+    thread.join(wait_s + 2.0)
+    if "silent" in result:
+        return result["silent"], None
+    return None, result.get("error", f"no answer within {wait_s + 2.0:g} s")
+
+
+def describe_failure(exc: BaseException, info: DistInfo, probe_wait_s: float | None = None) -> str:
+    """An error message naming the rank(s) that stopped answering, from the error itself and a liveness probe."""
+    if probe_wait_s is None:
+        probe_wait_s = min(15.0, max(3.0, _TIMEOUT_S / 4))
+    named = []
+    for addr in re.findall(r"\[?(\d{1,3}(?:\.\d{1,3}){3})\]?:\d+", str(exc)):
+        named += [p["rank"] for p in _PEERS if p.get("addr") == addr and p["rank"] != info.rank]
+    silent, store_error = _probe(info, probe_wait_s)
+    me = describe_rank(info.rank)
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    if silent:
+        lost = ", ".join(describe_rank(r) for r in silent[:8]) + (f" and {len(silent) - 8} more" if len(silent) > 8 else "")
+        head = (f"lost {lost}: stopped answering (process died, host lost or cut off, or stuck for more than "
+                f"{_TIMEOUT_S:g} s, --dist-timeout) and silent to a liveness check through the rendezvous store")
+    elif store_error is not None:
+        peers_named = ", ".join(describe_rank(r) for r in sorted(set(named))) or describe_rank(0) + ", the store's host"
+        head = (f"lost contact with {peers_named}; the rendezvous store on rank 0's host "
+                f"({os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}) does not answer either ({store_error}): "
+                f"rank 0's host is lost, or this host is cut off")
+    else:
+        peers_named = ", ".join(describe_rank(r) for r in sorted(set(named)))
+        head = (f"a collective failed ({'peer ' + peers_named if peers_named else 'no peer named'}), "
+                f"but every rank answers the liveness check: a rank failed on its own (see its log) or the network "
+                f"between ranks dropped a connection")
+    return f"{me}: {head}. ({type(exc).__name__}: {first})"
+
+
+@contextlib.contextmanager
+def naming_lost_peers(info: DistInfo):
+    """Re-raise a failed collective as PeerLostError naming the lost rank(s), their hosts and addresses."""
+    try:
+        yield
+    except Exception as exc:
+        if not (info.distributed and is_initialized() and _is_comm_failure(exc)):
+            raise
+        raise PeerLostError(describe_failure(exc, info)) from exc
+
+
 def teardown() -> None:
+    global _STORE
+    _PEERS.clear()
+    _STORE = None
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
@@ -212,8 +412,16 @@ def wrap_ddp(model: torch.nn.Module, device: torch.device, grad_compression: str
 
 
 def restart_count() -> int:
-    """How many times torch elastic has restarted this worker group (0 on the first attempt)."""
+    """How many times torch elastic has restarted this worker group after a failure (0 on the first attempt;
+    a restart because nodes joined or left an elastic job does not count)."""
     return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+
+
+def elastic_run_id() -> str | None:
+    """torch elastic's id of this job (torchrun --rdzv-id, a fresh one per ``--nproc`` or Spark launch), the same
+    for every attempt of the job; None outside torch elastic and for torchrun's default id 'none'."""
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID", "")
+    return run_id if run_id and run_id != "none" else None
 
 
 def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:

@@ -73,6 +73,7 @@ class LRController:
         self.plateau_scale = 1.0
         self.best_val = math.inf
         self.bad_evals = 0
+        self.position_offset = 0  # schedule position = optimizer step + this (see resume_at)
 
     def lr_at(self, step: int) -> float:
         cfg = self.cfg
@@ -88,8 +89,18 @@ class LRController:
             return max(cfg.min_lr, self.base_lr * self.plateau_scale)
         return self.base_lr
 
+    def resume_at(self, global_step: int, epoch: int, step_in_epoch: int) -> int:
+        """Continue the schedule at ``epoch`` / ``step_in_epoch`` of *this* run's steps per epoch.
+
+        Warmup, cosine and step schedules are laid out in optimizer steps. When a run resumes with another
+        world size (an elastic restart on fewer or more nodes) or batch, an epoch has another number of steps
+        than the checkpoint's global step counted, so the schedule is re-anchored on epochs. Returns the offset.
+        """
+        self.position_offset = epoch * self.steps_per_epoch + step_in_epoch - global_step
+        return self.position_offset
+
     def set_step(self, step: int) -> float:
-        lr = self.lr_at(step)
+        lr = self.lr_at(step + self.position_offset)
         for group in self.opt.param_groups:
             group["lr"] = lr
         return lr

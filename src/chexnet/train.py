@@ -8,11 +8,18 @@ N local processes (torch elastic, as torchrun; ``--max-restarts`` restarts faile
 
     chexnet train --cache cache/nih-256 --out runs/r1 --config chexnet --nproc 4
 
-Many nodes -- the same command under any launcher (see chexnet.dist for the environments read)::
+Many nodes -- the same command under any launcher (see chexnet.dist for the environments read; README, "Scaling
+out", for binding, threads, timeouts and elastic restarts)::
 
-    torchrun --nnodes 4 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29400 -m chexnet train ...
-    mpirun -np 64 -x MASTER_ADDR=HOST chexnet train ...
+    torchrun --nnodes 4 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29400 --rdzv-id r1 -m chexnet train ...
+    mpirun -np 2 chexnet train ...                                   # one host: nothing to export
+    mpirun -np 64 --hostfile hosts -x MASTER_ADDR=HOST -x PATH -x PYTHONPATH chexnet train ...
     srun --ntasks 64 chexnet train ...
+    chexnet train --launcher spark --spark-master spark://HOST:7077 --nproc 16 ...   # Spark executors
+
+A lost peer fails the run within ``--dist-timeout`` seconds with an error naming it; under torch elastic the
+group restarts from the newest complete checkpoint (also when nodes join or leave), the LR following the new
+world size.
 
 The Keras + Horovod report's five steps map to: dist.init (init), DDP construction (broadcast from rank 0),
 DDP's bucketed all-reduce (DistributedOptimizer), dist.all_reduce_sum / predict_distributed (metric
@@ -41,6 +48,7 @@ from chexnet.checkpoint import (
     rng_state,
     set_rng_state,
     versions,
+    weights_sha256,
 )
 from chexnet.config import TrainConfig, build_config, config_from_dict, save_config
 from chexnet.data.cache import load_cache
@@ -77,10 +85,25 @@ def _say(info: dist.DistInfo, msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
+def _elastic_continuation(run: Path) -> bool:
+    """True when torch elastic restarted this job's workers into ``run``: after a failure (the restart count),
+    or after nodes joined or left an elastic (``--nnodes MIN:MAX``) job, which torch elastic does not count as
+    a restart; that is recognised by the job's rendezvous id, recorded in run.json by the earlier attempt."""
+    if dist.restart_count() > 0:
+        return True
+    run_id = dist.elastic_run_id()
+    if run_id is None:
+        return False
+    try:
+        return json.loads((run / "run.json").read_text()).get("elastic_run_id") == run_id
+    except (OSError, ValueError):
+        return False
+
+
 def _resume_path(run: Path, resume: str | None) -> Path | None:
     last = checkpoint_dir(run) / "last.pt"
-    if dist.restart_count() > 0 and last.is_file():
-        return last  # torch elastic restarted the group after a failure: continue from this run's newest state
+    if last.is_file() and _elastic_continuation(run):
+        return last  # torch elastic restarted the group: continue from this run's newest state
     if resume is None:
         return None
     if resume == "auto":
@@ -103,9 +126,10 @@ def train(cfg: TrainConfig, cache: str | os.PathLike, out: str | os.PathLike, re
     True stops the run after that epoch on every rank (the decision is broadcast), e.g. to prune a trial
     (chexnet.tune); the run then ends as a finished one would, its checkpoints intact and resumable.
     """
-    info, device = dist.init()
+    info, device = dist.init(cfg.dist_timeout)
     try:
-        return _train(cfg, Path(cache), Path(out), resume, progress, info, device, epoch_callback)
+        with dist.naming_lost_peers(info):  # a lost peer fails the run with an error naming its rank and host
+            return _train(cfg, Path(cache), Path(out), resume, progress, info, device, epoch_callback)
     finally:
         dist.teardown()
 
@@ -168,7 +192,8 @@ def _train(cfg, cache, run, resume, progress, info, device, epoch_callback=None)
     lr, global_batch, rule = scaled_lr(cfg, info.world_size)
     criterion = build_criterion(train_set.labels, cfg.loss_weighting).to(device)
     saver = CheckpointSaver(run, cfg.select)
-    _say(info, f"chexnet train: {cfg.arch} on {device} x {info.world_size} ({info.launcher}); "
+    _say(info, f"chexnet train: {cfg.arch} on {device} x {info.world_size} ({info.launcher}), {torch.get_num_threads()} "
+               f"thread(s) + {cfg.workers} loader process(es) per rank; "
                f"{len(train_set)} train / {len(val_set)} val images; input: {cfg.input_transform} {spec.cache_size} -> "
                f"{cfg.input_size} px; global batch {global_batch}; lr {cfg.lr:g} for batch {cfg.lr_reference_batch} -> "
                f"{lr:.4g} ({rule} scaling{f', warmup {cfg.warmup_epochs:g} epochs from {cfg.lr:g}' if cfg.warmup_epochs else ''}); "
@@ -180,6 +205,7 @@ def _train(cfg, cache, run, resume, progress, info, device, epoch_callback=None)
     epoch, step_offset, global_step = 0, 0, 0
     if ckpt is not None:
         epoch, step_offset, global_step = _restore(ckpt, resume_path, cfg, info, model, optimizer, lr_ctl, scaler, saver)
+        lr_ctl.resume_at(global_step, epoch, step_offset)  # schedules follow epochs when the world size changed
 
     ddp = dist.wrap_ddp(model, device, cfg.grad_compression)
     net = torch.compile(ddp) if cfg.compile else ddp
@@ -238,10 +264,32 @@ def _train(cfg, cache, run, resume, progress, info, device, epoch_callback=None)
             _say(info, f"stopped after epoch {epoch}/{cfg.epochs} by the epoch callback")
             break
         dist.barrier()
+    summary["weights_sha256"] = _compare_weights(model, info, logger, epoch, global_step)
     logger.close()
     summary.update({"run": str(run), "select": cfg.select, "best": saver.best, "global_step": global_step,
                     "seconds": time.time() - t_start, "world_size": info.world_size})
     return summary
+
+
+def _compare_weights(model, info, logger, epoch: int, global_step: int) -> list[str]:
+    """Every rank logs a checksum of its final parameters (its own line, on its own stderr); rank 0 checks
+    that all ranks agree, as DDP promises, and records them in metrics.jsonl."""
+    digest = weights_sha256(model)
+    peer = dist.peers()[info.rank] if dist.peers() else {}
+    where = f" ({peer.get('host')}, {peer.get('addr')})" if peer else ""
+    print(f"chexnet: rank {info.rank}/{info.world_size}{where}: final weights sha256 {digest} "
+          f"(epoch {epoch}, step {global_step})", file=sys.stderr, flush=True)
+    digests = dist.all_gather_objects(digest)
+    if info.is_main and info.distributed:
+        odd = [r for r, d in enumerate(digests) if d != digests[0]]
+        if odd:
+            print(f"warning: final weights differ between ranks: rank(s) {odd} differ from rank 0 (DDP keeps them "
+                  f"equal; suspect a hardware fault or a non-deterministic collective)", file=sys.stderr, flush=True)
+        else:
+            print(f"chexnet: all {info.world_size} ranks hold identical final weights", file=sys.stderr, flush=True)
+    logger.log({"kind": "weights", "epoch": epoch, "step": global_step, "world_size": info.world_size,
+                "sha256": digests})
+    return digests
 
 
 def _run_info(cfg, cache, meta, spec, info, device) -> dict:
@@ -249,7 +297,8 @@ def _run_info(cfg, cache, meta, spec, info, device) -> dict:
     return {"cache": str(Path(cache).resolve()), "cache_size": spec.cache_size, "cache_count": int(meta["count"]),
             "cache_splits": meta.get("splits"), "labels": list(cfg.labels), "preprocessing": spec.to_dict(),
             "select": cfg.select, "loss_weighting": cfg.loss_weighting, "world_size": info.world_size,
-            "launcher": info.launcher, "device": str(device), "versions": versions(), "argv": sys.argv,
+            "launcher": info.launcher, "elastic_run_id": dist.elastic_run_id(), "device": str(device),
+            "versions": versions(), "argv": sys.argv,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
@@ -281,6 +330,13 @@ def _restore(ckpt, path, cfg, info, model, optimizer, lr_ctl, scaler, saver) -> 
     else:
         _say(info, f"note: {path} selected models by {selection['select']}, this run by {cfg.select}: "
                    f"best.pt is replaced at the next validation")
+    saved_world = ckpt.get("world_size")
+    if saved_world is not None and saved_world != info.world_size:
+        old_lr, old_batch, _ = scaled_lr(config_from_dict(ckpt["config"]), saved_world)
+        new_lr, new_batch, rule = scaled_lr(cfg, info.world_size)
+        _say(info, f"note: {path} was saved by {saved_world} process(es), this run has {info.world_size}: global batch "
+                   f"{old_batch} -> {new_batch}, lr {old_lr:.4g} -> {new_lr:.4g} ({rule} scaling); an epoch may now have "
+                   f"another number of steps, and warmup / schedules continue from the same epoch")
     per_rank = ckpt.get("rng_per_rank") or []
     set_rng_state(per_rank[info.rank] if len(per_rank) == info.world_size else ckpt["rng"])
     if step_offset and (ckpt.get("world_size"), ckpt["config"]["batch_size"], ckpt["config"]["accum_steps"]) != (
@@ -302,6 +358,6 @@ def resolve_config(run: str | os.PathLike, config_file: str | None, cli: dict, s
 
     saved = Path(run) / "config.yaml"
     base = None
-    if (resume is not None or dist.restart_count() > 0) and saved.is_file():
+    if (resume is not None or _elastic_continuation(Path(run))) and saved.is_file():
         base = config_from_dict(yaml.safe_load(saved.read_text()))
     return build_config(config_file, cli, sets, base=base)

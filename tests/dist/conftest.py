@@ -38,10 +38,12 @@ def free_port() -> int:
 def subprocess_env(**extra) -> dict:
     env = dict(os.environ)
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
-              "TORCHELASTIC_RESTART_COUNT", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_STEP_ID",
+              "TORCHELASTIC_RESTART_COUNT", "TORCHELASTIC_RUN_ID", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_STEP_ID",
               "TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "CHEXNET_DEBUG"):
         env.pop(k, None)
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    if env.get("PYTHONPATH"):  # absolute, so that children started in other folders (Spark, namespaces) see the same code
+        env["PYTHONPATH"] = os.pathsep.join(os.path.abspath(p) for p in env["PYTHONPATH"].split(os.pathsep) if p)
     env.update({k: str(v) for k, v in extra.items()})
     return env
 
@@ -129,3 +131,48 @@ def train_args():
 def cli_env():
     """``cli_env(**extra)``: the environment for a chexnet subprocess (no launcher variables, one thread)."""
     return subprocess_env
+
+
+# ------------------------------------------------------------- the same training under every launcher (issue 9)
+
+LAUNCHER_RUN = dict(epochs=2)  # the tiny config for two epochs: what mpirun, two hosts and Spark train
+
+
+def epoch_metrics(run: Path) -> list[dict]:
+    """The per-epoch records of ``run`` without wall-clock fields (time, img/s): what equal training gives equal."""
+    from chexnet.runlog import read_metrics
+
+    drop = ("time", "img_per_s")
+    return [{k: v for k, v in r.items() if k not in drop} for r in read_metrics(run) if r["kind"] == "epoch"]
+
+
+def assert_same_epochs(run: Path, reference: Path, tol: float = 1e-6) -> None:
+    """Every per-epoch number of ``run`` equals ``reference``'s to ``tol`` (losses, lr, per-class AUROC)."""
+    got, want = epoch_metrics(run), epoch_metrics(reference)
+    assert [r["epoch"] for r in got] == [r["epoch"] for r in want], (got, want)
+
+    def flat(record, prefix=""):
+        for k, v in record.items():
+            if isinstance(v, dict):
+                yield from flat(v, prefix + k + ".")
+            else:
+                yield prefix + k, v
+
+    for g, w in zip(got, want):
+        g, w = dict(flat(g)), dict(flat(w))
+        assert g.keys() == w.keys()
+        for k in w:
+            if isinstance(w[k], float):
+                assert g[k] == pytest.approx(w[k], rel=0, abs=tol), f"epoch {w['epoch']}: {k}"
+            else:
+                assert g[k] == w[k], f"epoch {w['epoch']}: {k}"
+
+
+@pytest.fixture(scope="session")
+def reference_run(tiny_cache, tmp_path_factory) -> Path:
+    """``chexnet train --nproc 2`` on the tiny config for 2 epochs: the run other launchers must reproduce."""
+    run = tmp_path_factory.mktemp("reference") / "run"
+    proc = subprocess.run([sys.executable, "-m", "chexnet", *tiny_train_args(tiny_cache, run, **LAUNCHER_RUN),
+                           "--nproc", "2"], capture_output=True, text=True, timeout=240, env=subprocess_env())
+    assert proc.returncode == 0, f"reference run failed:\n{proc.stderr[-4000:]}"
+    return run

@@ -347,3 +347,44 @@ def test_a_fresh_run_refuses_a_folder_with_checkpoints(trained_run, copy_run, ti
     with pytest.raises(T.ResumeError, match="already holds checkpoints.*--resume"):
         T.train(tiny_cfg(seed=5), tiny_cache, run, progress=False)
     assert (run / "checkpoints" / "last.pt").read_bytes() == before
+
+
+def _tag_run(run: Path, run_id: str) -> None:
+    import json
+
+    info = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**info, "elastic_run_id": run_id}))
+
+
+def test_a_node_joining_or_leaving_an_elastic_job_continues_the_run(trained_run, copy_run, tiny_cache, tiny_cfg,
+                                                                    monkeypatch, capsys):
+    """torch elastic restarts the workers when nodes join or leave a ``--nnodes MIN:MAX`` job without counting a
+    restart (TORCHELASTIC_RESTART_COUNT stays 0). The job's rendezvous id, recorded in run.json, tells the new
+    workers that RUN is theirs: they continue from last.pt instead of refusing the folder."""
+    run = copy_run(trained_run)
+    _tag_run(run, "job-7")
+    monkeypatch.delenv("TORCHELASTIC_RESTART_COUNT", raising=False)
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-7")
+    summary = T.train(tiny_cfg(epochs=2), tiny_cache, run, progress=False)
+    assert f"resumed from {run / 'checkpoints' / 'last.pt'}: epoch 2" in capsys.readouterr().err
+    assert [r["epoch"] for r in summary["epochs"]] == [2]
+
+
+@pytest.mark.parametrize("run_id", ["another-job", "none"])
+def test_another_elastic_job_still_refuses_the_folder(trained_run, copy_run, tiny_cache, tiny_cfg, monkeypatch, run_id):
+    run = copy_run(trained_run)
+    _tag_run(run, "job-7" if run_id != "none" else "none")
+    monkeypatch.delenv("TORCHELASTIC_RESTART_COUNT", raising=False)
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", run_id)  # torchrun's default id 'none' identifies no job
+    with pytest.raises(T.ResumeError, match="already holds checkpoints"):
+        T.train(tiny_cfg(epochs=2), tiny_cache, run, progress=False)
+
+
+def test_resuming_with_another_world_size_says_what_changed(trained_run, copy_run, tiny_cache, tiny_cfg, capsys):
+    """A checkpoint of a 2-process group continued by 1 process (an elastic restart on the remaining node)."""
+    run = copy_run(trained_run)
+    last = run / "checkpoints" / "last.pt"
+    save_checkpoint(last, {**load_checkpoint(last), "world_size": 2})
+    T.train(tiny_cfg(epochs=2), tiny_cache, run, resume="last", progress=False)
+    err = capsys.readouterr().err
+    assert "was saved by 2 process(es), this run has 1: global batch 8 -> 4, lr 0.001414 -> 0.001 (sqrt scaling)" in err
