@@ -6,7 +6,7 @@ Two real gloo processes (``torch.multiprocessing``, MASTER_ADDR=127.0.0.1), each
   messages, to fit the alpha-beta (latency-bandwidth) model of this link: ``t(n) = a + b n`` per all-reduce;
 * the training step (forward + BCE + backward + Adam) three ways: one process alone (``compute``), two processes
   under DDP with ``no_sync`` (the same compute, no communication), and two processes under DDP (bucketed
-  all-reduce overlapped with backward). ``exposed wait = DDP step - no_sync step``; ``overlap = 1 - exposed /
+  all-reduce overlapped with backward), the last two alternating step by step (medians). ``exposed wait = DDP step - no_sync step``; ``overlap = 1 - exposed /
   all-reduce time`` is DDP's overlap, measured rather than assumed.
 
     python benchmarks/bench_scaling.py --arch densenet121 --size 128 --batch 8 --steps 3 --json scaling.json
@@ -96,9 +96,18 @@ def _worker(rank: int, world: int, port: int, args, out: dict) -> None:
         with ddp.no_sync():
             step()
 
-    result["no_sync_step_s"] = time_steps(no_sync_step, args.steps)
-    dist.barrier()
-    result["ddp_step_s"] = time_steps(step, args.steps)
+    # alternate the two (A B A B ...) so that drift in the machine's speed hits both alike; medians
+    no_sync_step()
+    step()
+    ns, dd = [], []
+    for _ in range(args.steps):
+        for fn, times in ((no_sync_step, ns), (step, dd)):
+            dist.barrier()
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    result["no_sync_step_s"], result["ddp_step_s"] = statistics.median(ns), statistics.median(dd)
+    result["no_sync_steps_s"], result["ddp_steps_s"] = ns, dd
     if rank == 0:
         out.update(result)
     dist.destroy_process_group()
