@@ -33,9 +33,9 @@ def second_run(tiny_cache, tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_evaluate_test_split_then_compare(trained_run, second_run, copy_run, chexnet_cli):
+def test_evaluate_test_split_then_compare(trained_run, second_run, copy_run, chexnet_main):
     a = copy_run(trained_run, "run_a")
-    out = chexnet_cli("evaluate", a, "--split", "test", "--bootstrap", "200").stdout
+    out = chexnet_main("evaluate", a, "--split", "test", "--bootstrap", "200").stdout
     for name in PATHOLOGIES:
         assert name in out
     for f in OUTPUTS:
@@ -49,22 +49,22 @@ def test_evaluate_test_split_then_compare(trained_run, second_run, copy_run, che
     assert list(preds.columns[:2]) == ["image", "patient_id"] and len(preds.columns) == 2 + 2 * len(PATHOLOGIES)
 
     b = copy_run(second_run, "run_b")
-    chexnet_cli("evaluate", b, "--split", "test", "--bootstrap", "200", "--tta", "hflip")
-    proc = chexnet_cli("compare", a, b, "--split", "test", "--resamples", "200")
+    chexnet_main("evaluate", b, "--split", "test", "--bootstrap", "200", "--tta", "hflip")
+    proc = chexnet_main("compare", a, b, "--split", "test", "--resamples", "200")
     # "k of N": N is 14 less the pathologies with no positive (or no negative) test case in this tiny split
     assert re.search(r"run_b better than run_a on \d+ of \d+ pathologies", proc.stdout), proc.stdout
     assert (b / "eval" / "test" / "compare" / "compare.png").stat().st_size > 0
 
 
-def test_compare_needs_evaluated_runs(trained_run, copy_run, chexnet_cli):
+def test_compare_needs_evaluated_runs(trained_run, copy_run, chexnet_main):
     a, b = copy_run(trained_run, "a"), copy_run(trained_run, "b")
-    proc = chexnet_cli("compare", a, b, check=False)
+    proc = chexnet_main("compare", a, b, check=False)
     assert proc.returncode == 2 and "chexnet evaluate" in proc.stderr
 
 
-def test_evaluate_without_checkpoint_is_a_clear_error(trained_run, copy_run, chexnet_cli):
+def test_evaluate_without_checkpoint_is_a_clear_error(trained_run, copy_run, chexnet_main):
     run = copy_run(trained_run)
     for f in (run / "checkpoints").iterdir():
         f.unlink()
-    proc = chexnet_cli("evaluate", run, check=False)
+    proc = chexnet_main("evaluate", run, check=False)
     assert proc.returncode == 2 and "no checkpoint" in proc.stderr and "Traceback" not in proc.stderr

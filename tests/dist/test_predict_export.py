@@ -259,9 +259,9 @@ def test_fixed_threshold_and_table_output(trained_run, copy_run, tiny_cache, pre
     assert rc == 2 and "--threshold" in err
 
 
-def test_localize_writes_its_outputs(trained_run, copy_run, chexnet_cli):
+def test_localize_writes_its_outputs(trained_run, copy_run, chexnet_main):
     run = copy_run(trained_run)
-    proc = chexnet_cli("localize", run, "--split", "all", "--examples", "2")
+    proc = chexnet_main("localize", run, "--split", "all", "--examples", "2")
     out = run / "eval" / "localize"
     table = pd.read_csv(out / "localize.csv", index_col=0)
     assert "All" in table.index and {"iobb_0.1", "iobb_0.9", "iou_0.5", "random_iobb_0.5", "peak_in_box"} <= set(table)

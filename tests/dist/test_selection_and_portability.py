@@ -82,7 +82,7 @@ def test_weighted_training_validates_with_the_weighted_loss(tiny_cache, tiny_cfg
 # ------------------------------------------------------------------------------------------ portable runs
 
 
-def test_evaluate_a_moved_run_with_cache(trained_run, tiny_cache, tmp_path, chexnet_cli):
+def test_evaluate_a_moved_run_with_cache(trained_run, tiny_cache, tmp_path, chexnet_main):
     run = tmp_path / "elsewhere" / "run"
     shutil.copytree(trained_run, run)
     cache = tmp_path / "cache-copy"
@@ -91,32 +91,32 @@ def test_evaluate_a_moved_run_with_cache(trained_run, tiny_cache, tmp_path, chex
     info["cache"] = str(tmp_path / "gone" / "cache")  # the training machine's path, absent here
     (run / "run.json").write_text(json.dumps(info))
 
-    proc = chexnet_cli("evaluate", run, "--split", "val", "--bootstrap", "20", check=False)
+    proc = chexnet_main("evaluate", run, "--split", "val", "--bootstrap", "20", check=False)
     assert proc.returncode == 2 and "--cache" in proc.stderr and "Traceback" not in proc.stderr
 
-    out = chexnet_cli("evaluate", run, "--split", "val", "--bootstrap", "20", "--cache", cache).stdout
+    out = chexnet_main("evaluate", run, "--split", "val", "--bootstrap", "20", "--cache", cache).stdout
     assert "Atelectasis" in out
     metrics = json.loads((run / "eval" / "val" / "metrics.json").read_text())
     assert metrics["context"]["cache"] == str(cache)
 
 
-def test_evaluate_refuses_a_cache_of_another_size(trained_run, copy_run, tmp_path, chexnet_cli):
+def test_evaluate_refuses_a_cache_of_another_size(trained_run, copy_run, tmp_path, chexnet_main):
     from chexnet.data.cache import prepare
     from chexnet.data.synthetic import generate
 
     run = copy_run(trained_run)
     generate(tmp_path / "data", images=30, size=64, seed=3, progress=False, workers=1)
     prepare(tmp_path / "data", tmp_path / "c40", size=40, workers=1, progress=False)
-    proc = chexnet_cli("evaluate", run, "--cache", tmp_path / "c40", check=False)
+    proc = chexnet_main("evaluate", run, "--cache", tmp_path / "c40", check=False)
     assert proc.returncode == 2 and "40 px" in proc.stderr and "48 px" in proc.stderr, proc.stderr
 
 
-def test_best_never_falls_back_to_last(trained_run, copy_run, chexnet_cli):
+def test_best_never_falls_back_to_last(trained_run, copy_run, chexnet_main):
     run = copy_run(trained_run)
     (run / "checkpoints" / "best.pt").unlink()
-    proc = chexnet_cli("evaluate", run, "--split", "val", check=False)
+    proc = chexnet_main("evaluate", run, "--split", "val", check=False)
     assert proc.returncode == 2 and "no checkpoint best.pt" in proc.stderr and "--checkpoint last" in proc.stderr
-    chexnet_cli("evaluate", run, "--split", "val", "--checkpoint", "last", "--bootstrap", "20")
+    chexnet_main("evaluate", run, "--split", "val", "--checkpoint", "last", "--bootstrap", "20")
     report = (run / "eval" / "val" / "report.md").read_text()
     assert "last.pt: the newest state (not a selected model)" in report
 
