@@ -273,9 +273,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
     p.add_argument("--dynamic-batch", action="store_true", help="any batch size (default: batch 1)")
 
-    p = sub.add_parser("demo", help="synth + prepare + 2-worker training + evaluation on a small synthetic set",
-                       description="End to end on a small synthetic set: synth, prepare, train with 2 workers, and a "
-                       "per-pathology validation/test AUROC table. About 10 minutes on 2 CPU cores.")
+    p = sub.add_parser("demo", help="the whole cycle on a small synthetic set: train, evaluate, predict, heatmaps, export",
+                       description="End to end on a small synthetic set: synth, prepare, train with 2 workers, a "
+                       "per-pathology validation/test AUROC table, then predict with Grad-CAM heatmaps, localize "
+                       "against the synthetic boxes, export to ONNX and predict with it (those steps need the cam and "
+                       "export extras). About 6 minutes on 2 CPU cores; run again, it resumes.")
     p.add_argument("--out", default="demo", help="working folder (default ./demo)")
     p.add_argument("--images", type=int, default=None, help="synthetic images (default from the demo recipe)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default from the demo recipe)")
