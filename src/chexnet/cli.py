@@ -20,6 +20,7 @@ examples:
   chexnet localize runs/r1
   chexnet export   runs/r1 --format onnx
   chexnet predict  --onnx runs/r1/export/model.onnx scans/
+  chexnet serve    runs/r1 --port 8000
   chexnet tune     --cache cache/synth-256 --out studies/s1 --config demo --space demo --trials 8
   chexnet demo
 """
@@ -243,6 +244,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cam-all", action="store_true", help="heatmaps for all 14 findings")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+    p = sub.add_parser("serve", help="an HTTP inference service with a web viewer (FastAPI on uvicorn)",
+                       description="Serve a run (torch; heatmaps too) or an exported ONNX model over HTTP: POST "
+                       "/v1/predict (multipart 'file': the JSON of chexnet predict --format json), POST "
+                       "/v1/heatmap?finding=NAME (Grad-CAM PNG), GET /v1/model, /healthz, /readyz, /metrics "
+                       "(Prometheus) and a viewer at /. Concurrent requests share forward passes (--max-batch, "
+                       "--max-wait-ms). Uploads stay in memory; DICOM identifiers are never returned or logged; logs "
+                       "hold request id, size, status and latency. Binds to 127.0.0.1 unless --host says otherwise: "
+                       "beyond this machine, put a TLS reverse proxy in front and use --token-file. SIGTERM finishes "
+                       "the requests in flight and exits 0. Needs chexnet[serve].",
+                       usage="chexnet serve RUN|MODEL.onnx [options]")
+    p.add_argument("model", metavar="RUN|MODEL.onnx", help="a run directory (chexnet train --out) or an exported .onnx file")
+    p.add_argument("--checkpoint", default="best", help="run directories: best | last | PATH (default best)")
+    p.add_argument("--threshold", default="val", help="'val': the model's validation thresholds (default), or a number")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    p.add_argument("--max-batch", type=int, default=16, help="most images in one forward pass (default 16; 1 turns "
+                   "batching off)")
+    p.add_argument("--max-wait-ms", type=float, default=10.0, help="longest a request waits for others to share its "
+                   "forward pass (default 10)")
+    p.add_argument("--token-file", default=None, metavar="FILE", help="require 'Authorization: Bearer <token>' on "
+                   "/v1/* (the file's first line, 16+ characters); /healthz, /readyz and /metrics stay open")
+    p.add_argument("--max-upload-mb", type=float, default=50.0, help="largest request body, MiB (default 50; 413 over it)")
+    p.add_argument("--max-pixels", type=int, default=100_000_000,
+                   help="refuse images with more pixels than this, from the header, before decoding (default 100 megapixels)")
+    p.add_argument("--workers", type=int, default=1, help="server processes, each with its own model and batcher "
+                   "(default 1; the cores are shared between them)")
+
     p = sub.add_parser("localize", help="Grad-CAM localization against bounding boxes (Wang et al. 2017 protocol)",
                        description="For every labelled box (NIH's BBox_List_2017.csv), the heatmap of that finding is "
                        "thresholded and boxed around its connected regions; accuracy at IoBB >= T (T = 0.1, 0.25, 0.5, "
@@ -368,6 +396,22 @@ def cmd_predict(args) -> int:
     return 1 if failed else 0
 
 
+def cmd_serve(args) -> int:
+    from chexnet.serve import serve
+    from chexnet.serve.config import ServeConfig
+
+    threshold = None
+    if args.threshold != "val":
+        try:
+            threshold = float(args.threshold)
+        except ValueError:
+            raise ValueError(f"--threshold must be 'val' or a number, got {args.threshold!r}") from None
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"--threshold must be in [0, 1], got {args.threshold}")
+    return serve(ServeConfig(args.model, args.checkpoint, threshold, args.host, args.port, args.max_batch,
+                             args.max_wait_ms, args.token_file, args.max_upload_mb, args.max_pixels, args.workers))
+
+
 def cmd_localize(args) -> int:
     from chexnet.localize import localize_run
 
@@ -436,7 +480,7 @@ def cmd_demo(args) -> int:
 
 
 COMMANDS = {"synth": cmd_synth, "prepare": cmd_prepare, "train": cmd_train, "evaluate": cmd_evaluate,
-            "compare": cmd_compare, "predict": cmd_predict, "localize": cmd_localize, "export": cmd_export,
+            "compare": cmd_compare, "predict": cmd_predict, "serve": cmd_serve, "localize": cmd_localize, "export": cmd_export,
             "tune": cmd_tune, "tune-trial": cmd_tune_trial, "demo": cmd_demo}
 
 

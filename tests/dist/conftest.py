@@ -4,7 +4,7 @@
 * ``tiny_cfg(**overrides)``: a TrainConfig that trains in about a second per epoch on one core
   (resnet18 from scratch, 48 px cache rows resized to 32 px, batch 4, 3 steps per epoch, no loader processes).
 * ``trained_run``: a session-wide run directory trained for one epoch on ``tiny_cache`` (read it, never write
-  into it: copy it first).
+  into it: copy it first); ``exported``: its ONNX export.
 * ``chexnet_cli(*args)``: run ``python -m chexnet ARGS`` in a subprocess (one thread per process);
   ``chexnet_main(*args)`` the same in this process, for commands that need no launcher environment.
 * ``free_port()`` and ``worker_env(...)`` for tests that start real gloo process groups themselves.
@@ -89,6 +89,23 @@ def trained_run(tiny_cache, tmp_path_factory) -> Path:
     finally:
         torch.set_num_threads(threads)
     return run
+
+
+@pytest.fixture(scope="session")
+def exported(trained_run, tmp_path_factory) -> Path:
+    """``trained_run``'s best checkpoint exported to ONNX (dynamic batch); skips without chexnet[export]."""
+    pytest.importorskip("onnxruntime", reason="ONNX export needs chexnet[export]")
+    pytest.importorskip("onnxscript", reason="ONNX export needs chexnet[export]")
+    from chexnet.export import export_onnx
+
+    out = tmp_path_factory.mktemp("onnx") / "model.onnx"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        export_onnx(trained_run, "best", out, dynamic_batch=True)
+    finally:
+        torch.set_num_threads(threads)
+    return out
 
 
 @pytest.fixture
@@ -194,4 +211,18 @@ def reference_run(tiny_cache, tmp_path_factory) -> Path:
     proc = subprocess.run([sys.executable, "-m", "chexnet", *tiny_train_args(tiny_cache, run, **LAUNCHER_RUN),
                            "--nproc", "2"], capture_output=True, text=True, timeout=240, env=subprocess_env())
     assert proc.returncode == 0, f"reference run failed:\n{proc.stderr[-4000:]}"
+    return run
+
+
+@pytest.fixture
+def predict_cli(capsys):
+    """``chexnet predict ARGS`` in this process (no interpreter start-up): (exit status, stdout, stderr)."""
+    from chexnet import cli
+
+    def run(*args):
+        capsys.readouterr()
+        rc = cli.main(["predict", *map(str, args), "--no-progress"])
+        out, err = capsys.readouterr()
+        return rc, out, err
+
     return run

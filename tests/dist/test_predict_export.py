@@ -39,20 +39,6 @@ def _json_lines(text: str) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-@pytest.fixture
-def predict_cli(capsys):
-    """``chexnet predict ARGS`` in this process (no interpreter start-up): (exit status, stdout, stderr)."""
-    from chexnet import cli
-
-    def run(*args):
-        capsys.readouterr()
-        rc = cli.main(["predict", *map(str, args), "--no-progress"])
-        out, err = capsys.readouterr()
-        return rc, out, err
-
-    return run
-
-
 @pytest.fixture(scope="module")
 def crop_run(tiny_cache, tiny_cfg, tmp_path_factory):
     """A tiny run trained on crops (32 px crops of the 48 px cache rows): predict must centre-crop like evaluate."""
@@ -184,22 +170,6 @@ def test_a_folder_of_good_and_broken_files(trained_run, copy_run, tiny_cache, tm
     assert "2 of 7 image(s) predicted" in err and "5 failed" in err
     for value in IDENTIFIERS.values():
         assert value not in out + err
-
-
-@pytest.fixture(scope="module")
-def exported(trained_run, tmp_path_factory):
-    pytest.importorskip("onnxruntime", reason="ONNX export needs chexnet[export]")
-    pytest.importorskip("onnxscript", reason="ONNX export needs chexnet[export]")
-    from chexnet.export import export_onnx
-
-    out = tmp_path_factory.mktemp("onnx") / "model.onnx"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        export_onnx(trained_run, "best", out, dynamic_batch=True)
-    finally:
-        torch.set_num_threads(threads)
-    return out
 
 
 def test_onnx_parity_with_torch_on_test_images(exported, trained_run, tiny_cache):

@@ -33,6 +33,7 @@ Any failure raises :class:`ImageReadError` naming the file and the reason.
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -53,12 +54,20 @@ _LUMA = np.array([0.299, 0.587, 0.114])
 
 
 class ImageReadError(Exception):
-    """An image file that cannot be decoded. ``path`` and ``reason`` are attributes."""
+    """An image file that cannot be decoded. ``path``, ``reason`` and ``kind`` are attributes.
 
-    def __init__(self, path, reason: str):
+    ``kind`` sorts the failures for programs (the server's 4xx answers and error counters): ``not_found``,
+    ``not_an_image``, ``truncated``, ``no_pixel_data``, ``unsupported_encoding``, ``too_many_pixels``, ``invalid``.
+    """
+
+    KINDS = ("not_found", "not_an_image", "truncated", "no_pixel_data", "unsupported_encoding", "too_many_pixels",
+             "invalid")
+
+    def __init__(self, path, reason: str, kind: str = "invalid"):
         super().__init__(str(path), reason)
         self.path = str(path)
         self.reason = reason
+        self.kind = kind if kind in self.KINDS else "invalid"
 
     def __str__(self) -> str:
         return f"{self.path}: {self.reason}"
@@ -74,6 +83,16 @@ def read_xray(path: str | os.PathLike, max_pixels: int | None = None) -> np.ndar
     """
     path = Path(path)
     return _as_array(_decode(path, max_pixels), path)
+
+
+def read_xray_bytes(data: bytes, name: str = "upload", max_pixels: int | None = None) -> np.ndarray:
+    """:func:`read_xray` of a file held in memory (an upload): nothing is written to disk. ``name`` is used in
+    error messages and, by its suffix, to recognise DICOM files without the DICM marker."""
+    if not data:
+        raise ImageReadError(name, "empty file", "not_an_image")
+    path = Path(name)
+    f = io.BytesIO(data)
+    return _as_array(_decode_open(f, path, max_pixels), path)
 
 
 def read_xray_resized(path: str | os.PathLike, size: int, max_pixels: int | None = None) -> np.ndarray:
@@ -126,23 +145,28 @@ def _decode(path: Path, max_pixels: int | None = None) -> Image.Image | np.ndarr
     try:
         f = open(path, "rb")
     except FileNotFoundError:
-        raise ImageReadError(path, "file not found") from None
+        raise ImageReadError(path, "file not found", "not_found") from None
     except IsADirectoryError:
-        raise ImageReadError(path, "is a directory, not an image file") from None
+        raise ImageReadError(path, "is a directory, not an image file", "not_found") from None
     except OSError as exc:
-        raise ImageReadError(path, f"cannot open: {exc.strerror or exc}") from None
+        raise ImageReadError(path, f"cannot open: {exc.strerror or exc}", "not_found") from None
     with f:
-        head = f.read(132)
-        f.seek(0)
-        if _looks_like_dicom(path, head):
-            return _read_dicom(f, path, max_pixels)
-        return _read_pil(f, path, max_pixels)
+        return _decode_open(f, path, max_pixels)
+
+
+def _decode_open(f, path: Path, max_pixels: int | None = None) -> Image.Image | np.ndarray:
+    head = f.read(132)
+    f.seek(0)
+    if _looks_like_dicom(path, head):
+        return _read_dicom(f, path, max_pixels)
+    return _read_pil(f, path, max_pixels)
 
 
 def _check_pixels(path: Path, width: int, height: int, max_pixels: int | None) -> None:
     if max_pixels is not None and width * height > max_pixels:
         raise ImageReadError(path, f"image of {width} x {height} = {width * height:,} pixels is over the limit of "
-                                   f"{max_pixels:,} (--max-pixels); not decoded")
+                                   f"{max_pixels:,} (--max-pixels); not decoded",
+                             "too_many_pixels")
 
 
 def _as_array(img: Image.Image | np.ndarray, path: Path) -> np.ndarray:
@@ -164,11 +188,13 @@ def _read_pil(f, path: Path, max_pixels: int | None = None) -> Image.Image | np.
             im = ImageOps.exif_transpose(im)
         return _pil_to_gray(im)
     except Image.UnidentifiedImageError:
-        raise ImageReadError(path, "not a recognized image format (expected PNG, JPEG, TIFF or DICOM)") from None
+        raise ImageReadError(path, "not a recognized image format (expected PNG, JPEG, TIFF or DICOM)",
+                             "not_an_image") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ImageReadError(path, f"truncated or corrupt image data ({type(exc).__name__}: {exc})") from None
+        raise ImageReadError(path, f"truncated or corrupt image data ({type(exc).__name__}: {exc})",
+                             "truncated") from None
     except Image.DecompressionBombError as exc:
-        raise ImageReadError(path, f"image too large: {exc}") from None
+        raise ImageReadError(path, f"image too large: {exc}", "too_many_pixels") from None
 
 
 def _pil_to_gray(im: Image.Image) -> Image.Image | np.ndarray:
@@ -200,9 +226,9 @@ def _read_dicom(f, path: Path, max_pixels: int | None = None) -> np.ndarray:
     try:
         ds = pydicom.dcmread(f, force=True)
     except (InvalidDicomError, OSError, EOFError, ValueError, KeyError, TypeError) as exc:
-        raise ImageReadError(path, f"unreadable DICOM file ({type(exc).__name__}: {exc})") from None
+        raise ImageReadError(path, f"unreadable DICOM file ({type(exc).__name__}: {exc})", "truncated") from None
     if "PixelData" not in ds:
-        raise ImageReadError(path, "DICOM file has no pixel data")
+        raise ImageReadError(path, "DICOM file has no pixel data", "no_pixel_data")
     _check_pixels(path, int(ds.get("Columns", 0) or 0), int(ds.get("Rows", 0) or 0), max_pixels)
     try:
         arr = ds.pixel_array
@@ -213,7 +239,8 @@ def _read_dicom(f, path: Path, max_pixels: int | None = None) -> np.ndarray:
         if ts is not None and getattr(ts, "is_compressed", False):
             hint = (f"; compressed DICOM needs a pydicom decoder plugin for {ts.name}: "
                     f"{_DECODER_HINTS.get(str(ts), 'pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg, or python-gdcm')}")
-        raise ImageReadError(path, f"cannot decode DICOM pixel data{syntax}: {type(exc).__name__}: {exc}{hint}") from None
+        raise ImageReadError(path, f"cannot decode DICOM pixel data{syntax}: {type(exc).__name__}: {exc}{hint}",
+                             "unsupported_encoding" if hint else "truncated") from None
     try:
         return _dicom_to_gray(ds, arr, path)
     except ImageReadError:
@@ -232,7 +259,8 @@ def _dicom_to_gray(ds, arr: np.ndarray, path: Path) -> np.ndarray:
     if samples == 3:
         return _dicom_color_to_gray(ds, arr, photometric, bits)
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
-        raise ImageReadError(path, f"unsupported DICOM photometric interpretation {photometric!r}")
+        raise ImageReadError(path, f"unsupported DICOM photometric interpretation {photometric!r}",
+                             "unsupported_encoding")
     invert = photometric == "MONOCHROME1"
     apply_modality_lut, apply_voi_lut = _pydicom_luts()
     values = np.asarray(apply_modality_lut(arr, ds), dtype=np.float64)

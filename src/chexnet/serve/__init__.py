@@ -1,0 +1,42 @@
+"""``chexnet serve``: an HTTP inference service (FastAPI on uvicorn) for a trained run or an ONNX export.
+
+See :mod:`chexnet.serve.app` for the routes. This module starts uvicorn: the settings travel to the app (and to
+each of ``--workers`` processes) in an environment variable, and SIGTERM or Ctrl-C finish the requests in
+flight, then exit with status 0.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+from chexnet.serve.config import ENV, ServeConfig
+
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def serve(cfg: ServeConfig) -> int:
+    try:
+        import uvicorn
+    except ImportError:
+        raise RuntimeError("chexnet serve needs FastAPI and uvicorn: pip install 'chexnet[serve]'") from None
+    cfg.check()
+    os.environ[ENV] = cfg.to_env()
+    if cfg.host not in LOCAL_HOSTS:
+        print(f"chexnet serve: listening on {cfg.host}, beyond this machine. Put a TLS reverse proxy in front "
+              f"(uploads are medical images){'' if cfg.token_file else ' and use --token-file'}.", file=sys.stderr)
+    print(f"chexnet serve: http://{cfg.host}:{cfg.port}/ (viewer), /v1/predict, /metrics; Ctrl-C or SIGTERM stops "
+          f"after the requests in flight", file=sys.stderr)
+    # uvicorn re-raises the signal that stopped it once it has shut down gracefully; a handler that does
+    # nothing turns that into a normal return, so a SIGTERM stop exits 0 as supervisors expect.
+    stopped = []
+    previous = {s: signal.signal(s, lambda sig, frame: stopped.append(sig)) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        uvicorn.run("chexnet.serve.app:app_from_env", factory=True, host=cfg.host, port=cfg.port,
+                    workers=cfg.workers if cfg.workers > 1 else None, access_log=False, log_level="info",
+                    timeout_graceful_shutdown=60, server_header=False)
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+    return 0

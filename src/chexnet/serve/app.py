@@ -1,0 +1,231 @@
+"""``chexnet serve``'s application: FastAPI routes over one model, dynamic batching and Prometheus metrics.
+
+Routes: ``POST /v1/predict`` (one multipart ``file``: the object ``chexnet predict --format json`` prints, with
+the model's identity, timing and request id), ``POST /v1/heatmap?finding=NAME`` (Grad-CAM overlay, PNG),
+``POST /v1/image`` (the decoded X-ray as PNG, for the viewer: browsers cannot show DICOM), ``GET /v1/model``,
+``GET /healthz``, ``GET /readyz``, ``GET /metrics`` and the viewer at ``/``.
+
+The model loads in the background after start-up, so ``/healthz`` answers at once and ``/readyz`` turns 200 when
+the model is ready (503 with the reason before, or if loading failed). Everything that touches the network
+runs on one model thread; decoding runs in worker threads; the event loop only moves bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from importlib import resources
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+
+from chexnet.data.imageio import ImageReadError
+from chexnet.serve.batcher import Batcher
+from chexnet.serve.config import ServeConfig, read_token
+from chexnet.serve.telemetry import AccessLog, Metrics, log
+from chexnet.serve.uploads import UploadError, read_upload
+
+IMAGE_STATUS = {"too_many_pixels": 413}  # every other unreadable upload is 422
+SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store",
+                    "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; "
+                                               "object-src 'none'; frame-ancestors 'none'"}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, kind: str, message: str, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.kind, self.message, self.headers = status, kind, message, headers or {}
+
+
+class State:
+    """What the routes share: the settings, the model once loaded, the batcher, the metrics."""
+
+    def __init__(self, cfg: ServeConfig):
+        self.cfg = cfg
+        self.token = read_token(cfg.token_file) if cfg.token_file else None
+        self.model = None
+        self.load_error: str | None = None
+        self.model_thread = ThreadPoolExecutor(1, thread_name_prefix="chexnet-model")
+        self.batcher: Batcher | None = None
+        self.metrics = Metrics(lambda: self.batcher.depth() if self.batcher else 0)
+
+    def ready_model(self):
+        if self.model is None:
+            raise ApiError(503, "not_ready", f"model not loaded: {self.load_error}" if self.load_error
+                           else "model still loading; retry shortly (GET /readyz says when)",
+                           {"Retry-After": "2"} if not self.load_error else None)
+        return self.model
+
+
+def _load(state: State) -> None:
+    from chexnet.serve.model import ServedModel
+
+    try:
+        state.model = ServedModel(state.cfg)
+        log.info("model ready: %s %s (%s)", state.model.identity["run"], state.model.identity["checkpoint"],
+                 state.model.engine)
+    except Exception as exc:  # shown by /readyz and every /v1 route; the server stays up to say so
+        state.load_error = f"{type(exc).__name__}: {exc}"
+        log.error("model failed to load: %s", state.load_error)
+
+
+def create_app(cfg: ServeConfig) -> FastAPI:
+    state = State(cfg)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        loop = asyncio.get_running_loop()
+        state.batcher = Batcher(lambda rows: state.model.probabilities(rows), state.model_thread, cfg.max_batch,
+                                cfg.max_wait_ms, state.metrics.on_batch)
+        state.batcher.start()
+        loading = loop.run_in_executor(state.model_thread, _load, state)
+        yield
+        await loading
+        await state.batcher.stop()
+        state.model_thread.shutdown(wait=True)
+
+    app = FastAPI(title="chexnet", summary="CheXNet chest X-ray classifier", lifespan=lifespan,
+                  docs_url="/docs", redoc_url=None)
+    app.state.chexnet = state
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError):
+        state.metrics.errors.labels(exc.kind).inc()
+        body = {"error": exc.message, "kind": exc.kind, "request_id": request.scope.get("state", {}).get("request_id")}
+        return JSONResponse(body, exc.status, headers=exc.headers)
+
+    def authorize(request: Request) -> None:
+        if state.token is None:
+            return
+        auth = request.headers.get("authorization", "")
+        scheme, _, given = auth.partition(" ")
+        if scheme.lower() != "bearer" or not given.strip():
+            raise ApiError(401, "unauthorized", "this server needs 'Authorization: Bearer <token>'",
+                           {"WWW-Authenticate": 'Bearer realm="chexnet"'})
+        if not hmac.compare_digest(given.strip().encode("utf-8"), state.token):
+            raise ApiError(403, "forbidden", "wrong token")
+
+    async def upload_and_decode(request: Request, keep_original: bool = False):
+        model = state.ready_model()
+        try:
+            upload = await read_upload(request, cfg.max_upload_bytes)
+        except UploadError as exc:
+            raise ApiError(exc.status, exc.kind, exc.message) from None
+        started = time.perf_counter()
+        try:
+            row, original = await asyncio.to_thread(model.decode, upload.data, upload.name, keep_original)
+        except ImageReadError as exc:
+            raise ApiError(IMAGE_STATUS.get(exc.kind, 422), exc.kind, exc.reason) from None
+        except Exception as exc:  # a decoder bug: this request fails, the server does not
+            raise ApiError(422, "invalid", f"cannot decode {upload.name}: {type(exc).__name__}: {exc}") from None
+        return model, upload, row, original, (time.perf_counter() - started) * 1000
+
+    def finding_of(model, finding: str | None) -> str:
+        if not model.heatmaps:
+            raise ApiError(400, "heatmap_unavailable", "heatmaps need the torch model: this server runs an ONNX "
+                                                       "export; serve the run directory instead")
+        if not finding:
+            raise ApiError(400, "bad_request", f"say which finding: ?finding=NAME, one of {', '.join(model.labels)}")
+        match = {n.lower(): n for n in model.labels}.get(finding.lower())
+        if match is None:
+            raise ApiError(400, "bad_request", f"unknown finding {finding!r}; one of {', '.join(model.labels)}")
+        return match
+
+    v1 = [Depends(authorize)]
+
+    @app.post("/v1/predict", dependencies=v1, summary="14 probabilities and the findings above threshold")
+    async def predict(request: Request):
+        t0 = time.perf_counter()
+        model, upload, row, _, decode_ms = await upload_and_decode(request)
+        probs, timing = await state.batcher.submit(row)
+        return {**model.result(upload.name, probs),
+                "model": {k: model.identity[k] for k in ("run", "checkpoint", "sha256", "engine", "labels")},
+                "timing_ms": {"decode": round(decode_ms, 2), "queue": round(timing.queue_ms, 2),
+                              "inference": round(timing.inference_ms, 2), "batch_size": timing.batch_size,
+                              "total": round((time.perf_counter() - t0) * 1000, 2)},
+                "request_id": request.scope["state"]["request_id"]}
+
+    @app.post("/v1/heatmap", dependencies=v1, summary="Grad-CAM overlay of one finding (PNG)",
+              response_class=Response)
+    async def heatmap(request: Request, finding: str | None = None):
+        model = state.ready_model()
+        name = finding_of(model, finding)
+        model, upload, row, original, _ = await upload_and_decode(request, keep_original=True)
+        png, prob = await asyncio.get_running_loop().run_in_executor(state.model_thread, model.heatmap_png, row,
+                                                                     original, name)
+        return Response(png, media_type="image/png", headers={"X-Finding": name, "X-Probability": f"{prob:.6f}"})
+
+    @app.post("/v1/image", dependencies=v1, summary="the decoded X-ray as PNG (the viewer shows DICOM with it)",
+              response_class=Response)
+    async def image(request: Request):
+        from chexnet.serve.model import gray_png
+
+        _, _, _, original, _ = await upload_and_decode(request, keep_original=True)
+        return Response(await asyncio.to_thread(gray_png, original), media_type="image/png")
+
+    @app.get("/v1/model", dependencies=v1, summary="labels, thresholds and the input contract")
+    async def model_info():
+        model = state.ready_model()
+        return {**model.describe(),
+                "input": {"field": "file", "formats": ["PNG", "JPEG", "TIFF", "DICOM"],
+                          "max_upload_bytes": cfg.max_upload_bytes, "max_pixels": cfg.max_pixels},
+                "batching": {"max_batch": cfg.max_batch, "max_wait_ms": cfg.max_wait_ms}}
+
+    @app.get("/healthz", summary="liveness")
+    async def healthz():
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="readiness: 200 once the model is loaded")
+    async def readyz():
+        if state.model is not None:
+            return {"status": "ready", **{k: state.model.identity[k] for k in ("run", "checkpoint", "engine")}}
+        return JSONResponse({"status": "failed" if state.load_error else "loading", "error": state.load_error}, 503)
+
+    @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
+    async def metrics():
+        return Response(state.metrics.render(), media_type=state.metrics.content_type)
+
+    static = resources.files("chexnet.serve") / "static"
+
+    @app.get("/", include_in_schema=False)
+    async def viewer():
+        return FileResponse(str(static / "index.html"), media_type="text/html")
+
+    app.mount("/static", StaticFiles(directory=str(static)), name="static")
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next):
+        response = await call_next(request)
+        for k, v in SECURITY_HEADERS.items():
+            response.headers.setdefault(k, v)
+        return response
+
+    app.add_middleware(AccessLog, metrics=state.metrics)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """uvicorn's factory (``chexnet.serve.app:app_from_env``): the settings come from chexnet serve."""
+    import os
+
+    cfg = ServeConfig.from_env()
+    if cfg.workers > 1:  # share the cores between the worker processes
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // cfg.workers))
+    _configure_logging()
+    return create_app(cfg)
+
+
+def _configure_logging() -> None:
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s chexnet.serve: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False

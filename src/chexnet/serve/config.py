@@ -1,0 +1,80 @@
+"""The server's settings (one dataclass), carried to uvicorn's worker processes in an environment variable."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+ENV = "CHEXNET_SERVE_CONFIG"
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    model: str  # a run directory, or an exported .onnx file
+    checkpoint: str = "best"  # run directories only: best | last | PATH
+    threshold: float | None = None  # None: the model's validation thresholds
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_batch: int = 16
+    max_wait_ms: float = 10.0
+    token_file: str | None = None
+    max_upload_mb: float = 50.0
+    max_pixels: int | None = 100_000_000
+    workers: int = 1
+
+    @property
+    def onnx(self) -> bool:
+        return Path(self.model).suffix.lower() == ".onnx"
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+    def check(self) -> "ServeConfig":
+        """Errors a user can fix, raised before the server starts (naming the flag or file)."""
+        path = Path(self.model)
+        if self.onnx:
+            if not path.is_file():
+                raise FileNotFoundError(f"{path}: no such ONNX file")
+        elif not path.is_dir():
+            raise FileNotFoundError(f"{path}: not a run directory (chexnet train --out) or an .onnx file")
+        elif not (path / "checkpoints").is_dir():
+            raise FileNotFoundError(f"{path}: no checkpoints/ folder; is it a run directory (chexnet train --out)?")
+        if self.max_batch < 1:
+            raise ValueError(f"--max-batch must be at least 1, got {self.max_batch}")
+        if self.max_wait_ms < 0:
+            raise ValueError(f"--max-wait-ms must not be negative, got {self.max_wait_ms}")
+        if self.max_upload_mb <= 0:
+            raise ValueError(f"--max-upload-mb must be positive, got {self.max_upload_mb}")
+        if self.workers < 1:
+            raise ValueError(f"--workers must be at least 1, got {self.workers}")
+        if not 0 < self.port < 65536:
+            raise ValueError(f"--port must be in 1..65535, got {self.port}")
+        if self.token_file is not None:
+            read_token(self.token_file)
+        return self
+
+    def to_env(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_env(cls) -> "ServeConfig":
+        text = os.environ.get(ENV)
+        if not text:
+            raise RuntimeError(f"{ENV} is not set: start the server with chexnet serve")
+        return cls(**json.loads(text))
+
+
+def read_token(path: str) -> bytes:
+    """The bearer token: the file's first line, stripped. Empty or unreadable files are errors."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"--token-file {path}: cannot read it ({exc.strerror or exc})") from None
+    token = text.strip().splitlines()[0].strip() if text.strip() else ""
+    if len(token) < 16:
+        raise ValueError(f"--token-file {path}: the token (first line) must be at least 16 characters; "
+                         f"make one with: python -c 'import secrets; print(secrets.token_urlsafe(32))' > {path}")
+    return token.encode("utf-8")

@@ -1,0 +1,120 @@
+"""Helpers for the serve tests: uploads (good and broken, as bytes) and a real ``chexnet serve`` process."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from tests.dist.conftest import free_port, subprocess_env
+from tests.test_imageio import write_dicom
+
+IDENTIFIERS = {"PatientName": "Doe^Jane", "PatientID": "PID-8675309", "PatientBirthDate": "19450704",
+               "StudyDate": "20240229", "AccessionNumber": "ACC-99182"}
+TOKEN = "s3cret-token-for-tests-0123456789"
+
+
+def good_images(tiny_cache: Path, n: int = 6) -> list[Path]:
+    from chexnet.data.nih import find_images
+
+    found = find_images(tiny_cache.parent / "data")
+    return [found[k] for k in sorted(found)[:n]]
+
+
+def dicom_bytes(tmp: Path, **attrs) -> bytes:
+    rng = np.random.default_rng(5)
+    y, x = np.mgrid[0:96, 0:80]
+    body = (1500 + 1500 * np.exp(-((x - 40) ** 2 + (y - 48) ** 2) / 900.0) + rng.normal(0, 40, (96, 80))).clip(0, 4095)
+    return write_dicom(tmp / "id.dcm", body.astype(np.uint16), "MONOCHROME2", 12, **{**IDENTIFIERS, **attrs}).read_bytes()
+
+
+def broken_files(tmp: Path, good: bytes) -> dict[str, tuple[bytes, str]]:
+    """name -> (bytes, the error kind the server must answer with)."""
+    import pydicom
+    from pydicom.encaps import encapsulate
+
+    tmp.mkdir(parents=True, exist_ok=True)
+    path = write_dicom(tmp / "p.dcm", np.full((32, 32), 900, np.uint16), **IDENTIFIERS)
+    ds = pydicom.dcmread(path)
+    del ds.PixelData
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    nopix = buf.getvalue()
+    jls = pydicom.dcmread(path)
+    jls.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.80"  # JPEG-LS: no decoder installed
+    jls.PixelData = encapsulate([b"\xff\xd8\xff\xf7" + b"\x00" * 64])
+    jls["PixelData"].VR = "OB"
+    jls.save_as(tmp / "jls.dcm", enforce_file_format=True)
+    return {"notes.png": (b"this is a text file, not an image\n", "not_an_image"),
+            "truncated.png": (good[: len(good) // 2], "truncated"),
+            "nopixels.dcm": (nopix, "no_pixel_data"),
+            "jpegls.dcm": ((tmp / "jls.dcm").read_bytes(), "unsupported_encoding"),
+            "empty.png": (b"", "not_an_image")}
+
+
+def png_bytes(side: int, value: int = 0) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.full((side, side), value, np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+class LiveServer:
+    """``python -m chexnet serve MODEL ARGS`` on a free 127.0.0.1 port; ``stop()`` sends SIGTERM."""
+
+    def __init__(self, model: Path, *args, log: Path, **env):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log
+        self.log = open(log, "w")
+        self.proc = subprocess.Popen([sys.executable, "-m", "chexnet", "serve", str(model), "--port", str(self.port),
+                                      *map(str, args)], stdout=self.log, stderr=subprocess.STDOUT,
+                                     env=subprocess_env(**env), start_new_session=True)
+
+    def wait_ready(self, timeout: float = 120) -> "LiveServer":
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"chexnet serve exited {self.proc.returncode}:\n{self.text()}")
+            try:
+                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"chexnet serve not ready in {timeout} s:\n{self.text()}")
+
+    def text(self) -> str:
+        self.log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def rss_mib(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        raise AssertionError("no VmRSS")
+
+    def stop(self, timeout: float = 60) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.log.close()
+        return self.proc.returncode
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
