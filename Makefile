@@ -29,13 +29,15 @@ test: $(VENV)/.installed-dev
 	@$(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit 5)"; exit 0; fi; exit $$rc
 
-# CPU benchmarks (minutes): loader, inference (torch vs onnxruntime), 1 vs 2 processes and the scaling model.
+# CPU benchmarks (minutes): loader, inference (torch vs onnxruntime), the server under load (with and without
+# batching), 1 vs 2 processes and the scaling model.
 # Tables on stdout, JSON and the scaling chart in $(BENCH_OUT); record numbers in benchmarks/RESULTS.md.
 BENCH_OUT ?= bench-out
 bench: $(VENV)/.installed-dev
 	mkdir -p $(BENCH_OUT)
 	$(PY) benchmarks/bench_loader.py --images 2000 --json $(BENCH_OUT)/loader.json
 	$(PY) benchmarks/bench_predict.py --json $(BENCH_OUT)/predict.json
+	$(PY) benchmarks/bench_serve.py --json $(BENCH_OUT)/serve.json
 	$(PY) benchmarks/bench_scaling.py --steps 5 --json $(BENCH_OUT)/scaling.json
 	$(PY) benchmarks/scaling_model.py --measured $(BENCH_OUT)/scaling.json --json $(BENCH_OUT)/scaling_model.json \
 		--png $(BENCH_OUT)/scaling.png

@@ -93,7 +93,8 @@ class LiveServer:
         raise AssertionError(f"chexnet serve not ready in {timeout} s:\n{self.text()}")
 
     def text(self) -> str:
-        self.log.flush()
+        if not self.log.closed:
+            self.log.flush()
         return self.log_path.read_text(errors="replace")
 
     def rss_mib(self) -> float:
@@ -110,7 +111,8 @@ class LiveServer:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
-        self.log.close()
+        if not self.log.closed:
+            self.log.close()
         return self.proc.returncode
 
     def __enter__(self):
