@@ -4,11 +4,14 @@
 #   docker build -t chexnet:cuda --build-arg TORCH_VARIANT=cu128 .         # NVIDIA GPUs
 #   docker build -t chexnet:cuda-tune --build-arg TORCH_VARIANT=cu128 --build-arg EXTRAS=tune,export .
 #   docker run --rm -v $PWD/data:/data chexnet:cpu train --cache /data/cache/nih-256 --out /data/runs/r1 --config demo
+#   docker build -t chexnet:serve --build-arg EXTRAS=serve,cam .             # the HTTP service
+#   docker run --rm -p 127.0.0.1:8000:8000 -v $PWD/data:/data:ro chexnet:serve serve /data/runs/r1 --host 0.0.0.0
 #
 # TORCH_VARIANT names PyTorch's wheel index (https://download.pytorch.org/whl/<variant>): cpu, cu126, cu128, ...
 # The CUDA wheels carry the CUDA runtime, cuDNN and NCCL, so one slim Python base serves both variants; a GPU node
 # needs only the NVIDIA driver and the NVIDIA container toolkit (Kubernetes: the NVIDIA device plugin).
-# EXTRAS: chexnet's optional extras, comma-separated (tune, export, cam, spark, tensorboard); none by default.
+# EXTRAS: chexnet's optional extras, comma-separated (tune, export, cam, serve, spark, tensorboard); none by default.
+# In a container `serve` must bind 0.0.0.0 to be reachable; publish the port on 127.0.0.1 or behind a TLS proxy.
 # deploy/k8s/pytorchjob.yaml runs this image as a Kubeflow PyTorchJob.
 
 ARG PYTHON_VERSION=3.11

@@ -249,3 +249,18 @@ def test_serve_cli_errors_name_the_problem(tmp_path, chexnet_main):
     assert "--max-batch" in fails(tmp_path / "run", "--max-batch", "0")
     assert "--token-file" in fails(tmp_path / "run", "--token-file", tmp_path / "missing")
     assert "--threshold" in fails(tmp_path / "run", "--threshold", "often")
+
+
+def test_a_model_that_fails_to_load_is_reported_not_served(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from chexnet.serve.app import create_app
+    from chexnet.serve.config import ServeConfig
+
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)  # passes the CLI's checks, has no best.pt
+    with TestClient(create_app(ServeConfig(str(tmp_path / "run")).check())) as client:
+        assert client.get("/healthz").status_code == 200
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["status"] == "failed" and ready.json()["error"]
+        got = _post(client, png_bytes(8))
+        assert got.status_code == 503 and got.json()["kind"] == "not_ready" and "not loaded" in got.json()["error"]

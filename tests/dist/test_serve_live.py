@@ -3,6 +3,7 @@ graceful SIGTERM."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -85,3 +86,16 @@ def test_sigterm_finishes_the_request_in_flight_then_exits_0(trained_run, tiny_c
     assert rc == 0, server.text()
     assert time.monotonic() - started < 30
     assert "Shutting down" in server.text() or "Finished server process" in server.text()
+
+
+def test_two_worker_processes_answer_and_stop_cleanly(trained_run, tiny_cache, tmp_path):
+    path = good_images(tiny_cache, 1)[0]
+    with LiveServer(trained_run, "--workers", "2", log=tmp_path / "serve.log") as server:
+        server.wait_ready()
+        answers = [httpx.post(server.url + "/v1/predict", files={"file": (path.name, path.read_bytes())}, timeout=60)
+                   for _ in range(6)]
+        assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
+        assert len({json.dumps(a.json()["probabilities"], sort_keys=True) for a in answers}) == 1
+        rc = server.stop()
+    assert rc == 0, server.text()
+    assert server.text().count("Finished server process") == 2, server.text()

@@ -5,8 +5,8 @@ the model's identity, timing and request id), ``POST /v1/heatmap?finding=NAME`` 
 ``POST /v1/image`` (the decoded X-ray as PNG, for the viewer: browsers cannot show DICOM), ``GET /v1/model``,
 ``GET /healthz``, ``GET /readyz``, ``GET /metrics`` and the viewer at ``/``.
 
-The model loads in the background after start-up, so ``/healthz`` answers at once and ``/readyz`` turns 200 when
-the model is ready (503 with the reason before, or if loading failed). Everything that touches the network
+The model loads during start-up, before the process accepts connections; if it fails to load, the server stays
+up and ``/readyz`` and every ``/v1`` route answer 503 with the reason. Everything that touches the network
 runs on one model thread; decoding runs in worker threads; the event loop only moves bytes.
 """
 
@@ -83,9 +83,10 @@ def create_app(cfg: ServeConfig) -> FastAPI:
         state.batcher = Batcher(lambda rows: state.model.probabilities(rows), state.model_thread, cfg.max_batch,
                                 cfg.max_wait_ms, state.metrics.on_batch)
         state.batcher.start()
-        loading = loop.run_in_executor(state.model_thread, _load, state)
+        # loaded before this process accepts a connection: with --workers N no worker takes requests it cannot
+        # answer yet (the socket is shared); a model that fails to load leaves the server up to say why
+        await loop.run_in_executor(state.model_thread, _load, state)
         yield
-        await loading
         await state.batcher.stop()
         state.model_thread.shutdown(wait=True)
 
