@@ -74,6 +74,8 @@ def run_demo(out: str | Path = "demo", images: int | None = None, epochs: int | 
     minutes = (time.time() - t0) / 60
     print(f"\ndemo finished in {minutes:.1f} min; test mean AUROC {mean['auroc']:.3f}. Full report, plots and "
           f"predictions: {run / 'eval' / 'test'}/", file=sys.stderr)
+    if _has("fastapi", "uvicorn"):
+        print(f"serve it, with a web viewer: chexnet serve {run}   (then open http://127.0.0.1:8000/)", file=sys.stderr)
     return {"test_mean_auroc": float(mean["auroc"]), "val_mean_auroc": mean_val, "minutes": minutes, "run": str(run)}
 
 
