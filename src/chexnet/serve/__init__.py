@@ -18,6 +18,9 @@ LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 def serve(cfg: ServeConfig) -> int:
     try:
+        import fastapi  # noqa: F401
+        import python_multipart  # noqa: F401
+        import prometheus_client  # noqa: F401
         import uvicorn
     except ImportError:
         raise RuntimeError("chexnet serve needs FastAPI and uvicorn: pip install 'chexnet[serve]'") from None
