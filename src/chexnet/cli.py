@@ -305,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="End to end on a small synthetic set: synth, prepare, train with 2 workers, a "
                        "per-pathology validation/test AUROC table, then predict with Grad-CAM heatmaps, localize "
                        "against the synthetic boxes, export to ONNX and predict with it (those steps need the cam and "
-                       "export extras). About 6 minutes on 2 CPU cores; run again, it resumes.")
+                       "export extras). About 7 minutes on 2 CPU cores; run again, it resumes.")
     p.add_argument("--out", default="demo", help="working folder (default ./demo)")
     p.add_argument("--images", type=int, default=None, help="synthetic images (default from the demo recipe)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default from the demo recipe)")

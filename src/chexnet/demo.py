@@ -1,4 +1,4 @@
-"""``chexnet demo``: the whole cycle on a small synthetic set, about 6 minutes on 2 CPU cores.
+"""``chexnet demo``: the whole cycle on a small synthetic set, about 7 minutes on 2 CPU cores.
 
 synth -> prepare -> train (2 worker processes, DDP over gloo) -> evaluate (val + test) -> AUROC table ->
 predict with Grad-CAM heatmaps -> localize against the synthetic boxes -> export to ONNX and predict with it.

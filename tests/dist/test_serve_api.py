@@ -264,3 +264,14 @@ def test_a_model_that_fails_to_load_is_reported_not_served(tmp_path):
         assert ready.status_code == 503 and ready.json()["status"] == "failed" and ready.json()["error"]
         got = _post(client, png_bytes(8))
         assert got.status_code == 503 and got.json()["kind"] == "not_ready" and "not loaded" in got.json()["error"]
+
+
+def test_without_the_serve_extra_the_error_names_the_pip_install(trained_run, tmp_path, chexnet_cli):
+    import os
+
+    fake = tmp_path / "no_fastapi" / "fastapi"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('no fastapi here')\n")
+    proc = chexnet_cli("serve", trained_run, check=False,
+                       PYTHONPATH=os.pathsep.join([str(fake.parent), os.environ.get("PYTHONPATH", "")]))
+    assert proc.returncode == 2 and "pip install 'chexnet[serve]'" in proc.stderr, proc.stderr
