@@ -102,7 +102,9 @@ def _elastic_continuation(run: Path) -> bool:
 
 def _resume_path(run: Path, resume: str | None) -> Path | None:
     last = checkpoint_dir(run) / "last.pt"
-    if last.is_file() and _elastic_continuation(run):
+    # rank 0 decides for all: it rewrites run.json (with the new elastic run id) right after this, and a slower
+    # rank reading it then would take another branch and resume from another checkpoint
+    if dist.broadcast_object(last.is_file() and _elastic_continuation(run)):
         return last  # torch elastic restarted the group: continue from this run's newest state
     if resume is None:
         return None
