@@ -220,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resamples", type=int, default=2000, help="patient-bootstrap resamples for the p-values (default 2000)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
 
-    p = sub.add_parser("predict", help="probabilities, findings and heatmaps for X-ray files (PNG, JPEG, DICOM)",
+    p = sub.add_parser("predict", help="probabilities, findings and heatmaps for X-ray files (PNG, JPEG, TIFF, DICOM)",
                        description="Predict the 14 pathologies for image files or folders (recursive) with a run's "
                        "checkpoint (torch) or an exported ONNX model (--onnx; no torch needed). Each file is "
                        "preprocessed exactly as in training. A bad file is reported and the others go on; the exit "
@@ -247,9 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="an HTTP inference service with a web viewer (FastAPI on uvicorn)",
                        description="Serve a run (torch; heatmaps too) or an exported ONNX model over HTTP: POST "
                        "/v1/predict (multipart 'file': the JSON of chexnet predict --format json), POST "
-                       "/v1/heatmap?finding=NAME (Grad-CAM PNG), GET /v1/model, /healthz, /readyz, /metrics "
-                       "(Prometheus) and a viewer at /. Concurrent requests share forward passes (--max-batch, "
-                       "--max-wait-ms). Uploads stay in memory; DICOM identifiers are never returned or logged; logs "
+                       "/v1/heatmap?finding=NAME (Grad-CAM PNG), POST /v1/image (the decoded X-ray as PNG), GET "
+                       "/v1/model, /healthz, /readyz, /metrics (Prometheus) and a viewer at /. Concurrent requests "
+                       "share forward passes (--max-batch, --max-wait-ms). Uploads stay in memory; DICOM identifiers are never returned or logged; logs "
                        "hold request id, size, status and latency. Binds to 127.0.0.1 unless --host says otherwise: "
                        "beyond this machine, put a TLS reverse proxy in front and use --token-file. SIGTERM finishes "
                        "the requests in flight and exits 0. Needs chexnet[serve].",
@@ -275,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="For every labelled box (NIH's BBox_List_2017.csv), the heatmap of that finding is "
                        "thresholded and boxed around its connected regions; accuracy at IoBB >= T (T = 0.1, 0.25, 0.5, "
                        "0.75, 0.9) and IoU >= 0.5 per pathology, beside random boxes of the same sizes. Writes "
-                       "RUN/eval/localize/ (localize.csv, localize.md, localize.png, examples/).")
+                       "RUN/eval/localize/ (localize.csv, boxes.csv, localize.md, localize.png, examples/).")
     p.add_argument("run", help="run directory")
     p.add_argument("--bbox", default=None, help="box list CSV (default: BBox_List_2017.csv in the data folder the cache "
                    "was prepared from)")
@@ -397,19 +397,14 @@ def cmd_predict(args) -> int:
 
 
 def cmd_serve(args) -> int:
+    from chexnet.predict import parse_threshold
     from chexnet.serve import serve
     from chexnet.serve.config import ServeConfig
 
-    threshold = None
-    if args.threshold != "val":
-        try:
-            threshold = float(args.threshold)
-        except ValueError:
-            raise ValueError(f"--threshold must be 'val' or a number, got {args.threshold!r}") from None
-        if not 0.0 <= threshold <= 1.0:
-            raise ValueError(f"--threshold must be in [0, 1], got {args.threshold}")
-    return serve(ServeConfig(args.model, args.checkpoint, threshold, args.host, args.port, args.max_batch,
-                             args.max_wait_ms, args.token_file, args.max_upload_mb, args.max_pixels, args.workers))
+    return serve(ServeConfig(
+        model=args.model, checkpoint=args.checkpoint, threshold=parse_threshold(args.threshold), host=args.host,
+        port=args.port, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, token_file=args.token_file,
+        max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels, workers=args.workers))
 
 
 def cmd_localize(args) -> int:

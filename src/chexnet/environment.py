@@ -1,4 +1,5 @@
-"""Facts about the running environment recorded with results: usable CPUs and library versions."""
+"""Facts about the running environment (usable CPUs, library versions recorded with results) and the optional
+extras: ``require`` imports one or names the ``pip install`` that provides it."""
 
 from __future__ import annotations
 
@@ -26,3 +27,16 @@ def library_versions(*packages: str) -> dict[str, str]:
         except PackageNotFoundError:
             pass
     return found
+
+
+class MissingExtra(RuntimeError):
+    """An optional dependency is not installed; the message names the ``pip install`` to run."""
+
+
+def require(module: str, extra: str, what: str):
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise MissingExtra(f"{what} needs the '{module}' package: pip install 'chexnet[{extra}]'") from None

@@ -38,9 +38,6 @@ class LoadedRun:
     epoch: int
     global_step: int
 
-    def __iter__(self):  # model, cfg, path, spec = load_run_model(...)
-        return iter((self.model, self.cfg, self.path, self.spec))
-
 
 def load_run_model(run: str | Path, checkpoint: str = "best") -> LoadedRun:
     """Load a run directory's checkpoint (``best``, ``last`` or a PATH) into its model."""
@@ -56,7 +53,7 @@ def load_run_model(run: str | Path, checkpoint: str = "best") -> LoadedRun:
 
 
 def resolve_cache(run: Path, run_info: dict, cache: str | Path | None, spec: Preprocessing | None):
-    """(path, index, meta) of the cache to evaluate on: ``cache`` if given, else the one recorded in run.json;
+    """(path, images, index, meta) of the cache to evaluate on: ``cache`` if given, else the one recorded in run.json;
     checked against the run (image size, labels; other split sizes only warn)."""
     if cache is None:
         cache = Path(run_info["cache"])
@@ -65,7 +62,7 @@ def resolve_cache(run: Path, run_info: dict, cache: str | Path | None, spec: Pre
                                     f"was the run moved or copied? Pass --cache CACHE (a cache prepared from the same "
                                     f"data with the same --size)")
     cache = Path(cache)
-    _, index, meta = load_cache(cache)
+    images, index, meta = load_cache(cache)
     problems = []
     want_size = spec.cache_size if spec is not None else run_info.get("cache_size")
     if want_size is not None and int(meta["size"]) != int(want_size):
@@ -82,7 +79,7 @@ def resolve_cache(run: Path, run_info: dict, cache: str | Path | None, spec: Pre
         print(f"warning: {cache} has other split sizes than the run's training cache "
               f"({_split_sizes(meta['splits'])} now, {_split_sizes(splits)} then): another split or data set",
               file=sys.stderr)
-    return cache, index, meta
+    return cache, images, index, meta
 
 
 def _split_sizes(splits: dict) -> str:
@@ -115,11 +112,11 @@ def evaluate_run(run: str | Path, checkpoint: str = "best", split: str = "test",
         run = Path(run)
         run_info = read_run_info(run)
         loaded = load_run_model(run, checkpoint)
-        model, cfg, path, spec = loaded
+        model, cfg, path, spec = loaded.model, loaded.cfg, loaded.path, loaded.spec
         if tuple(cfg.labels) != PATHOLOGIES:
             raise ValueError(f"{run}: trained on {len(cfg.labels)} labels ({', '.join(cfg.labels)}); evaluation and "
                              f"its reports cover the 14 NIH pathologies only (predict and localize work on any set)")
-        cache, index, meta = resolve_cache(run, run_info, cache, spec)
+        cache, _, index, meta = resolve_cache(run, run_info, cache, spec)
         if spec is None:  # a run saved before checkpoints carried their preprocessing
             spec = Preprocessing(int(meta["size"]), cfg.input_size, cfg.input_transform)
         model.to(device)
@@ -170,6 +167,21 @@ def save_thresholds(run: Path, loaded: LoadedRun, table, method: str) -> None:
     atomic_write(run / THRESHOLDS, json.dumps({
         "checkpoint": loaded.path.name, "epoch": loaded.epoch, "global_step": loaded.global_step,
         "method": method, "chosen_on": "val", "thresholds": thresholds}, indent=2) + "\n")
+
+
+def saved_thresholds(run: Path, loaded: LoadedRun) -> tuple[dict | None, str | None, str]:
+    """(thresholds, method, note) from RUN/thresholds.json when it belongs to ``loaded``'s checkpoint; else
+    (None, None, why: no file, or the checkpoint it belongs to). Read by predict and export."""
+    import json
+
+    saved = Path(run) / THRESHOLDS
+    if not saved.is_file():
+        return None, None, ""
+    info = json.loads(saved.read_text())
+    if (info.get("epoch"), info.get("global_step")) != (loaded.epoch, loaded.global_step):
+        return None, None, f"{saved.name} belongs to another checkpoint ({info.get('checkpoint')})"
+    method = info.get("method", "f1")
+    return info.get("thresholds"), method, f"validation thresholds (max {method}) of {loaded.path.name}"
 
 
 def _selection_note(cfg, path: Path, checkpoint: str) -> str:

@@ -15,14 +15,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from chexnet.environment import require
 from chexnet.preprocess import Preprocessing, center_crop_offset
 
 
 def _captum():
-    try:
-        from captum.attr import LayerAttribution, LayerGradCam
-    except ImportError:
-        raise RuntimeError("heatmaps need the 'captum' package: pip install 'chexnet[cam]'") from None
+    require("captum", "cam", "heatmaps")
+    from captum.attr import LayerAttribution, LayerGradCam
+
     return LayerGradCam, LayerAttribution
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from chexnet import __version__
-from chexnet.predict import require
+from chexnet.environment import require
 
 PARITY_TOLERANCE = 1e-4
 INPUT_CONTRACT = ("uint8 (batch, 1, S, S) cache rows: decode the X-ray (bone bright; DICOM modality/VOI LUT, "
@@ -51,12 +51,12 @@ def _wrapper(model, transform):
 def export_onnx(run: str | Path, checkpoint: str = "best", out: str | Path | None = None, opset: int = 18,
                 dynamic_batch: bool = False) -> Path:
     """Export ``run``'s checkpoint; returns the path written (default RUN/export/model.onnx)."""
-    onnx = require("onnx", "export", "export to ONNX")
+    require("onnx", "export", "export to ONNX")
     require("onnxscript", "export", "export to ONNX")
     ort = require("onnxruntime", "export", "checking the exported model")
     import torch
 
-    from chexnet.evaluate import THRESHOLDS, load_run_model
+    from chexnet.evaluate import load_run_model, saved_thresholds
     from chexnet.fileio import atomic_write
     from chexnet.preprocess import input_transform
 
@@ -70,20 +70,13 @@ def export_onnx(run: str | Path, checkpoint: str = "best", out: str | Path | Non
     wrapper = _wrapper(loaded.model, input_transform(spec))
     example = torch.zeros((2 if dynamic_batch else 1, 1, spec.cache_size, spec.cache_size), dtype=torch.uint8)
     shapes = ({0: torch.export.Dim("batch")},) if dynamic_batch else None
-    tmp = out.with_name(f".{out.name}.tmp")
     print(f"exporting {loaded.path} ({loaded.cfg.arch}, {spec.input_transform} {spec.cache_size} -> "
           f"{spec.input_size} px) to ONNX opset {opset} ...", file=sys.stderr, flush=True)
     with contextlib.redirect_stdout(sys.stderr):  # the exporter prints its progress; stdout stays for results
-        torch.onnx.export(wrapper, (example,), str(tmp), input_names=["image"], output_names=["probabilities"],
-                          opset_version=opset, dynamo=True, external_data=False, dynamic_shapes=shapes, verbose=False)
-
-    thresholds, method = None, None
-    saved = run / THRESHOLDS
-    if saved.is_file():
-        info = json.loads(saved.read_text())
-        if (info.get("epoch"), info.get("global_step")) == (loaded.epoch, loaded.global_step):
-            thresholds, method = info["thresholds"], info.get("method")
-    model = onnx.load(str(tmp))
+        program = torch.onnx.export(wrapper, (example,), input_names=["image"], output_names=["probabilities"],
+                                    opset_version=opset, dynamo=True, dynamic_shapes=shapes, verbose=False)
+    model = program.model_proto
+    thresholds, method, _ = saved_thresholds(run, loaded)
     meta = {"chexnet_preprocessing": json.dumps(spec.to_dict()), "chexnet_labels": json.dumps(list(loaded.cfg.labels)),
             "chexnet_thresholds": json.dumps(thresholds), "chexnet_threshold_method": json.dumps(method),
             "chexnet_arch": loaded.cfg.arch, "chexnet_checkpoint": f"{loaded.path.name} (epoch {loaded.epoch}, "
@@ -91,21 +84,21 @@ def export_onnx(run: str | Path, checkpoint: str = "best", out: str | Path | Non
     del model.metadata_props[:]
     for k, v in meta.items():
         model.metadata_props.add(key=k, value=v)
-    model.doc_string = f"chexnet {__version__}: {loaded.cfg.arch} chest X-ray classifier, 14 sigmoid outputs"
-    tmp.unlink()
-    atomic_write(out, model.SerializeToString())
+    model.doc_string = (f"chexnet {__version__}: {loaded.cfg.arch} chest X-ray classifier, "
+                        f"{len(loaded.cfg.labels)} sigmoid outputs")
+    data = model.SerializeToString()
 
-    # parity: the file must give what torch gives, before anyone relies on it
+    # parity: the model must give what torch gives before it is written (a failed re-export keeps the old file)
     rng = np.random.default_rng(0)
     rows = rng.integers(0, 256, (2 if dynamic_batch else 1, 1, spec.cache_size, spec.cache_size), dtype=np.uint8)
-    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
     got = session.run(None, {"image": rows})[0]
     with torch.no_grad():
         want = wrapper(torch.from_numpy(rows)).numpy()
     diff = float(np.abs(got - want).max())
     if not diff <= PARITY_TOLERANCE:
-        out.unlink()
-        raise RuntimeError(f"the exported model disagrees with torch by {diff:.2e} (> {PARITY_TOLERANCE}); not kept")
+        raise RuntimeError(f"the exported model disagrees with torch by {diff:.2e} (> {PARITY_TOLERANCE}); not written")
+    atomic_write(out, data)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, batch {'dynamic' if dynamic_batch else 1}); "
           f"onnxruntime vs torch max |dp| = {diff:.1e}; thresholds: "
           f"{'validation (' + str(method) + ')' if thresholds else 'none (evaluate the run first to embed them)'}",

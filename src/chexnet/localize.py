@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from chexnet.data.imageio import DICOM_SUFFIXES
 from chexnet.fileio import atomic_write
 from chexnet.labels import PATHOLOGIES
 
@@ -74,7 +75,7 @@ def original_sizes(images, data_dir: str | Path | None, image_size: int | None) 
         if path is None:
             raise FileNotFoundError(f"{name}: not found under {data_dir} (needed for its size); pass --image-size N "
                                     f"if every image is N x N")
-        if path.suffix.lower() in (".dcm", ".dicom", ".dic"):
+        if path.suffix.lower() in DICOM_SUFFIXES:
             import pydicom
 
             ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
@@ -117,11 +118,8 @@ def random_like(detected, height: int, width: int, rng: np.random.Generator):
     return [(rng.uniform(0, max(0.0, width - w)), rng.uniform(0, max(0.0, height - h)), w, h) for _, _, w, h in detected]
 
 
-def _pairs(run, cache, split, bbox, data, image_size, labels):
+def _pairs(index, meta, cache, split, bbox, data, image_size, labels):
     """The boxes of the split's images for findings the model predicts, with cache rows and original sizes."""
-    from chexnet.data.cache import load_cache
-
-    _, index, meta = load_cache(cache)
     boxes = read_boxes(bbox or Path(meta["arguments"]["data_dir"]) / "BBox_List_2017.csv")
     rows = index if split == "all" else index[index["split"] == split]
     where = pd.Series(rows.index, index=rows["image"])
@@ -133,7 +131,7 @@ def _pairs(run, cache, split, bbox, data, image_size, labels):
     sizes = original_sizes(sorted(set(boxes["image"])), data or meta["arguments"].get("data_dir"), image_size)
     boxes["height"] = [sizes[n][0] for n in boxes["image"]]
     boxes["width"] = [sizes[n][1] for n in boxes["image"]]
-    return boxes, meta
+    return boxes
 
 
 def localize_run(run: str | Path, bbox: str | Path | None = None, data: str | Path | None = None,
@@ -155,12 +153,10 @@ def localize_run(run: str | Path, bbox: str | Path | None = None, data: str | Pa
     loaded = load_run_model(run, checkpoint)
     if loaded.spec is None:
         raise ValueError(f"{loaded.path}: saved before checkpoints carried their preprocessing")
-    cache, _, _ = resolve_cache(run, read_run_info(run), cache, loaded.spec)
+    cache, images, index, meta = resolve_cache(run, read_run_info(run), cache, loaded.spec)
     spec, labels = loaded.spec, list(loaded.cfg.labels)
-    boxes, meta = _pairs(run, cache, split, bbox, data, image_size, labels)
-    s = spec.cache_size
-    images = np.memmap(Path(cache) / "images.u8", dtype=np.uint8, mode="r", shape=(meta["count"], s, s))
-    model, transform = loaded.model.eval(), input_transform(spec)
+    boxes = _pairs(index, meta, cache, split, bbox, data, image_size, labels)
+    model, transform, s = loaded.model, input_transform(spec), spec.cache_size
     rng = np.random.default_rng(seed)
     out_dir = run / "eval" / "localize"
     (out_dir / "examples").mkdir(parents=True, exist_ok=True)
@@ -169,8 +165,7 @@ def localize_run(run: str | Path, bbox: str | Path | None = None, data: str | Pa
                       file=sys.stderr, leave=False):
         chunk = boxes.iloc[start:start + batch_size]
         rows = np.stack([images[r] for r in chunk["row"]])
-        with torch.enable_grad():
-            maps = gradcam(model, transform(torch.from_numpy(rows)[:, None]), [labels.index(f) for f in chunk["finding"]])
+        maps = gradcam(model, transform(torch.from_numpy(rows)[:, None]), [labels.index(f) for f in chunk["finding"]])
         for (_, b), cam, row in zip(chunk.iterrows(), maps, rows):
             on_cache = cam_on_cache(cam, spec)
             sy, sx = b.height / s, b.width / s  # cache px -> original px

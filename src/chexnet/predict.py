@@ -22,7 +22,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from chexnet.data.imageio import DICOM_SUFFIXES, ImageReadError, read_xray, resize_area
+from chexnet.environment import require
 from chexnet.labels import PATHOLOGIES
 from chexnet.preprocess import Preprocessing, read_cache_row
 
@@ -37,19 +37,6 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", *DICOM_SUFFIXES)
 DEFAULT_MAX_PIXELS = 100_000_000
 FALLBACK_THRESHOLD = 0.5
 TTA_MODES = ("none", "hflip")
-
-
-class MissingExtra(RuntimeError):
-    """An optional dependency is not installed; the message names the ``pip install`` to run."""
-
-
-def require(module: str, extra: str, what: str):
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise MissingExtra(f"{what} needs the '{module}' package: pip install 'chexnet[{extra}]'") from None
 
 
 # --------------------------------------------------------------------------- inputs
@@ -119,7 +106,7 @@ class TorchPredictor:
     def __init__(self, run: str | Path, checkpoint: str = "best", threshold: float | None = None):
         import torch
 
-        from chexnet.evaluate import THRESHOLDS, load_run_model
+        from chexnet.evaluate import load_run_model, saved_thresholds
         from chexnet.preprocess import input_transform
 
         self.run = Path(run)
@@ -131,15 +118,7 @@ class TorchPredictor:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model = loaded.model.to(self.device).eval()
         self.transform = input_transform(self.spec).to(self.device)
-        chosen, source = None, ""
-        saved = self.run / THRESHOLDS
-        if saved.is_file():
-            info = json.loads(saved.read_text())
-            if (info.get("epoch"), info.get("global_step")) == (loaded.epoch, loaded.global_step):
-                chosen = info.get("thresholds")
-                source = f"validation thresholds (max {info.get('method', 'f1')}) of {loaded.path.name}"
-            else:
-                source = f"{saved.name} belongs to another checkpoint ({info.get('checkpoint')})"
+        chosen, _, source = saved_thresholds(self.run, loaded)
         self.thresholds = thresholds_from(chosen, self.labels, source, threshold)
         if chosen is None and threshold is None and source:
             self.thresholds.source += f"; {source}"
@@ -302,19 +281,25 @@ def format_results(results: list[Result], fmt: str, labels=PATHOLOGIES) -> str:
     return "\n".join(lines) + "\n"
 
 
+def parse_threshold(text: str) -> float | None:
+    """``--threshold``: 'val' (None: the model's validation thresholds) or a number in [0, 1]."""
+    if text == "val":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"--threshold must be 'val' or a number, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:  # NaN fails this too
+        raise ValueError(f"--threshold must be in [0, 1], got {text}")
+    return value
+
+
 def run_predict(run: str | None, paths: list[str], onnx: str | None = None, checkpoint: str = "best",
                 fmt: str = "table", threshold: str = "val", batch_size: int = 16, tta: str = "none",
                 max_pixels: int | None = DEFAULT_MAX_PIXELS, cam_dir: str | None = None, cam_all: bool = False,
                 progress: bool = True) -> int:
     """The command: print the results to stdout, notes to stderr; returns the number of files that failed."""
-    fixed = None
-    if threshold != "val":
-        try:
-            fixed = float(threshold)
-        except ValueError:
-            raise ValueError(f"--threshold must be 'val' or a number, got {threshold!r}") from None
-        if not 0.0 <= fixed <= 1.0 or math.isnan(fixed):
-            raise ValueError(f"--threshold must be in [0, 1], got {threshold}")
+    fixed = parse_threshold(threshold)
     if not paths:
         raise ValueError("no input files or folders given")
     predictor = OnnxPredictor(onnx, fixed) if onnx else TorchPredictor(run, checkpoint, fixed)

@@ -68,7 +68,8 @@ def test_weighted_training_validates_with_the_weighted_loss(tiny_cache, tiny_cfg
     T.train(tiny_cfg(loss_weighting="balanced"), tiny_cache, tmp_path / "w", progress=False)
     record = [r for r in read_metrics(tmp_path / "w") if r["kind"] == "epoch"][0]
     assert record["loss_weighting"] == "balanced"
-    model, cfg, _, spec = load_run_model(tmp_path / "w", "last")
+    loaded = load_run_model(tmp_path / "w", "last")
+    model, cfg, spec = loaded.model, loaded.cfg, loaded.spec
     _, index, meta = load_cache(tiny_cache)
     train_set = open_split(tiny_cache, index, meta, "train", "train", cfg.input_size, cfg.input_transform)
     val_set = open_split(tiny_cache, index, meta, "val", "eval", cfg.input_size, cfg.input_transform)

@@ -7,6 +7,8 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from chexnet.predict import DEFAULT_MAX_PIXELS
+
 ENV = "CHEXNET_SERVE_CONFIG"
 
 
@@ -21,7 +23,7 @@ class ServeConfig:
     max_wait_ms: float = 10.0
     token_file: str | None = None
     max_upload_mb: float = 50.0
-    max_pixels: int | None = 100_000_000
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
     workers: int = 1
 
     @property
