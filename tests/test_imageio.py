@@ -94,6 +94,11 @@ def test_image_read_error_pickles():
 # --------------------------------------------------------------------------- DICOM
 
 
+# patient identifiers that the DICOM tests write into headers and then look for in every output
+IDENTIFIERS = {"PatientName": "Doe^Jane", "PatientID": "PID-8675309", "PatientBirthDate": "19450704",
+               "StudyDate": "20240229", "AccessionNumber": "ACC-99182"}
+
+
 def write_dicom(path, pixels: np.ndarray, photometric: str = "MONOCHROME2", bits_stored: int = 12, **attrs):
     """Write a minimal valid DICOM file (explicit VR little endian) with pydicom."""
     from pydicom.dataset import Dataset, FileMetaDataset

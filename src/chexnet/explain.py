@@ -89,6 +89,18 @@ def safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "image"
 
 
+def heatmap_overlays(predictor, row: np.ndarray, original: np.ndarray, probs: np.ndarray, classes) -> list:
+    """Grad-CAM of ``classes`` for one image (a torch predictor): ``[(class, map at the original's size, overlay
+    image captioned with the finding and its probability in ``probs``), ...]``."""
+    inputs = predictor.inputs(np.repeat(row[None], len(classes), axis=0))
+    maps = gradcam(predictor.model, inputs, list(classes))
+    out = []
+    for cam, c in zip(maps, classes):
+        full = cam_on_image(cam, predictor.spec, *original.shape)
+        out.append((c, full, overlay(original, full, f"{predictor.labels[c]} p={probs[c]:.2f}")))
+    return out
+
+
 class HeatmapWriter:
     """Writes ``OUT/<image>_<Finding>.png`` (overlay at the original size) and ``.npy`` (the raw map, float32
     (H, W) in [0, 1]) for each finding above threshold (all findings with ``cam_all``)."""
@@ -112,14 +124,11 @@ class HeatmapWriter:
         wanted = [c for c in range(len(p.labels)) if self.cam_all or probs[c] >= p.thresholds.values[c]]
         if not wanted:
             return []
-        inputs = p.inputs(np.repeat(row[None], len(wanted), axis=0))
-        maps = gradcam(p.model, inputs, wanted)
         stem, written = self._stem(Path(path)), []
-        for cam, c in zip(maps, wanted):
+        for c, full, image in heatmap_overlays(p, row, original, probs, wanted):
             name = p.labels[c]
-            full = cam_on_image(cam, p.spec, *original.shape)
             png, npy = self.out / f"{stem}_{name}.png", self.out / f"{stem}_{name}.npy"
-            overlay(original, full, f"{name} p={probs[c]:.2f}").save(png)
+            image.save(png)
             np.save(npy, full)
             written.append({"finding": name, "probability": float(probs[c]), "png": str(png), "npy": str(npy)})
         return written

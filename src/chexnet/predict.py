@@ -195,6 +195,13 @@ class Result:
     error: str | None = None
     heatmaps: list = field(default_factory=list)
 
+    def set_probabilities(self, probs: np.ndarray, predictor) -> "Result":
+        """The 14 probabilities of this file, and the findings at or above the predictor's thresholds."""
+        above = probs >= predictor.thresholds.values
+        self.probabilities = {n: float(v) for n, v in zip(predictor.labels, probs)}
+        self.findings = [n for n, a in zip(predictor.labels, above) if a]
+        return self
+
     def to_json(self) -> dict:
         out = {"path": self.path, "probabilities": self.probabilities, "findings": self.findings, "error": self.error}
         if self.heatmaps:
@@ -239,9 +246,7 @@ def predict_files(predictor, paths, batch_size: int = 16, tta: str = "none", max
         if batch:
             probs = predictor.probabilities(np.stack(rows), tta)
             for j, i in enumerate(batch):
-                above = probs[j] >= predictor.thresholds.values
-                results[i].probabilities = {n: float(v) for n, v in zip(predictor.labels, probs[j])}
-                results[i].findings = [n for n, a in zip(predictor.labels, above) if a]
+                results[i].set_probabilities(probs[j], predictor)
             if cams is not None:
                 for j, i in enumerate(batch):
                     results[i].heatmaps = cams.write(files[i], rows[j], originals[j], probs[j])

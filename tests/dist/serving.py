@@ -14,10 +14,8 @@ import numpy as np
 from PIL import Image
 
 from tests.dist.conftest import free_port, subprocess_env
-from tests.test_imageio import write_dicom
+from tests.test_imageio import IDENTIFIERS, write_dicom  # noqa: F401  (the serve tests import it here)
 
-IDENTIFIERS = {"PatientName": "Doe^Jane", "PatientID": "PID-8675309", "PatientBirthDate": "19450704",
-               "StudyDate": "20240229", "AccessionNumber": "ACC-99182"}
 TOKEN = "s3cret-token-for-tests-0123456789"
 
 

@@ -18,10 +18,7 @@ import torch
 from PIL import Image
 
 from chexnet.labels import PATHOLOGIES
-from tests.test_imageio import write_dicom
-
-IDENTIFIERS = {"PatientName": "Doe^Jane", "PatientID": "PID-8675309", "PatientBirthDate": "19450704",
-               "StudyDate": "20240229", "AccessionNumber": "ACC-99182"}
+from tests.test_imageio import IDENTIFIERS, write_dicom
 
 
 def _data(tiny_cache: Path) -> Path:

@@ -8,7 +8,6 @@ import io
 import json
 import logging
 import re
-import time
 from contextlib import contextmanager
 
 import numpy as np
@@ -32,11 +31,8 @@ def serve_client(tmp_path):
     @contextmanager
     def make(model, **options):
         app = create_app(ServeConfig(str(model), **options).check())
-        with TestClient(app) as client:
-            deadline = time.monotonic() + 60
-            while client.get("/readyz").status_code != 200:
-                assert time.monotonic() < deadline, client.get("/readyz").json()
-                time.sleep(0.05)
+        with TestClient(app) as client:  # the model is loaded when start-up is over
+            assert client.get("/readyz").status_code == 200, client.get("/readyz").json()
             yield client
 
     return make
@@ -275,3 +271,15 @@ def test_without_the_serve_extra_the_error_names_the_pip_install(trained_run, tm
     proc = chexnet_cli("serve", trained_run, check=False,
                        PYTHONPATH=os.pathsep.join([str(fake.parent), os.environ.get("PYTHONPATH", "")]))
     assert proc.returncode == 2 and "pip install 'chexnet[serve]'" in proc.stderr, proc.stderr
+
+
+def test_without_captum_heatmaps_are_a_clear_400(trained_run, tiny_cache, serve_client, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "captum" else real(name, *a))
+    path = good_images(tiny_cache, 1)[0]
+    with serve_client(trained_run) as client:
+        assert client.get("/v1/model").json()["heatmaps"] is False
+        got = _post(client, path.read_bytes(), path.name, "/v1/heatmap?finding=Mass")
+        assert got.status_code == 400 and "pip install 'chexnet[cam]'" in got.json()["error"], got.text

@@ -64,10 +64,10 @@ class ImageReadError(Exception):
              "invalid")
 
     def __init__(self, path, reason: str, kind: str = "invalid"):
-        super().__init__(str(path), reason)
+        super().__init__(str(path), reason, kind)  # all three: a pickled copy (worker processes) keeps its kind
         self.path = str(path)
         self.reason = reason
-        self.kind = kind if kind in self.KINDS else "invalid"
+        self.kind = kind
 
     def __str__(self) -> str:
         return f"{self.path}: {self.reason}"
@@ -162,9 +162,11 @@ def _decode_open(f, path: Path, max_pixels: int | None = None) -> Image.Image | 
     return _read_pil(f, path, max_pixels)
 
 
-def _check_pixels(path: Path, width: int, height: int, max_pixels: int | None) -> None:
-    if max_pixels is not None and width * height > max_pixels:
-        raise ImageReadError(path, f"image of {width} x {height} = {width * height:,} pixels is over the limit of "
+def _check_pixels(path: Path, width: int, height: int, max_pixels: int | None, frames: int = 1) -> None:
+    total = width * height * max(1, frames)  # a multi-frame DICOM decodes every frame
+    if max_pixels is not None and total > max_pixels:
+        size = f"{width} x {height}" + (f" x {frames} frames" if frames > 1 else "")
+        raise ImageReadError(path, f"image of {size} = {total:,} pixels is over the limit of "
                                    f"{max_pixels:,} (--max-pixels); not decoded",
                              "too_many_pixels")
 
@@ -229,7 +231,8 @@ def _read_dicom(f, path: Path, max_pixels: int | None = None) -> np.ndarray:
         raise ImageReadError(path, f"unreadable DICOM file ({type(exc).__name__}: {exc})", "truncated") from None
     if "PixelData" not in ds:
         raise ImageReadError(path, "DICOM file has no pixel data", "no_pixel_data")
-    _check_pixels(path, int(ds.get("Columns", 0) or 0), int(ds.get("Rows", 0) or 0), max_pixels)
+    _check_pixels(path, int(ds.get("Columns", 0) or 0), int(ds.get("Rows", 0) or 0), max_pixels,
+                  int(ds.get("NumberOfFrames", 1) or 1))
     try:
         arr = ds.pixel_array
     except Exception as exc:  # pydicom raises many kinds (missing codec, truncated data, ...)

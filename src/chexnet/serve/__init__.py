@@ -33,8 +33,7 @@ def serve(cfg: ServeConfig) -> int:
           f"after the requests in flight", file=sys.stderr)
     # uvicorn re-raises the signal that stopped it once it has shut down gracefully; a handler that does
     # nothing turns that into a normal return, so a SIGTERM stop exits 0 as supervisors expect.
-    stopped = []
-    previous = {s: signal.signal(s, lambda sig, frame: stopped.append(sig)) for s in (signal.SIGTERM, signal.SIGINT)}
+    previous = {s: signal.signal(s, lambda sig, frame: None) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         uvicorn.run("chexnet.serve.app:app_from_env", factory=True, host=cfg.host, port=cfg.port,
                     workers=cfg.workers if cfg.workers > 1 else None, access_log=False, log_level="info",

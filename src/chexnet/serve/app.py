@@ -128,8 +128,9 @@ def create_app(cfg: ServeConfig) -> FastAPI:
 
     def finding_of(model, finding: str | None) -> str:
         if not model.heatmaps:
-            raise ApiError(400, "heatmap_unavailable", "heatmaps need the torch model: this server runs an ONNX "
-                                                       "export; serve the run directory instead")
+            raise ApiError(400, "heatmap_unavailable", "heatmaps need the 'captum' package: pip install 'chexnet[cam]'"
+                           if model.engine == "torch" else "heatmaps need the torch model: this server runs an ONNX "
+                                                           "export; serve the run directory instead")
         if not finding:
             raise ApiError(400, "bad_request", f"say which finding: ?finding=NAME, one of {', '.join(model.labels)}")
         match = {n.lower(): n for n in model.labels}.get(finding.lower())
@@ -154,12 +155,16 @@ def create_app(cfg: ServeConfig) -> FastAPI:
     @app.post("/v1/heatmap", dependencies=v1, summary="Grad-CAM overlay of one finding (PNG)",
               response_class=Response)
     async def heatmap(request: Request, finding: str | None = None):
-        model = state.ready_model()
-        name = finding_of(model, finding)
-        model, upload, row, original, _ = await upload_and_decode(request, keep_original=True)
-        png, prob = await asyncio.get_running_loop().run_in_executor(state.model_thread, model.heatmap_png, row,
-                                                                     original, name)
-        return Response(png, media_type="image/png", headers={"X-Finding": name, "X-Probability": f"{prob:.6f}"})
+        from chexnet.serve.model import png_bytes
+
+        name = finding_of(state.ready_model(), finding)
+        model, _, row, original, _ = await upload_and_decode(request, keep_original=True)
+        probs, _ = await state.batcher.submit(row)  # the probabilities /v1/predict gives, for the caption
+        image = await asyncio.get_running_loop().run_in_executor(state.model_thread, model.heatmap, row, original,
+                                                                 name, probs)
+        prob = float(probs[model.labels.index(name)])
+        return Response(await asyncio.to_thread(png_bytes, image), media_type="image/png",
+                        headers={"X-Finding": name, "X-Probability": f"{prob:.6f}"})
 
     @app.post("/v1/image", dependencies=v1, summary="the decoded X-ray as PNG (the viewer shows DICOM with it)",
               response_class=Response)
@@ -199,14 +204,7 @@ def create_app(cfg: ServeConfig) -> FastAPI:
 
     app.mount("/static", StaticFiles(directory=str(static)), name="static")
 
-    @app.middleware("http")
-    async def security_headers(request: Request, call_next):
-        response = await call_next(request)
-        for k, v in SECURITY_HEADERS.items():
-            response.headers.setdefault(k, v)
-        return response
-
-    app.add_middleware(AccessLog, metrics=state.metrics)
+    app.add_middleware(AccessLog, metrics=state.metrics, headers=SECURITY_HEADERS)
     return app
 
 
@@ -215,7 +213,7 @@ def app_from_env() -> FastAPI:
     import os
 
     cfg = ServeConfig.from_env()
-    if cfg.workers > 1:  # share the cores between the worker processes
+    if cfg.workers > 1 and not cfg.onnx:  # share the cores between the worker processes (an ONNX server has no torch)
         import torch
 
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // cfg.workers))

@@ -48,6 +48,10 @@ class Batcher:
             except asyncio.CancelledError:
                 pass
             self.task = None
+        while self.waiting:  # nothing will run them now
+            _, future, _ = self.waiting.popleft()
+            if not future.done():
+                future.set_exception(RuntimeError("server shutting down"))
 
     async def submit(self, row: np.ndarray) -> tuple[np.ndarray, Timing]:
         """The row's probabilities, once its batch has run."""
@@ -85,8 +89,10 @@ class Batcher:
             try:
                 probs = await loop.run_in_executor(self.executor, self.infer, np.stack([b[0] for b in batch]))
                 outcomes = list(probs)
+                if len(outcomes) != len(batch):
+                    raise RuntimeError(f"the model returned {len(outcomes)} rows for a batch of {len(batch)}")
             except Exception:
-                outcomes = [await self._alone(loop, row) for row, _, _ in batch]
+                outcomes = [await self._alone(row) for row, _, _ in batch]
             took = time.perf_counter() - started
             if self.on_batch is not None:
                 self.on_batch(len(batch), took)
@@ -98,8 +104,8 @@ class Batcher:
                 else:
                     future.set_result((out, Timing((started - queued) * 1000, took * 1000, len(batch))))
 
-    async def _alone(self, loop, row):
+    async def _alone(self, row):
         try:
-            return (await loop.run_in_executor(self.executor, self.infer, row[None]))[0]
+            return (await asyncio.get_running_loop().run_in_executor(self.executor, self.infer, row[None]))[0]
         except Exception as exc:
             return exc

@@ -4,12 +4,14 @@ identity (run, checkpoint, SHA-256) and Grad-CAM overlays as PNG bytes."""
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import io
 from pathlib import Path
 
 import numpy as np
 
 from chexnet.data.imageio import read_xray_bytes, resize_area
+from chexnet.predict import Result
 from chexnet.serve.config import ServeConfig
 
 
@@ -27,20 +29,16 @@ class ServedModel:
 
         if cfg.onnx:
             self.predictor = OnnxPredictor(cfg.model, cfg.threshold)
-            self.engine, file = "onnxruntime", Path(cfg.model)
-            run, checkpoint = Path(cfg.model).stem, file.name
+            self.engine, file, run = "onnxruntime", Path(cfg.model), Path(cfg.model).stem
         else:
             self.predictor = TorchPredictor(cfg.model, cfg.checkpoint, cfg.threshold)
-            self.engine, file = "torch", self.predictor.loaded.path
-            run, checkpoint = Path(cfg.model).resolve().name, file.name
+            self.engine, file, run = "torch", self.predictor.loaded.path, self.predictor.run.resolve().name
         self.max_pixels = cfg.max_pixels
         self.spec, self.labels = self.predictor.spec, self.predictor.labels
-        self.identity = {"run": run, "checkpoint": checkpoint, "sha256": sha256(file), "engine": self.engine,
+        self.identity = {"run": run, "checkpoint": file.name, "sha256": sha256(file), "engine": self.engine,
                          "labels": list(self.labels)}
-
-    @property
-    def heatmaps(self) -> bool:
-        return self.engine == "torch"
+        # Grad-CAM runs in torch and needs captum (chexnet[cam]); without either, /v1/heatmap is a clear 400
+        self.heatmaps = self.engine == "torch" and importlib.util.find_spec("captum") is not None
 
     def describe(self) -> dict:
         t = self.predictor.thresholds
@@ -61,20 +59,15 @@ class ServedModel:
 
     def result(self, name: str, probs: np.ndarray) -> dict:
         """``chexnet predict --format json``'s object for one file."""
-        above = probs >= self.predictor.thresholds.values
-        return {"path": name, "probabilities": {n: float(v) for n, v in zip(self.labels, probs)},
-                "findings": [n for n, a in zip(self.labels, above) if a], "error": None}
+        return Result(name).set_probabilities(probs, self.predictor).to_json()
 
-    def heatmap_png(self, row: np.ndarray, original: np.ndarray, finding: str) -> tuple[bytes, float]:
-        """The Grad-CAM overlay of ``finding`` at the original image's size, as PNG bytes, and its probability."""
-        from chexnet.explain import cam_on_image, gradcam, overlay
+    def heatmap(self, row: np.ndarray, original: np.ndarray, finding: str, probs: np.ndarray):
+        """The Grad-CAM overlay of ``finding`` at the original image's size (``probs``: the image's probabilities,
+        from the batcher, for the caption). Runs on the model thread."""
+        from chexnet.explain import heatmap_overlays
 
-        c = self.labels.index(finding)
-        p = self.predictor
-        prob = float(p.probabilities(row[None])[0, c])
-        cam = gradcam(p.model, p.inputs(row[None]), [c])[0]
-        img = overlay(original, cam_on_image(cam, self.spec, *original.shape), f"{finding} p={prob:.2f}")
-        return png_bytes(img), prob
+        [(_, _, image)] = heatmap_overlays(self.predictor, row, original, probs, [self.labels.index(finding)])
+        return image
 
 
 def png_bytes(img) -> bytes:

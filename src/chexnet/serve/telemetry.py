@@ -52,11 +52,12 @@ def route_of(path: str) -> str:
 
 
 class AccessLog:
-    """ASGI middleware: a request id (also sent back as X-Request-ID), the request counter and latency, one log
-    line per request."""
+    """ASGI middleware: a request id (also sent back as X-Request-ID), ``headers`` added to every response that
+    does not set them itself, the request counter and latency, one log line per request."""
 
-    def __init__(self, app, metrics: Metrics):
+    def __init__(self, app, metrics: Metrics, headers: dict[str, str] | None = None):
         self.app, self.metrics = app, metrics
+        self.headers = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -74,7 +75,10 @@ class AccessLog:
         async def send_tagged(message):
             if message["type"] == "http.response.start":
                 state["status"] = message["status"]
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
+                headers = list(message.get("headers", []))
+                present = {k.lower() for k, _ in headers}
+                headers += [(k, v) for k, v in self.headers if k not in present]
+                message["headers"] = [*headers, (b"x-request-id", rid.encode())]
             await send(message)
 
         try:

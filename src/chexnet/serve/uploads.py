@@ -22,7 +22,7 @@ class UploadError(Exception):
 @dataclass
 class Upload:
     name: str  # the file's base name as the client gave it (used in messages and the answer's "path")
-    data: bytes
+    data: bytes | bytearray
 
 
 def _filename(raw: str | None) -> str:
@@ -45,15 +45,6 @@ async def read_upload(request, limit: int, field: str = "file") -> Upload:
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise UploadError(413, "upload_too_large", f"upload of {int(declared):,} bytes is over the limit of "
                                                    f"{limit:,} bytes (--max-upload-mb)")
-    body, size = bytearray(), 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise UploadError(413, "upload_too_large", f"upload is over the limit of {limit:,} bytes (--max-upload-mb)")
-        body += chunk
-    if not body:
-        raise UploadError(400, "bad_request", f"empty request body: send the X-ray as the '{field}' field")
-
     parts: list[dict] = []
     header = {"field": b"", "value": b""}
 
@@ -76,11 +67,23 @@ async def read_upload(request, limit: int, field: str = "file") -> Upload:
     parser = MultipartParser(params[b"boundary"], {
         "on_part_begin": on_part_begin, "on_header_field": on_header_field, "on_header_value": on_header_value,
         "on_header_end": on_header_end, "on_part_data": on_part_data})
+    size = 0
     try:
-        parser.write(bytes(body))
-        parser.finalize()
+        async for chunk in request.stream():  # parsed as it arrives: the body is never held twice
+            size += len(chunk)
+            if size > limit:
+                raise UploadError(413, "upload_too_large", f"upload is over the limit of {limit:,} bytes "
+                                                           f"(--max-upload-mb)")
+            if chunk:
+                parser.write(chunk)
+        if size:
+            parser.finalize()
+    except UploadError:
+        raise
     except Exception as exc:  # python-multipart's MultipartParseError and friends
         raise UploadError(400, "bad_request", f"malformed multipart body ({type(exc).__name__}: {exc})") from None
+    if not size:
+        raise UploadError(400, "bad_request", f"empty request body: send the X-ray as the '{field}' field")
     names = []
     for part in parts:
         _, disp = parse_options_header(part["headers"].get("content-disposition"))
@@ -88,7 +91,7 @@ async def read_upload(request, limit: int, field: str = "file") -> Upload:
         names.append(name)
         if name == field:
             filename = disp.get(b"filename")
-            return Upload(_filename(filename.decode("utf-8", "replace") if filename else None), bytes(part["data"]))
+            return Upload(_filename(filename.decode("utf-8", "replace") if filename else None), part["data"])
     got = ", ".join(repr(n) for n in names) if names else "no fields"
     raise UploadError(400, "bad_request", f"no '{field}' field in the upload (got {got}); send the X-ray as "
                                           f"-F {field}=@xray.png")
