@@ -44,10 +44,11 @@ bench: $(VENV)/.installed-dev
 
 # chexnet vs the Keras + Horovod report's model, alternating in one run; TensorFlow lives in its own venv
 KERAS_VENV ?= .venv-keras
-$(KERAS_VENV)/bin/python:
+$(KERAS_VENV)/.installed:
 	$(PYTHON) -m venv $(KERAS_VENV)
 	$(KERAS_VENV)/bin/python -m pip install -q tensorflow-cpu
-bench-peer: $(VENV)/.installed-dev $(KERAS_VENV)/bin/python
+	touch $@
+bench-peer: $(VENV)/.installed-dev $(KERAS_VENV)/.installed
 	mkdir -p $(BENCH_OUT)
 	$(PY) benchmarks/bench_peer.py --keras-python $(KERAS_VENV)/bin/python --rounds 3 --json $(BENCH_OUT)/peer.json
 

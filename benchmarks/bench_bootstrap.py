@@ -15,11 +15,12 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
+
+from bench_common import cpu_model
 
 from chexnet.labels import NUM_CLASSES, parse_findings
 from chexnet.metrics import auroc, bootstrap_auroc_ci
@@ -43,17 +44,6 @@ def load_case(n_images: int, metadata: Path, seed: int) -> tuple[np.ndarray, np.
     prevalence = np.linspace(0.005, 0.2, NUM_CLASSES)
     y = (rng.random((n_images, NUM_CLASSES)) < prevalence).astype(np.uint8)
     return y, rng.integers(0, n_images // 9, n_images), "synthetic labels, ~9 images per patient"
-
-
-def cpu_model() -> str:
-    """The CPU model name as lscpu reports it (from /proc/cpuinfo on Linux)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:

@@ -21,12 +21,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from bench_common import machine
 
 VARIANT_FLAGS = {
     "base": ([], {}),
@@ -80,8 +81,7 @@ def main() -> None:
     if not (cache / "meta.json").is_file():
         generate(work / "data", images=600, size=256, seed=0, progress=False)
         prepare(work / "data", cache, size=256, progress=False)
-    result = {"machine": {"cpu": platform.processor() or platform.machine(), "usable_cpus": len(os.sched_getaffinity(0)),
-                          "date": time.strftime("%Y-%m-%d")}, "args": vars(args), "runs": []}
+    result = {"machine": machine(), "args": vars(args), "runs": []}
     variants = args.variants.split(",")
     for precision in args.precisions.split(","):
         rates = {"keras": [], **{v: [] for v in variants}}

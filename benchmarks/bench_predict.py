@@ -12,14 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import statistics
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from bench_common import machine, median_time
 
 
 def make_run(work: Path, arch: str) -> Path:
@@ -40,16 +37,6 @@ def make_run(work: Path, arch: str) -> Path:
     (run / "run.json").write_text(json.dumps({"labels": list(cfg.labels), "cache": "none"}))
     save_checkpoint(run / "checkpoints" / "best.pt", state)
     return run
-
-
-def timed(fn, reps: int) -> float:
-    fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -74,18 +61,16 @@ def main() -> None:
     rng = np.random.default_rng(0)
     rows = rng.integers(0, 256, (args.batch, 256, 256), dtype=np.uint8)
     engines = {"torch": TorchPredictor(run), "onnxruntime": OnnxPredictor(onnx_path)}
-    result = {"machine": {"cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-                          "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-                          "date": time.strftime("%Y-%m-%d")}, "arch": args.arch, "batch": args.batch}
+    result = {"machine": machine(torch_threads=torch.get_num_threads(), torch=torch.__version__), "arch": args.arch, "batch": args.batch}
     for name, engine in engines.items():
-        batch_s = timed(lambda: engine.probabilities(rows), args.reps)
-        one_s = timed(lambda: engine.probabilities(rows[:1]), args.reps * 2)
+        batch_s = median_time(lambda: engine.probabilities(rows), args.reps)
+        one_s = median_time(lambda: engine.probabilities(rows[:1]), args.reps * 2)
         result[name] = {"img_per_s": args.batch / batch_s, "latency_ms_one_image": one_s * 1e3}
         print(f"{name:<12} batch {args.batch}: {args.batch / batch_s:6.1f} img/s; one image: {one_s * 1e3:6.0f} ms",
               flush=True)
     png = work / "nih-like.png"
     Image.fromarray(rng.integers(0, 256, (1024, 1024), dtype=np.uint8)).save(png)
-    decode_s = timed(lambda: read_cache_row(png, 256), args.reps * 4)
+    decode_s = median_time(lambda: read_cache_row(png, 256), args.reps * 4)
     result["decode_ms_1024_png"] = decode_s * 1e3
     print(f"decode + area resize of a 1024 x 1024 PNG to its 256 px row: {decode_s * 1e3:.1f} ms")
     if args.json:

@@ -19,20 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import socket
 import statistics
 import time
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from bench_common import free_port, machine, median_time
 
 
 def step_fn(model, opt, x, y):
@@ -44,17 +37,6 @@ def step_fn(model, opt, x, y):
         opt.step()
 
     return step
-
-
-def time_steps(step, steps: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def _worker(rank: int, world: int, port: int, args, out: dict) -> None:
@@ -122,7 +104,7 @@ def single_process(args) -> float:
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     x = torch.randn(args.batch, 3, args.size, args.size)
     y = torch.randint(0, 2, (args.batch, 14)).float()
-    return time_steps(step_fn(model, opt, x, y), args.steps)
+    return median_time(step_fn(model, opt, x, y), args.steps)
 
 
 def fit_alpha_beta(by_bytes: dict) -> tuple[float, float]:
@@ -155,8 +137,7 @@ def main() -> None:
     a, b = fit_alpha_beta(two["allreduce_s_by_bytes"])
     exposed = two["ddp_step_s"] - two["no_sync_step_s"]
     result = {
-        "machine": {"cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-                    "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")},
+        "machine": machine(torch=torch.__version__),
         "args": vars(args), "params": two["params"], "grad_mb": grad_bytes / 1e6,
         "one_process_step_s": one, "two_no_sync_step_s": two["no_sync_step_s"], "two_ddp_step_s": two["ddp_step_s"],
         "allreduce_grad_s": allreduce, "exposed_wait_s": exposed, "overlap": 1 - exposed / allreduce,

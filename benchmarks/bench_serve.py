@@ -15,25 +15,18 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
-import platform
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import free_port, machine  # noqa: E402
 from bench_predict import make_run  # noqa: E402
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from chexnet.environment import library_versions  # noqa: E402
 
 
 def samples(rng):
@@ -56,34 +49,34 @@ def samples(rng):
     return out
 
 
-def serve_once(run: Path, extra: list[str], data, requests: int, concurrency: int) -> dict:
+def _ms(value) -> str:
+    return "      - ms" if value is None else f"{value:7.0f} ms"  # None: no good answer at all
+
+
+def serve_once(run: Path, extra: list[str], data, requests: int, concurrency: int, log: Path) -> dict:
     import httpx
 
-    from chexnet.serve.loadgen import mean_batch_size, run_load
+    from chexnet.serve.loadgen import mean_batch_size, run_load, wait_ready
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([sys.executable, "-m", "chexnet", "serve", str(run), "--port", str(port), *extra],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "chexnet", "serve", str(run), "--port", str(port), *extra],
+                                stdout=out, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError(f"server did not become ready ({' '.join(extra)})")
-            time.sleep(0.3)
+        try:
+            wait_ready(url, proc, timeout=180)
+        except RuntimeError as exc:
+            raise RuntimeError(f"chexnet serve {' '.join(extra)}: {exc}; its log: {log}") from None
         run_load(url, data, requests=20, concurrency=concurrency, timeout_s=300)
+        warm = httpx.get(url + "/metrics").text
         report = run_load(url, data, requests=requests, concurrency=concurrency, timeout_s=900)
         metrics = httpx.get(url + "/metrics").text
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
     out = report.summary()
-    out["mean_batch"] = round(mean_batch_size(metrics), 2)
+    out["mean_batch"] = round(mean_batch_size(metrics, since=warm), 2)  # the measured requests only
     out["server_5xx"] = sum(a.status >= 500 for a in report.answers)
     out["server_exit"] = proc.returncode
     return out
@@ -98,7 +91,6 @@ def main() -> None:
     ap.add_argument("--engines", default="torch,onnx", help="comma-separated: torch (the run), onnx (its export)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
-    import torch
 
     run = make_run(Path(args.work), args.arch)
     models = {}
@@ -115,16 +107,16 @@ def main() -> None:
         else:
             ap.error(f"--engines: unknown engine {engine!r} (torch, onnx)")
     data = samples(np.random.default_rng(0))
-    result = {"machine": {"cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-                          "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")},
+    result = {"machine": machine(**library_versions("torch", "onnxruntime", "fastapi", "uvicorn")),
               "arch": args.arch, "requests": args.requests, "concurrency": args.concurrency, "bad_fraction": 1 / 3}
     for (engine, model), (mode, extra) in ((m, b) for m in models.items() for b in (
             ("batching", ["--max-batch", "16", "--max-wait-ms", "10"]),
             ("no_batching", ["--max-batch", "1", "--max-wait-ms", "0"]))):
-        r = serve_once(model, extra, data, args.requests, args.concurrency)
+        r = serve_once(model, extra, data, args.requests, args.concurrency,
+                       Path(args.work) / f"serve-{engine}-{mode}.log")
         name = f"{engine} {mode}"
         result[name] = r
-        print(f"{name:<24} {r['throughput_rps']:6.1f} answers/s, good p50 {r['p50_ms']:7.0f} ms, p99 {r['p99_ms']:7.0f} ms, "
+        print(f"{name:<24} {r['throughput_rps']:6.1f} answers/s, good p50 {_ms(r['p50_ms'])}, p99 {_ms(r['p99_ms'])}, "
               f"mean batch {r['mean_batch']:5.2f}, statuses {r['statuses']}, 5xx {r['server_5xx']}, "
               f"exit {r['server_exit']}", flush=True)
     if args.json:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 
 GRAD_BYTES = 6_968_206 * 4  # DenseNet-121 with a 14-way head, fp32 (27.9 MB); bf16 compression halves it
 

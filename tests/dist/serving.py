@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -76,19 +75,13 @@ class LiveServer:
                                      env=subprocess_env(**env), start_new_session=True)
 
     def wait_ready(self, timeout: float = 120) -> "LiveServer":
-        import httpx
+        from chexnet.serve.loadgen import wait_ready
 
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"chexnet serve exited {self.proc.returncode}:\n{self.text()}")
-            try:
-                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError(f"chexnet serve not ready in {timeout} s:\n{self.text()}")
+        try:
+            wait_ready(self.url, self.proc, timeout)
+        except RuntimeError as exc:
+            raise AssertionError(f"chexnet serve: {exc}:\n{self.text()}") from None
+        return self
 
     def text(self) -> str:
         if not self.log.closed:

@@ -96,12 +96,39 @@ def run_load(url: str, samples: list[Sample], requests: int = 400, concurrency: 
     return asyncio.run(_load(url.rstrip("/"), samples, requests, concurrency, token, timeout_s))
 
 
-def mean_batch_size(metrics_text: str) -> float:
-    """Mean images per forward pass, from /metrics."""
+def wait_ready(url: str, proc=None, timeout: float = 180) -> None:
+    """Wait until the server at ``url`` answers /readyz with 200; RuntimeError if ``proc`` (its process) exits or
+    ``timeout`` seconds pass first."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"the server exited with status {proc.returncode} before it was ready")
+        try:
+            if httpx.get(url.rstrip("/") + "/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the server was not ready within {timeout} s")
+        time.sleep(0.2)
+
+
+def batch_totals(metrics_text: str) -> tuple[float, float]:
+    """(images, forward passes) so far, from /metrics."""
     values = {}
     for line in metrics_text.splitlines():
         if line.startswith(("chexnet_batch_size_sum", "chexnet_batch_size_count")):
             name, value = line.split()
             values[name] = float(value)
-    count = values.get("chexnet_batch_size_count", 0.0)
-    return values.get("chexnet_batch_size_sum", 0.0) / count if count else 0.0
+    return values.get("chexnet_batch_size_sum", 0.0), values.get("chexnet_batch_size_count", 0.0)
+
+
+def mean_batch_size(metrics_text: str, since: str | None = None) -> float:
+    """Mean images per forward pass, from /metrics (counting only what came after the ``since`` snapshot)."""
+    images, passes = batch_totals(metrics_text)
+    if since is not None:
+        before = batch_totals(since)
+        images, passes = images - before[0], passes - before[1]
+    return images / passes if passes else 0.0

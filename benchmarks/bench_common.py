@@ -1,0 +1,45 @@
+"""Helpers the benchmark scripts share: the machine's description, a free port, a median timer."""
+
+from __future__ import annotations
+
+import platform
+import socket
+import statistics
+import time
+from pathlib import Path
+
+
+def cpu_model() -> str:
+    """The CPU model name as lscpu reports it (from /proc/cpuinfo on Linux)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine(**extra) -> dict:
+    """The "machine" entry of a result: CPU model, usable CPUs, date, and ``extra`` (versions, ...)."""
+    from chexnet.environment import usable_cpus
+
+    return {"cpu": cpu_model(), "cpus": usable_cpus(), "date": time.strftime("%Y-%m-%d"), **extra}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def median_time(fn, reps: int, warmup: int = 1) -> float:
+    """Median seconds of ``reps`` calls of ``fn`` after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
