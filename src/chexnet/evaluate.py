@@ -39,11 +39,16 @@ class LoadedRun:
     global_step: int
 
 
-def load_run_model(run: str | Path, checkpoint: str = "best") -> LoadedRun:
-    """Load a run directory's checkpoint (``best``, ``last`` or a PATH) into its model."""
+def load_run_model(run: str | Path, checkpoint: str = "best", require_spec: bool = False) -> LoadedRun:
+    """Load a run directory's checkpoint (``best``, ``last`` or a PATH) into its model. ``require_spec``: refuse a
+    checkpoint saved before checkpoints carried their preprocessing (predict, export and localize need it; evaluate
+    can take it from the cache)."""
     run = Path(run)
     path = resolve_checkpoint(run, checkpoint)
     state = load_checkpoint(path)
+    if require_spec and not state.get("preprocessing"):
+        raise ValueError(f"{path}: saved before checkpoints carried their preprocessing; evaluate it with its cache, "
+                         f"or retrain")
     cfg_dict = state.get("config") or yaml.safe_load((run / "config.yaml").read_text())
     cfg = config_from_dict(cfg_dict)
     model = create_model(cfg.arch, "none", len(cfg.labels), cfg.head_bias_init)

@@ -61,9 +61,7 @@ def export_onnx(run: str | Path, checkpoint: str = "best", out: str | Path | Non
     from chexnet.preprocess import input_transform
 
     run = Path(run)
-    loaded = load_run_model(run, checkpoint)
-    if loaded.spec is None:
-        raise ValueError(f"{loaded.path}: saved before checkpoints carried their preprocessing; cannot export it")
+    loaded = load_run_model(run, checkpoint, require_spec=True)
     spec = loaded.spec
     out = Path(out) if out else run / "export" / "model.onnx"
     out.parent.mkdir(parents=True, exist_ok=True)

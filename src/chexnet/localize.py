@@ -150,9 +150,7 @@ def localize_run(run: str | Path, bbox: str | Path | None = None, data: str | Pa
     if not 0 < cam_threshold < 1:
         raise ValueError(f"--cam-threshold must be in (0, 1), got {cam_threshold}")
     run = Path(run)
-    loaded = load_run_model(run, checkpoint)
-    if loaded.spec is None:
-        raise ValueError(f"{loaded.path}: saved before checkpoints carried their preprocessing")
+    loaded = load_run_model(run, checkpoint, require_spec=True)
     cache, images, index, meta = resolve_cache(run, read_run_info(run), cache, loaded.spec)
     spec, labels = loaded.spec, list(loaded.cfg.labels)
     boxes = _pairs(index, meta, cache, split, bbox, data, image_size, labels)

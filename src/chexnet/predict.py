@@ -110,10 +110,7 @@ class TorchPredictor:
         from chexnet.preprocess import input_transform
 
         self.run = Path(run)
-        loaded = load_run_model(self.run, checkpoint)
-        if loaded.spec is None:
-            raise ValueError(f"{loaded.path}: saved before checkpoints carried their preprocessing; evaluate it with "
-                             f"the cache, or retrain")
+        loaded = load_run_model(self.run, checkpoint, require_spec=True)
         self.loaded, self.spec, self.labels = loaded, loaded.spec, tuple(loaded.cfg.labels)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model = loaded.model.to(self.device).eval()

@@ -215,14 +215,19 @@ def reference_run(tiny_cache, tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def predict_cli(capsys):
+def predict_cli(chexnet_main):
     """``chexnet predict ARGS`` in this process (no interpreter start-up): (exit status, stdout, stderr)."""
-    from chexnet import cli
 
     def run(*args):
-        capsys.readouterr()
-        rc = cli.main(["predict", *map(str, args), "--no-progress"])
-        out, err = capsys.readouterr()
-        return rc, out, err
+        proc = chexnet_main("predict", *args, "--no-progress", check=False)
+        return proc.returncode, proc.stdout, proc.stderr
 
     return run
+
+
+def final_sums(text: str) -> dict[int, str]:
+    """{rank: checksum} from training's per-rank "final weights sha256" lines (a rank of a 1-process group names
+    no host)."""
+    import re
+
+    return {int(r): s for r, s in re.findall(r"rank (\d+)/\d+(?: \([^)]*\))?: final weights sha256 ([0-9a-f]{64})", text)}

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -17,7 +16,7 @@ import sys
 import pytest
 
 from chexnet.checkpoint import load_checkpoint
-from tests.dist.conftest import LAUNCHER_RUN, assert_same_epochs, subprocess_env, tiny_train_args
+from tests.dist.conftest import LAUNCHER_RUN, assert_same_epochs, final_sums, subprocess_env, tiny_train_args
 
 MPIRUN = shutil.which("mpirun")
 
@@ -67,7 +66,7 @@ def test_mpirun_trains_like_nproc(tiny_cache, tmp_path, reference_run):
     assert (ckpt["epoch"], ckpt["world_size"]) == (2, 2)
     assert_same_epochs(run, reference_run)
 
-    sums = dict(re.findall(r"rank (\d)/2 .*final weights sha256 ([0-9a-f]{64})", output))
-    assert sorted(sums) == ["0", "1"] and sums["0"] == sums["1"], output[-3000:]
+    sums = final_sums(output)
+    assert sorted(sums) == [0, 1] and sums[0] == sums[1], output[-3000:]
     assert "all 2 ranks hold identical final weights" in output
     assert output.count("epoch 1/2:") == 1, "progress is printed by rank 0 only"

@@ -9,7 +9,6 @@ All Spark traffic stays on loopback (SPARK_LOCAL_IP=127.0.0.1). The JVM options 
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import subprocess
 import sys
@@ -18,7 +17,7 @@ import pytest
 
 from chexnet.checkpoint import load_checkpoint
 from chexnet.runlog import read_metrics
-from tests.dist.conftest import LAUNCHER_RUN, assert_same_epochs, subprocess_env, tiny_train_args
+from tests.dist.conftest import LAUNCHER_RUN, assert_same_epochs, final_sums, subprocess_env, tiny_train_args
 
 FAST_JVM = ["--spark-conf", "spark.ui.enabled=false",
             "--spark-conf", "spark.driver.extraJavaOptions=-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"]
@@ -62,8 +61,8 @@ def test_spark_local_2_trains_like_nproc_2(tiny_cache, tmp_path, reference_run):
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
     assert [r["epoch"] for r in read_metrics(run) if r["kind"] == "epoch"] == [1, 2], "each epoch recorded once"
     assert_same_epochs(run, reference_run)
-    sums = set(re.findall(r"rank [01]/2 \([^)]*\): final weights sha256 ([0-9a-f]{64})", output))
-    assert len(sums) == 1, "both Spark tasks' ranks ended with the same weights"
+    sums = final_sums(output)
+    assert sorted(sums) == [0, 1] and len(set(sums.values())) == 1, "both Spark tasks' ranks ended with the same weights"
 
 
 def test_spark_launcher_refuses_more_processes_than_local_slots(tiny_cache, tmp_path, train_args, chexnet_cli):

@@ -34,7 +34,7 @@ import pytest
 
 from chexnet.checkpoint import load_checkpoint
 from chexnet.runlog import read_metrics
-from tests.dist.conftest import LAUNCHER_RUN, assert_same_epochs, subprocess_env, tiny_train_args
+from tests.dist.conftest import LAUNCHER_RUN, assert_same_epochs, final_sums, subprocess_env, tiny_train_args
 
 ADDRS = ("10.203.0.1", "10.203.0.2")
 RDZV_PORT = 29400
@@ -147,11 +147,6 @@ def wait_for(predicate, timeout: float, what: str, procs=()) -> None:
             raise AssertionError(f"every process ended before {what}")
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-
-
-def final_sums(text: str) -> dict[int, str]:
-    """{rank: checksum} from the per-rank lines (a rank of a 1-process group names no host)."""
-    return {int(r): s for r, s in re.findall(r"rank (\d+)/\d+(?: \([^)]*\))?: final weights sha256 ([0-9a-f]{64})", text)}
 
 
 def attempt(log: Path, world: int) -> str:
