@@ -2,7 +2,7 @@
 
 Two real gloo processes (``torch.multiprocessing``, MASTER_ADDR=127.0.0.1), each with one intra-op thread:
 
-* ``all-reduce`` of the model's gradient size (DenseNet-121: 6.96 M parameters, 27.8 MB fp32) and of smaller
+* ``all-reduce`` of the model's gradient size (DenseNet-121: 6.97 M parameters, 27.9 MB fp32) and of smaller
   messages, to fit the alpha-beta (latency-bandwidth) model of this link: ``t(n) = a + b n`` per all-reduce;
 * the training step (forward + BCE + backward + Adam) three ways: one process alone (``compute``), two processes
   under DDP with ``no_sync`` (the same compute, no communication), and two processes under DDP (bucketed
