@@ -108,7 +108,7 @@ async function predict(file) {
   if (!model) return;
   status("Predicting " + file.name + "…");
   $("results").hidden = true;
-  showOriginal(file);
+  await showOriginal(file);  // before the bars: a late preview must not replace a heatmap shown since
   const resp = await fetch("/v1/predict", { method: "POST", body: upload(file), headers: headers() });
   if (!resp.ok) {
     status(file.name + ": " + (await errorText(resp)), true);
