@@ -91,7 +91,7 @@ def storage_url(study_dir: str | os.PathLike, storage: str | None = None) -> str
     return storage or f"sqlite:///{(Path(study_dir) / 'study.db').resolve()}"
 
 
-def _retry(fn: Callable, what: str, attempts: int = 8):
+def _retry(fn: Callable, what: str, attempts: int = 8, also: tuple[type[BaseException], ...] = ()):
     """Run ``fn``, retrying while the database is busy (several processes creating one study at once)."""
     import sqlalchemy.exc
 
@@ -99,21 +99,29 @@ def _retry(fn: Callable, what: str, attempts: int = 8):
     for i in range(attempts):
         try:
             return fn()
-        except (sqlalchemy.exc.OperationalError, optuna.exceptions.StorageInternalError) as exc:
+        except (sqlalchemy.exc.OperationalError, optuna.exceptions.StorageInternalError, *also) as exc:
             if i == attempts - 1:
                 raise RuntimeError(f"{what}: the storage stayed busy or unreachable: {exc}") from exc
             time.sleep(0.2 * 2 ** i)
 
 
 def open_storage(url: str, heartbeat: bool = True):
-    """An Optuna RDBStorage; SQLite writers wait for each other's locks instead of failing at once."""
+    """An Optuna RDBStorage; SQLite writers wait for each other's locks instead of failing at once.
+
+    Processes that open a new database at the same moment race to stamp its schema version: Optuna checks that
+    the version table is empty and then inserts, so the loser gets an IntegrityError. Opening again finds the
+    stamp and goes on, so that error is retried here (and only here: elsewhere it means a real conflict).
+    """
+    import sqlalchemy.exc
+
     optuna = _optuna()
     engine_kwargs = ({"connect_args": {"timeout": SQLITE_TIMEOUT_S}} if url.startswith("sqlite")
                      else {"pool_pre_ping": True})  # long trials: reconnect if the server dropped an idle link
     hb = {"heartbeat_interval": HEARTBEAT_S, "grace_period": GRACE_S} if heartbeat else {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return _retry(lambda: optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **hb), f"storage {url}")
+        return _retry(lambda: optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **hb), f"storage {url}",
+                      also=(sqlalchemy.exc.IntegrityError,))
 
 
 def _display_url(url: str) -> str:
