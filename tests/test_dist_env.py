@@ -202,3 +202,15 @@ def test_mpirun_inside_a_slurm_allocation_takes_the_first_node():
     env = {"OMPI_COMM_WORLD_RANK": "5", "OMPI_COMM_WORLD_SIZE": "8", "OMPI_COMM_WORLD_LOCAL_RANK": "1",
            "OMPI_COMM_WORLD_LOCAL_SIZE": "4", "SLURM_NODELIST": "gpu[07-08]"}
     assert dist.rendezvous_env(dist.detect(env), env)["MASTER_ADDR"] == "gpu07"
+
+
+@pytest.mark.parametrize("message, comm", [
+    ("[../gloo/transport/tcp/unbound_buffer.cc:78] Timed out waiting 10000ms for recv operation to complete", True),
+    ("Application timeout caused pair closure", True),  # all a cut-off rank got once (CI, two namespaces)
+    ("Connection reset by peer", True),
+    ("mat1 and mat2 shapes cannot be multiplied (4x8 and 9x14)", False),
+    ("DataLoader worker (pid 123) is killed by signal: Killed.", False),
+])
+def test_failed_collectives_are_told_from_other_errors(message, comm):
+    assert dist._is_comm_failure(RuntimeError(message)) is comm
+    assert dist._is_comm_failure(ValueError(message)) is False

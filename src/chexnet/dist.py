@@ -238,13 +238,19 @@ def describe_rank(rank: int) -> str:
     return f"rank {rank} ({p.get('host', '?')}, {p.get('addr') or '?'}, pid {p.get('pid', '?')})"
 
 
+# What a failed collective says when it reaches us as a plain RuntimeError (from DDP's reducer, for example)
+# rather than a DistError. Gloo's own messages do not always name gloo: a rank whose link went silent may get
+# just "Application timeout caused pair closure".
+_COMM_FAILURE_TEXTS = (
+    "gloo", "Gloo", "NCCL", "Connection closed by peer", "Connection reset by peer", "Timed out waiting",
+    "Broken pipe", "collective operation timeout", "Application timeout caused pair closure", "Socket Timeout",
+    "Read error", "Write error", "Connection refused", "connection refused")
+
+
 def _is_comm_failure(exc: BaseException) -> bool:
     if isinstance(exc, dist.DistError):
         return True
-    text = str(exc)
-    return isinstance(exc, RuntimeError) and any(s in text for s in (
-        "gloo", "Gloo", "NCCL", "Connection closed by peer", "Connection reset by peer", "Timed out waiting",
-        "Broken pipe", "collective operation timeout"))
+    return isinstance(exc, RuntimeError) and any(s in str(exc) for s in _COMM_FAILURE_TEXTS)
 
 
 def _probe(info: DistInfo, wait_s: float) -> tuple[list[int] | None, str | None]:
