@@ -10,7 +10,8 @@ Pillow and pydicom). Metadata (``custom_metadata_map`` in onnxruntime):
 * ``chexnet_labels``: the output order (JSON list);
 * ``chexnet_thresholds``: the validation operating points from ``chexnet evaluate`` for this checkpoint (JSON,
   ``null`` if the run was not evaluated), and ``chexnet_threshold_method``;
-* ``chexnet_arch``, ``chexnet_checkpoint``, ``chexnet_version``, ``chexnet_input`` (the contract in words).
+* ``chexnet_run`` (the run folder's name), ``chexnet_arch``, ``chexnet_checkpoint``, ``chexnet_version``,
+  ``chexnet_input`` (the contract in words).
 
 The export is checked before it is kept: onnxruntime and torch must agree on random cache rows to 1e-4.
 """
@@ -77,7 +78,7 @@ def export_onnx(run: str | Path, checkpoint: str = "best", out: str | Path | Non
     thresholds, method, _ = saved_thresholds(run, loaded)
     meta = {"chexnet_preprocessing": json.dumps(spec.to_dict()), "chexnet_labels": json.dumps(list(loaded.cfg.labels)),
             "chexnet_thresholds": json.dumps(thresholds), "chexnet_threshold_method": json.dumps(method),
-            "chexnet_arch": loaded.cfg.arch, "chexnet_checkpoint": f"{loaded.path.name} (epoch {loaded.epoch}, "
+            "chexnet_run": run.resolve().name, "chexnet_arch": loaded.cfg.arch, "chexnet_checkpoint": f"{loaded.path.name} (epoch {loaded.epoch}, "
             f"step {loaded.global_step})", "chexnet_version": __version__, "chexnet_input": INPUT_CONTRACT}
     del model.metadata_props[:]
     for k, v in meta.items():

@@ -148,7 +148,7 @@ class OnnxPredictor:
             self.session = ort.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
         except Exception as exc:
             raise ValueError(f"{path}: not a loadable ONNX model ({type(exc).__name__}: {exc})") from None
-        meta = self.session.get_modelmeta().custom_metadata_map
+        meta = self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
         if "chexnet_preprocessing" not in meta:
             raise ValueError(f"{path}: not exported by chexnet export (no chexnet_preprocessing metadata)")
         self.spec = Preprocessing.from_dict(json.loads(meta["chexnet_preprocessing"]))

@@ -71,6 +71,7 @@ def test_routes_and_predict_parity_with_the_cli(trained_run, copy_run, tiny_cach
             worst = max(abs(body["probabilities"][n] - want["probabilities"][n]) for n in PATHOLOGIES)
             assert worst <= 1e-5, worst
             assert body["model"]["checkpoint"] == "best.pt" and body["model"]["labels"] == list(PATHOLOGIES)
+            assert body["model"]["trained"].startswith("best.pt (epoch ")
             assert set(body["timing_ms"]) >= {"decode", "queue", "inference", "total", "batch_size"}
             assert got.headers["x-request-id"] == body["request_id"]
         page = client.get("/")
@@ -101,11 +102,14 @@ def test_heatmap_route(trained_run, tiny_cache, serve_client):
             assert bad.status_code == 400 and words in bad.json()["error"], bad.text
 
 
-def test_onnx_server_predicts_and_refuses_heatmaps(exported, tiny_cache, serve_client, predict_cli):
+def test_onnx_server_predicts_and_refuses_heatmaps(exported, trained_run, tiny_cache, serve_client, predict_cli):
     paths = good_images(tiny_cache, 3)
     expected = _predict_json(predict_cli, "--onnx", exported, *paths)
     with serve_client(exported) as client:
-        assert client.get("/v1/model").json()["engine"] == "onnxruntime"
+        described = client.get("/v1/model").json()
+        assert described["engine"] == "onnxruntime" and described["checkpoint"] == exported.name
+        # the run and checkpoint come from the export's metadata, not from the ONNX file's name
+        assert described["run"] == trained_run.resolve().name and described["trained"].startswith("best.pt (epoch ")
         for path in paths:
             body = _post(client, path.read_bytes(), path.name).json()
             worst = max(abs(body["probabilities"][n] - expected[path.name]["probabilities"][n]) for n in PATHOLOGIES)

@@ -29,14 +29,18 @@ class ServedModel:
 
         if cfg.onnx:
             self.predictor = OnnxPredictor(cfg.model, cfg.threshold)
-            self.engine, file, run = "onnxruntime", Path(cfg.model), Path(cfg.model).stem
+            meta, file = self.predictor.metadata, Path(cfg.model)
+            # the run and checkpoint it was exported from, as the export recorded them (older exports: the file)
+            self.engine, run, source = "onnxruntime", meta.get("chexnet_run") or file.stem, meta.get("chexnet_checkpoint")
         else:
             self.predictor = TorchPredictor(cfg.model, cfg.checkpoint, cfg.threshold)
             self.engine, file, run = "torch", self.predictor.loaded.path, self.predictor.run.resolve().name
+            loaded = self.predictor.loaded
+            source = f"{file.name} (epoch {loaded.epoch}, step {loaded.global_step})"
         self.max_pixels = cfg.max_pixels
         self.spec, self.labels = self.predictor.spec, self.predictor.labels
-        self.identity = {"run": run, "checkpoint": file.name, "sha256": sha256(file), "engine": self.engine,
-                         "labels": list(self.labels)}
+        self.identity = {"run": run, "checkpoint": file.name, "trained": source, "sha256": sha256(file),
+                         "engine": self.engine, "labels": list(self.labels)}
         # Grad-CAM runs in torch and needs captum (chexnet[cam]); without either, /v1/heatmap is a clear 400
         self.heatmaps = self.engine == "torch" and importlib.util.find_spec("captum") is not None
 
