@@ -31,7 +31,8 @@ class ServedModel:
             self.predictor = OnnxPredictor(cfg.model, cfg.threshold)
             meta, file = self.predictor.metadata, Path(cfg.model)
             # the run and checkpoint it was exported from, as the export recorded them (older exports: the file)
-            self.engine, run, source = "onnxruntime", meta.get("chexnet_run") or file.stem, meta.get("chexnet_checkpoint")
+            self.engine, run = "onnxruntime", meta.get("chexnet_run") or file.stem
+            source = meta.get("chexnet_checkpoint")
         else:
             self.predictor = TorchPredictor(cfg.model, cfg.checkpoint, cfg.threshold)
             self.engine, file, run = "torch", self.predictor.loaded.path, self.predictor.run.resolve().name
