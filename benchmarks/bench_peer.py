@@ -38,11 +38,12 @@ VARIANT_FLAGS = {
 }
 
 
-def keras_rate(python: str, batch: int, size: int, steps: int, precision: str) -> float:
+def keras_run(python: str, batch: int, size: int, steps: int, precision: str) -> dict:
+    """One keras_peer.py run: its JSON line (img_per_s, and the TensorFlow and Keras versions it ran on)."""
     out = subprocess.run([python, str(Path(__file__).with_name("keras_peer.py")), "--batch", str(batch), "--size",
                           str(size), "--steps", str(steps), "--precision", precision],
                          capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])["img_per_s"]
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def chexnet_rate(cache: Path, work: Path, batch: int, size: int, steps: int, precision: str, variant: str) -> float:
@@ -86,7 +87,9 @@ def main() -> None:
     for precision in args.precisions.split(","):
         rates = {"keras": [], **{v: [] for v in variants}}
         for r in range(args.rounds):
-            k = keras_rate(args.keras_python, args.batch, args.size, args.steps, precision)
+            peer = keras_run(args.keras_python, args.batch, args.size, args.steps, precision)
+            result["peer"] = {"tensorflow": peer["tensorflow"], "keras": peer["keras"], "threads": peer["threads"]}
+            k = peer["img_per_s"]
             rates["keras"].append(k)
             print(f"round {r + 1} {precision}: keras {k:.2f} img/s", flush=True)
             for v in variants:
