@@ -17,14 +17,14 @@ from chexnet.runlog import read_metrics
 
 @pytest.fixture(scope="module")
 def selection_runs(tiny_cache, tiny_cfg, tmp_path_factory):
-    """The same 3 epochs twice (lr 3e-3: the validation loss is lowest after epoch 1, the AUROC highest later),
-    once per selection rule."""
+    """The same 3 epochs twice (ResNet-18, lr 3e-3: the validation loss is lowest after epoch 1, the AUROC highest
+    later), once per selection rule. The arch is pinned: the disagreement is a property of this training run."""
     base = tmp_path_factory.mktemp("select")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         for rule in ("val_loss", "val_auroc"):
-            T.train(tiny_cfg(epochs=3, lr=3e-3, select=rule), tiny_cache, base / rule, progress=False)
+            T.train(tiny_cfg(arch="resnet18", epochs=3, lr=3e-3, select=rule), tiny_cache, base / rule, progress=False)
     finally:
         torch.set_num_threads(threads)
     return base

@@ -116,7 +116,7 @@ def test_distributed_checkpoint_holds_the_unwrapped_model(two_rank_run, tiny_cfg
     run, (r0, _) = two_rank_run
     ckpt = torch.load(run / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
     assert not any(k.startswith("module.") for k in ckpt["model"]), "DDP's 'module.' prefix leaked into the checkpoint"
-    model = create_model("resnet18", "none")
+    model = create_model(tiny_cfg().arch, "none")
     model.load_state_dict(ckpt["model"])  # strict
     sums = [float(p.detach().double().sum() + (p.detach().double() ** 2).sum()) for p in model.parameters()]
     assert sums == r0["epochs"][-1]["checksum"]

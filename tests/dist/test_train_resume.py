@@ -24,6 +24,7 @@ from chexnet.config import config_from_dict
 from chexnet.engine import NonFiniteLossError
 from chexnet.labels import PATHOLOGIES
 from chexnet.runlog import read_metrics
+from tests.dist.conftest import TINY
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -249,7 +250,7 @@ def test_resume_auto_and_missing_last(tiny_cache, tiny_cfg, tmp_path):
 
 
 @pytest.mark.parametrize("change,names", [
-    ({"arch": "resnet34"}, ("arch", "resnet18", "resnet34")),
+    ({"arch": "resnet34"}, ("arch", TINY["arch"], "resnet34")),
     ({"labels": PATHOLOGIES[:13]}, ("labels", "Hernia")),
     ({"input_size": 40}, ("input_size", "32", "40")),
     ({"input_transform": "crop"}, ("input_transform", "resize", "crop")),
@@ -270,7 +271,7 @@ def test_incompatible_resume_from_the_command_line(trained_run, copy_run, tiny_c
                    "--no-progress"])
     err = capsys.readouterr().err
     assert rc == 2
-    assert "arch" in err and "resnet18" in err and "resnet34" in err, err
+    assert "arch" in err and TINY["arch"] in err and "resnet34" in err, err
 
 
 # ------------------------------------------------------------------------------------------ non-finite losses
@@ -282,7 +283,7 @@ def nan_weights(tmp_path_factory) -> Path:
     from chexnet.models import create_model
 
     torch.manual_seed(0)
-    model = create_model("resnet18", "none")
+    model = create_model(TINY["arch"], "none")
     with torch.no_grad():
         model.fc.bias.fill_(float("nan"))
     path = tmp_path_factory.mktemp("nan") / "nan.pt"

@@ -1,7 +1,7 @@
 """chexnet tune (issue 10): trials are normal runs, pruning from the training loop, resumable and shared studies,
 failed trials, search-space errors; and the training loop's epoch callback that pruning stands on.
 
-Every trial is the tiny config (resnet18, 32 px, 3 steps per epoch). Deterministic pruning and failures use trials
+Every trial is the tiny config (see tests/dist/conftest.py: 32 px, 3 steps per epoch). Deterministic pruning and failures use trials
 enqueued in the study's storage before ``chexnet tune`` runs (Optuna runs enqueued trials first).
 """
 
