@@ -38,6 +38,11 @@ class LoadedRun:
     epoch: int
     global_step: int
 
+    @property
+    def described(self) -> str:
+        """The checkpoint file with its epoch and step, e.g. ``best.pt (epoch 3, step 1200)``."""
+        return f"{self.path.name} (epoch {self.epoch}, step {self.global_step})"
+
 
 def load_run_model(run: str | Path, checkpoint: str = "best", require_spec: bool = False) -> LoadedRun:
     """Load a run directory's checkpoint (``best``, ``last`` or a PATH) into its model. ``require_spec``: refuse a

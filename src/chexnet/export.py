@@ -78,8 +78,7 @@ def export_onnx(run: str | Path, checkpoint: str = "best", out: str | Path | Non
     thresholds, method, _ = saved_thresholds(run, loaded)
     meta = {"chexnet_preprocessing": json.dumps(spec.to_dict()), "chexnet_labels": json.dumps(list(loaded.cfg.labels)),
             "chexnet_thresholds": json.dumps(thresholds), "chexnet_threshold_method": json.dumps(method),
-            "chexnet_run": run.resolve().name, "chexnet_arch": loaded.cfg.arch,
-            "chexnet_checkpoint": f"{loaded.path.name} (epoch {loaded.epoch}, step {loaded.global_step})",
+            "chexnet_run": run.resolve().name, "chexnet_arch": loaded.cfg.arch, "chexnet_checkpoint": loaded.described,
             "chexnet_version": __version__, "chexnet_input": INPUT_CONTRACT}
     del model.metadata_props[:]
     for k, v in meta.items():

@@ -36,8 +36,7 @@ class ServedModel:
         else:
             self.predictor = TorchPredictor(cfg.model, cfg.checkpoint, cfg.threshold)
             self.engine, file, run = "torch", self.predictor.loaded.path, self.predictor.run.resolve().name
-            loaded = self.predictor.loaded
-            source = f"{file.name} (epoch {loaded.epoch}, step {loaded.global_step})"
+            source = self.predictor.loaded.described
         self.max_pixels = cfg.max_pixels
         self.spec, self.labels = self.predictor.spec, self.predictor.labels
         self.identity = {"run": run, "checkpoint": file.name, "trained": source, "sha256": sha256(file),
