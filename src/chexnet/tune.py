@@ -120,8 +120,8 @@ def open_storage(url: str, heartbeat: bool = True):
     hb = {"heartbeat_interval": HEARTBEAT_S, "grace_period": GRACE_S} if heartbeat else {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return _retry(lambda: optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **hb), f"storage {url}",
-                      also=(sqlalchemy.exc.IntegrityError,))
+        return _retry(lambda: optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **hb),
+                      f"storage {_display_url(url)}", also=(sqlalchemy.exc.IntegrityError,))
 
 
 def _display_url(url: str) -> str:
