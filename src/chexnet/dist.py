@@ -240,17 +240,17 @@ def describe_rank(rank: int) -> str:
 
 # What a failed collective says when it reaches us as a plain RuntimeError (from DDP's reducer, for example)
 # rather than a DistError. Gloo's own messages do not always name gloo: a rank whose link went silent may get
-# just "Application timeout caused pair closure".
+# just "Application timeout caused pair closure". Compared in lower case.
 _COMM_FAILURE_TEXTS = (
-    "gloo", "Gloo", "NCCL", "Connection closed by peer", "Connection reset by peer", "Timed out waiting",
-    "Broken pipe", "collective operation timeout", "Application timeout caused pair closure", "Socket Timeout",
-    "Read error", "Write error", "Connection refused", "connection refused")
+    "gloo", "nccl", "connection closed by peer", "connection reset by peer", "connection refused",
+    "timed out waiting", "broken pipe", "collective operation timeout", "application timeout caused pair closure",
+    "socket timeout", "read error", "write error")
 
 
 def _is_comm_failure(exc: BaseException) -> bool:
     if isinstance(exc, dist.DistError):
         return True
-    return isinstance(exc, RuntimeError) and any(s in str(exc) for s in _COMM_FAILURE_TEXTS)
+    return isinstance(exc, RuntimeError) and any(s in str(exc).lower() for s in _COMM_FAILURE_TEXTS)
 
 
 def _probe(info: DistInfo, wait_s: float) -> tuple[list[int] | None, str | None]:
