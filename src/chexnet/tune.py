@@ -77,11 +77,9 @@ class TrialFailed(RuntimeError):
 
 
 def _optuna():
-    try:
-        import optuna
-    except ImportError:
-        raise RuntimeError("chexnet tune needs Optuna: pip install 'chexnet[tune]' (or pip install optuna)") from None
-    return optuna
+    from chexnet.environment import require
+
+    return require("optuna", "tune", "chexnet tune")
 
 
 # ------------------------------------------------------------------------------------------------- storage

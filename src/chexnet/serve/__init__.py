@@ -17,13 +17,11 @@ LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 def serve(cfg: ServeConfig) -> int:
-    try:
-        import fastapi  # noqa: F401
-        import python_multipart  # noqa: F401
-        import prometheus_client  # noqa: F401
-        import uvicorn
-    except ImportError:
-        raise RuntimeError("chexnet serve needs FastAPI and uvicorn: pip install 'chexnet[serve]'") from None
+    from chexnet.environment import require
+
+    for module in ("fastapi", "python_multipart", "prometheus_client"):  # the app's imports, checked before it starts
+        require(module, "serve", "chexnet serve")
+    uvicorn = require("uvicorn", "serve", "chexnet serve")
     cfg.check()
     os.environ[ENV] = cfg.to_env()
     if cfg.host not in LOCAL_HOSTS:
