@@ -100,11 +100,11 @@ def _elastic_continuation(run: Path) -> bool:
         return False
 
 
-def _resume_path(run: Path, resume: str | None) -> Path | None:
+def _resume_path(run: Path, resume: str | None, info: dist.DistInfo) -> Path | None:
     last = checkpoint_dir(run) / "last.pt"
-    # rank 0 decides for all: it rewrites run.json (with the new elastic run id) right after this, and a slower
-    # rank reading it then would take another branch and resume from another checkpoint
-    if dist.broadcast_object(last.is_file() and _elastic_continuation(run)):
+    # rank 0 decides for all (the other ranks do not read): it rewrites run.json (with the new elastic run id)
+    # right after this, and a slower rank reading it then would take another branch and resume from another checkpoint
+    if dist.broadcast_object(info.is_main and last.is_file() and _elastic_continuation(run)):
         return last  # torch elastic restarted the group: continue from this run's newest state
     if resume is None:
         return None
@@ -154,7 +154,7 @@ def _train(cfg, cache, run, resume, progress, info, device, epoch_callback=None)
     t_start = time.time()
     _, index, meta = load_cache(cache)
     spec = Preprocessing(cache_size=int(meta["size"]), input_size=cfg.input_size, input_transform=cfg.input_transform)
-    resume_path = _resume_path(run, resume)
+    resume_path = _resume_path(run, resume, info)
     ckpt = load_checkpoint(resume_path) if resume_path else None
     if ckpt is not None:
         check_compatible(ckpt, cfg, spec, resume_path)
