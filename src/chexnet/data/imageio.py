@@ -60,9 +60,6 @@ class ImageReadError(Exception):
     ``not_an_image``, ``truncated``, ``no_pixel_data``, ``unsupported_encoding``, ``too_many_pixels``, ``invalid``.
     """
 
-    KINDS = ("not_found", "not_an_image", "truncated", "no_pixel_data", "unsupported_encoding", "too_many_pixels",
-             "invalid")
-
     def __init__(self, path, reason: str, kind: str = "invalid"):
         super().__init__(str(path), reason, kind)  # all three: a pickled copy (worker processes) keeps its kind
         self.path = str(path)
