@@ -146,7 +146,7 @@ def create_app(cfg: ServeConfig) -> FastAPI:
         model, upload, row, _, decode_ms = await upload_and_decode(request)
         probs, timing = await state.batcher.submit(row)
         return {**model.result(upload.name, probs),
-                "model": {k: model.identity[k] for k in ("run", "checkpoint", "trained", "sha256", "engine", "labels")},
+                "model": model.identity,
                 "timing_ms": {"decode": round(decode_ms, 2), "queue": round(timing.queue_ms, 2),
                               "inference": round(timing.inference_ms, 2), "batch_size": timing.batch_size,
                               "total": round((time.perf_counter() - t0) * 1000, 2)},

@@ -91,8 +91,8 @@ class Batcher:
                 outcomes = list(probs)
                 if len(outcomes) != len(batch):
                     raise RuntimeError(f"the model returned {len(outcomes)} rows for a batch of {len(batch)}")
-            except Exception:
-                outcomes = [await self._alone(row) for row, _, _ in batch]
+            except Exception as exc:  # find the row at fault: each alone (a batch of one already was alone)
+                outcomes = [exc] if len(batch) == 1 else [await self._alone(row) for row, _, _ in batch]
             took = time.perf_counter() - started
             if self.on_batch is not None:
                 self.on_batch(len(batch), took)
