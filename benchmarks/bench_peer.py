@@ -88,7 +88,7 @@ def main() -> None:
         rates = {"keras": [], **{v: [] for v in variants}}
         for r in range(args.rounds):
             peer = keras_run(args.keras_python, args.batch, args.size, args.steps, precision)
-            result["peer"] = {"tensorflow": peer["tensorflow"], "keras": peer["keras"], "threads": peer["threads"]}
+            result.setdefault("peer", {k: peer[k] for k in ("tensorflow", "keras", "threads")})
             k = peer["img_per_s"]
             rates["keras"].append(k)
             print(f"round {r + 1} {precision}: keras {k:.2f} img/s", flush=True)

@@ -22,11 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import free_port, machine  # noqa: E402
-from bench_predict import make_run  # noqa: E402
+from bench_common import free_port, machine  # the script's folder is on sys.path when it runs
+from bench_predict import make_run
 
-from chexnet.environment import library_versions  # noqa: E402
+from chexnet.environment import library_versions
 
 
 def samples(rng):
