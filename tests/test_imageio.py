@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from chexnet.data.imageio import ImageReadError, read_xray, read_xray_resized, resize_area
+from chexnet.data.imageio import ImageReadError, read_xray, read_xray_bytes_resized, read_xray_resized, resize_area
 from tests.conftest import xray_like
 
 
@@ -248,6 +248,8 @@ def test_read_xray_resized_equals_read_then_resize(tmp_path, gray, bone12):
         for size in (64, 100, 48, 300):
             np.testing.assert_array_equal(read_xray_resized(path, size), resize_area(read_xray(path), size),
                                           err_msg=f"{path.name} at {size}")
+            np.testing.assert_array_equal(read_xray_bytes_resized(path.read_bytes(), size, path.name),
+                                          read_xray_resized(path, size), err_msg=f"{path.name} at {size}, bytes")
     with pytest.raises(ImageReadError, match="gone.png: file not found"):
         read_xray_resized(tmp_path / "gone.png", 64)
     with pytest.raises(ImageReadError, match="is a directory"):

@@ -111,7 +111,7 @@ def create_app(cfg: ServeConfig) -> FastAPI:
         if not hmac.compare_digest(given.strip().encode("utf-8"), state.token):
             raise ApiError(403, "forbidden", "wrong token")
 
-    async def upload_and_decode(request: Request, keep_original: bool = False):
+    async def upload_and_decode(request: Request, keep_original: bool = False, row: bool = True):
         model = state.ready_model()
         try:
             upload = await read_upload(request, cfg.max_upload_bytes)
@@ -119,7 +119,7 @@ def create_app(cfg: ServeConfig) -> FastAPI:
             raise ApiError(exc.status, exc.kind, exc.message) from None
         started = time.perf_counter()
         try:
-            row, original = await asyncio.to_thread(model.decode, upload.data, upload.name, keep_original)
+            row, original = await asyncio.to_thread(model.decode, upload.data, upload.name, keep_original, row)
         except ImageReadError as exc:
             raise ApiError(IMAGE_STATUS.get(exc.kind, 422), exc.kind, exc.reason) from None
         except Exception as exc:  # a decoder bug: this request fails, the server does not
@@ -171,7 +171,7 @@ def create_app(cfg: ServeConfig) -> FastAPI:
     async def image(request: Request):
         from chexnet.serve.model import gray_png
 
-        _, _, _, original, _ = await upload_and_decode(request, keep_original=True)
+        _, _, _, original, _ = await upload_and_decode(request, keep_original=True, row=False)
         return Response(await asyncio.to_thread(gray_png, original), media_type="image/png")
 
     @app.get("/v1/model", dependencies=v1, summary="labels, thresholds and the input contract")

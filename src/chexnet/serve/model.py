@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from chexnet.data.imageio import read_xray_bytes, resize_area
+from chexnet.data.imageio import read_xray_bytes, read_xray_bytes_resized, resize_area
 from chexnet.predict import Result
 from chexnet.serve.config import ServeConfig
 
@@ -53,10 +53,13 @@ class ServedModel:
 
     # ---- work done in threads (decode) or on the single model thread (everything that touches the network)
 
-    def decode(self, data: bytes, name: str, keep_original: bool = False):
-        """(cache row, original or None) of an uploaded file: ``chexnet predict``'s step 1, in memory."""
+    def decode(self, data: bytes, name: str, keep_original: bool = False, row: bool = True):
+        """(cache row or None, original or None) of an uploaded file: ``chexnet predict``'s step 1, in memory.
+        Without the original the row comes the fast way (bit for bit the same, as in ``predict.read_input``)."""
+        if not keep_original:
+            return read_xray_bytes_resized(data, self.spec.cache_size, name, self.max_pixels), None
         original = read_xray_bytes(data, name, self.max_pixels)
-        return resize_area(original, self.spec.cache_size), (original if keep_original else None)
+        return (resize_area(original, self.spec.cache_size) if row else None), original
 
     def probabilities(self, rows: np.ndarray) -> np.ndarray:
         return self.predictor.probabilities(rows)
