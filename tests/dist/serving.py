@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from tests.dist.conftest import free_port, subprocess_env
 from tests.test_imageio import IDENTIFIERS, write_dicom  # noqa: F401  (the serve tests import it here)
@@ -57,9 +56,10 @@ def broken_files(tmp: Path, good: bytes) -> dict[str, tuple[bytes, str]]:
 
 
 def png_bytes(side: int, value: int = 0) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(np.full((side, side), value, np.uint8)).save(buf, format="PNG")
-    return buf.getvalue()
+    """A flat ``side`` x ``side`` gray PNG (the synthetic set's encoder)."""
+    from chexnet.data.synthetic import png_bytes as encode
+
+    return encode(np.full((side, side), value, np.uint8))
 
 
 class LiveServer:
