@@ -156,7 +156,7 @@ def train_one_epoch(model, loader, optimizer, criterion, lr_ctl, scaler, ctx: St
 
 
 @torch.no_grad()
-def predict(model, dataset, indices, ctx: StepContext, batch_size: int = 64, workers: int = 0,
+def predict_dataset(model, dataset, indices, ctx: StepContext, batch_size: int = 64, workers: int = 0,
             show_progress: bool = False) -> np.ndarray:
     """Sigmoid probabilities for ``dataset[indices]`` (test-time crops averaged), float32 (n, classes)."""
     model.eval()
@@ -185,7 +185,7 @@ def predict_distributed(model, dataset, info: dist.DistInfo, ctx: StepContext, b
     """
     n = len(dataset)
     mine = np.arange(info.rank, n, info.world_size)
-    probs = predict(model, dataset, mine, ctx, batch_size, workers, show_progress)
+    probs = predict_dataset(model, dataset, mine, ctx, batch_size, workers, show_progress)
     gathered = dist.all_gather_objects((mine, probs))
     width = max(p.shape[1] for _, p in gathered)  # a rank with an empty shard (more ranks than rows) has width 0
     full = np.zeros((n, width), dtype=np.float32)
@@ -193,8 +193,3 @@ def predict_distributed(model, dataset, info: dist.DistInfo, ctx: StepContext, b
         if len(idx):
             full[idx] = p
     return full
-
-
-def bce_from_probs(y: np.ndarray, p: np.ndarray) -> float:
-    p = np.clip(p.astype(np.float64), 1e-7, 1 - 1e-7)
-    return float(-(y * np.log(p) + (1 - y) * np.log1p(-p)).mean())

@@ -57,7 +57,7 @@ def export_onnx(run: str | Path, checkpoint: str = "best", out: str | Path | Non
     ort = require("onnxruntime", "export", "checking the exported model")
     import torch
 
-    from chexnet.evaluate import load_run_model, saved_thresholds
+    from chexnet.runs import load_run_model, saved_thresholds
     from chexnet.fileio import atomic_write
     from chexnet.preprocess import input_transform
 

@@ -143,7 +143,7 @@ def localize_run(run: str | Path, bbox: str | Path | None = None, data: str | Pa
     from tqdm import tqdm
 
     from chexnet.checkpoint import read_run_info
-    from chexnet.evaluate import load_run_model, resolve_cache
+    from chexnet.runs import load_run_model, resolve_cache
     from chexnet.explain import cam_on_cache, gradcam
     from chexnet.preprocess import input_transform
 

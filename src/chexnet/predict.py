@@ -106,7 +106,7 @@ class TorchPredictor:
     def __init__(self, run: str | Path, checkpoint: str = "best", threshold: float | None = None):
         import torch
 
-        from chexnet.evaluate import load_run_model, saved_thresholds
+        from chexnet.runs import load_run_model, saved_thresholds
         from chexnet.preprocess import input_transform
 
         self.run = Path(run)

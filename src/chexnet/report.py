@@ -241,7 +241,7 @@ def _fmt_value(col: str, value) -> str:
         return str(int(value))
     if col.startswith("p ") or col == "p_value":
         return "<0.001" if value < 0.001 else f"{value:.3f}"
-    if col.startswith("delta") or col.startswith("Δ"):
+    if col.startswith("delta"):
         return f"{value:+.3f}"
     return f"{value:.3f}"
 

@@ -62,7 +62,7 @@ def _worker(rank: int, port: int, out: str) -> None:
     from chexnet import dist
     from chexnet.data.dataset import CacheDataset
     from chexnet.preprocess import input_transform
-    from chexnet.engine import StepContext, predict, predict_distributed, train_one_epoch
+    from chexnet.engine import StepContext, predict_dataset, predict_distributed, train_one_epoch
     from chexnet.models import create_model
 
     info, device = dist.init(timeout_s=120)
@@ -157,7 +157,7 @@ def _worker(rank: int, port: int, out: str) -> None:
         model = create_model("resnet18", "none").eval()
         ctx = StepContext(device)
         full = predict_distributed(model, ds, info, ctx, batch_size=4)
-        single = predict(model, ds, range(n), ctx, batch_size=4)
+        single = predict_dataset(model, ds, range(n), ctx, batch_size=4)
         one_row = CacheDataset(path, n, size, labels[:1], rows=[0], input_size=32, mode="eval")  # rank 1 gets no row
         tiny = predict_distributed(model, one_row, info, ctx, batch_size=4)
         return {"shape": list(full.shape), "max_abs_diff": float(np.abs(full - single).max()),

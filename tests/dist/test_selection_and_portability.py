@@ -60,8 +60,8 @@ def test_the_best_epoch_is_announced_with_its_rule(tiny_cache, tiny_cfg, tmp_pat
 def test_weighted_training_validates_with_the_weighted_loss(tiny_cache, tiny_cfg, tmp_path):
     from chexnet.data.cache import load_cache
     from chexnet.data.dataset import open_split
-    from chexnet.engine import StepContext, predict
-    from chexnet.evaluate import load_run_model
+    from chexnet.engine import StepContext, predict_dataset
+    from chexnet.runs import load_run_model
     from chexnet.losses import build_criterion, loss_from_probs
     from chexnet.preprocess import input_transform
 
@@ -74,7 +74,7 @@ def test_weighted_training_validates_with_the_weighted_loss(tiny_cache, tiny_cfg
     train_set = open_split(tiny_cache, index, meta, "train", "train", cfg.input_size, cfg.input_transform)
     val_set = open_split(tiny_cache, index, meta, "val", "eval", cfg.input_size, cfg.input_transform)
     crit = build_criterion(train_set.labels, "balanced")
-    probs = predict(model, val_set, range(len(val_set)), StepContext(torch.device("cpu"), transform=input_transform(spec)))
+    probs = predict_dataset(model, val_set, range(len(val_set)), StepContext(torch.device("cpu"), transform=input_transform(spec)))
     assert record["val_loss"] == pytest.approx(loss_from_probs(val_set.labels, probs, crit.w_pos.numpy(),
                                                                crit.w_neg.numpy()), rel=1e-5)
     assert record["val_loss"] != pytest.approx(loss_from_probs(val_set.labels, probs), rel=1e-3)

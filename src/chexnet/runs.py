@@ -1,0 +1,123 @@
+"""The run API: a run directory (``chexnet train --out``) -> its model, config, preprocessing, thresholds and cache.
+
+Every command that uses a trained model (evaluate, predict, export, localize, serve, explain) loads it through
+here; none of them depends on another command's module. A run directory holds (see ``chexnet.checkpoint``)::
+
+    RUN/run.json             where it was trained from (cache, labels, preprocessing, launcher, versions)
+    RUN/config.yaml          the resolved TrainConfig
+    RUN/checkpoints/         last.pt, best.pt (loaded with weights_only=True)
+    RUN/thresholds.json      the operating points chosen on the validation split for one checkpoint (below)
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from chexnet.checkpoint import load_checkpoint, resolve_checkpoint
+from chexnet.config import config_from_dict
+from chexnet.data.cache import load_cache
+from chexnet.fileio import atomic_write
+from chexnet.labels import PATHOLOGIES
+from chexnet.models import create_model
+from chexnet.preprocess import Preprocessing
+
+
+@dataclass
+class LoadedRun:
+    """A run's model (on the CPU, eval mode) and what belongs with it."""
+
+    model: object
+    cfg: object  # TrainConfig
+    path: Path  # the checkpoint file
+    spec: Preprocessing | None  # None only for runs saved before checkpoints carried their preprocessing
+    epoch: int
+    global_step: int
+
+    @property
+    def described(self) -> str:
+        """The checkpoint file with its epoch and step, e.g. ``best.pt (epoch 3, step 1200)``."""
+        return f"{self.path.name} (epoch {self.epoch}, step {self.global_step})"
+
+
+def load_run_model(run: str | Path, checkpoint: str = "best", require_spec: bool = False) -> LoadedRun:
+    """Load a run directory's checkpoint (``best``, ``last`` or a PATH) into its model. ``require_spec``: refuse a
+    checkpoint saved before checkpoints carried their preprocessing (predict, export and localize need it; evaluate
+    can take it from the cache)."""
+    run = Path(run)
+    path = resolve_checkpoint(run, checkpoint)
+    state = load_checkpoint(path)
+    if require_spec and not state.get("preprocessing"):
+        raise ValueError(f"{path}: saved before checkpoints carried their preprocessing; evaluate it with its cache, "
+                         f"or retrain")
+    cfg_dict = state.get("config") or yaml.safe_load((run / "config.yaml").read_text())
+    cfg = config_from_dict(cfg_dict)
+    model = create_model(cfg.arch, "none", len(cfg.labels), cfg.head_bias_init)
+    model.load_state_dict(state["model"])
+    spec = Preprocessing.from_dict(state["preprocessing"]) if state.get("preprocessing") else None
+    return LoadedRun(model.eval(), cfg, path, spec, int(state.get("epoch", 0)), int(state.get("global_step", 0)))
+
+
+def resolve_cache(run: Path, run_info: dict, cache: str | Path | None, spec: Preprocessing | None):
+    """(path, images, index, meta) of the cache to evaluate on: ``cache`` if given, else the one recorded in run.json;
+    checked against the run (image size, labels; other split sizes only warn)."""
+    if cache is None:
+        cache = Path(run_info["cache"])
+        if not (cache / "meta.json").is_file():
+            raise FileNotFoundError(f"{run}: the run's cache {cache} (recorded in run.json) does not exist here; "
+                                    f"was the run moved or copied? Pass --cache CACHE (a cache prepared from the same "
+                                    f"data with the same --size)")
+    cache = Path(cache)
+    images, index, meta = load_cache(cache)
+    problems = []
+    want_size = spec.cache_size if spec is not None else run_info.get("cache_size")
+    if want_size is not None and int(meta["size"]) != int(want_size):
+        problems.append(f"its images are {meta['size']} px, the run was trained on {want_size} px "
+                        f"(prepare one with --size {want_size})")
+    labels = run_info.get("labels") or list(PATHOLOGIES)
+    missing = [n for n in labels if n not in meta.get("pathologies", [])]
+    if missing:
+        problems.append(f"it has no labels for {missing}, which the run was trained on")
+    if problems:
+        raise ValueError(f"{cache} does not match run {run}: " + "; ".join(problems))
+    splits = run_info.get("cache_splits")
+    if splits and {k: v.get("images") for k, v in splits.items()} != {k: v.get("images") for k, v in meta["splits"].items()}:
+        print(f"warning: {cache} has other split sizes than the run's training cache "
+              f"({_split_sizes(meta['splits'])} now, {_split_sizes(splits)} then): another split or data set",
+              file=sys.stderr)
+    return cache, images, index, meta
+
+
+def _split_sizes(splits: dict) -> str:
+    return ", ".join(f"{k} {v.get('images')}" for k, v in splits.items())
+
+
+
+THRESHOLDS = "thresholds.json"
+
+
+def save_thresholds(run: Path, loaded: LoadedRun, table, method: str) -> None:
+    """RUN/thresholds.json: the per-pathology operating points chosen on the validation split for this checkpoint
+    (``chexnet predict`` and ``chexnet export`` pick them up; they belong to that checkpoint only)."""
+    thresholds = {name: (None if table.loc[name, "threshold"] != table.loc[name, "threshold"] else
+                         float(table.loc[name, "threshold"])) for name in PATHOLOGIES}
+    atomic_write(run / THRESHOLDS, json.dumps({
+        "checkpoint": loaded.path.name, "epoch": loaded.epoch, "global_step": loaded.global_step,
+        "method": method, "chosen_on": "val", "thresholds": thresholds}, indent=2) + "\n")
+
+
+def saved_thresholds(run: Path, loaded: LoadedRun) -> tuple[dict | None, str | None, str]:
+    """(thresholds, method, note) from RUN/thresholds.json when it belongs to ``loaded``'s checkpoint; else
+    (None, None, why: no file, or the checkpoint it belongs to). Read by predict and export."""
+    saved = Path(run) / THRESHOLDS
+    if not saved.is_file():
+        return None, None, ""
+    info = json.loads(saved.read_text())
+    if (info.get("epoch"), info.get("global_step")) != (loaded.epoch, loaded.global_step):
+        return None, None, f"{saved.name} belongs to another checkpoint ({info.get('checkpoint')})"
+    method = info.get("method", "f1")
+    return info.get("thresholds"), method, f"validation thresholds (max {method}) of {loaded.path.name}"
