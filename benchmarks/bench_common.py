@@ -1,4 +1,4 @@
-"""Helpers the benchmark scripts share: the machine's description, a free port, a median timer."""
+"""Helpers the benchmark scripts share: the machine's description, a free port, a median timer, a synthetic cache."""
 
 from __future__ import annotations
 
@@ -25,6 +25,24 @@ def machine(**extra) -> dict:
     from chexnet.environment import usable_cpus
 
     return {"cpu": cpu_model(), "cpus": usable_cpus(), "date": time.strftime("%Y-%m-%d"), **extra}
+
+
+def make_cache(work: str | Path, images: int, size: int = 256) -> Path:
+    """A prepared cache of ``images`` synthetic NIH-format images of ``size`` px under ``work`` (made once, reused).
+
+    The data set goes to ``work/data-IMAGES-SIZE``, the cache to ``work/cache-IMAGES-SIZE``; a complete cache
+    (its meta.json exists) is reused as is.
+    """
+    from chexnet.data.prepare import prepare
+    from chexnet.data.synthetic import generate
+
+    work = Path(work)
+    cache = work / f"cache-{images}-{size}"
+    if not (cache / "meta.json").is_file():
+        data = work / f"data-{images}-{size}"
+        generate(data, images=images, size=size, seed=0, progress=False)
+        prepare(data, cache, size=size, progress=False)
+    return cache
 
 
 def free_port() -> int:

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import torch
+from bench_common import make_cache
 
 GFLOP_PER_IMAGE = 17.0  # DenseNet-121 training (forward + backward) per 224 px image
 PEAK_TFLOPS = 989.0  # dense bf16, H100 SXM / H200
@@ -70,17 +71,6 @@ def bare_step(arch: str, batch: int, steps: int, warmup: int, compile_: bool) ->
     del model, net, opt, x
     torch.cuda.empty_cache()
     return out
-
-
-def make_cache(work: Path, images: int) -> Path:
-    cache = work / f"cache-{images}"
-    if not (cache / "meta.json").is_file():
-        from chexnet.data.cache import prepare
-        from chexnet.data.synthetic import generate
-
-        generate(work / f"data-{images}", images=images, size=256, seed=0, progress=False)
-        prepare(work / f"data-{images}", cache, size=256, progress=False)
-    return cache
 
 
 def loader_rate(cache: Path, batch: int, workers: int, seconds: float = 20.0) -> dict:

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import torch
+from bench_common import make_cache
 from torch.utils.data import DataLoader
 
 from chexnet.data.cache import load_cache
@@ -37,19 +38,6 @@ class FloatInLoader(torch.utils.data.Dataset):
     def __getitem__(self, i):
         x, y = self.ds[i]
         return self.transform(x[None])[0], y
-
-
-def make_cache(work: Path, images: int, size: int) -> Path:
-    """A prepared cache of ``images`` synthetic images (made once, reused)."""
-    cache = work / f"cache-{images}-{size}"
-    if (cache / "meta.json").is_file():
-        return cache
-    from chexnet.data.cache import prepare
-    from chexnet.data.synthetic import generate
-
-    generate(work / f"data-{images}", images=images, size=size, seed=0, progress=False)
-    prepare(work / f"data-{images}", cache, size=size, progress=False)
-    return cache
 
 
 def private_kb(pid: int) -> int:

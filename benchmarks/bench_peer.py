@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench_common import machine
+from bench_common import machine, make_cache
 
 VARIANT_FLAGS = {
     "base": ([], {}),
@@ -74,14 +74,8 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/chexnet-bench-peer")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
-    from chexnet.data.cache import prepare
-    from chexnet.data.synthetic import generate
-
     work = Path(args.work)
-    cache = work / "cache"
-    if not (cache / "meta.json").is_file():
-        generate(work / "data", images=600, size=256, seed=0, progress=False)
-        prepare(work / "data", cache, size=256, progress=False)
+    cache = make_cache(work, 600)
     result = {"machine": machine(), "args": vars(args), "runs": []}
     variants = args.variants.split(",")
     for precision in args.precisions.split(","):

@@ -8,7 +8,7 @@ best of 3 passes / 2 runs to damp other load on a shared machine:
   (a) decode alone         read_xray(path)                    ms / image, one core
   (b) decode + resize      read_xray_resized(path, 256)       ms / image, one core (what prepare runs;
                            equal to resize_area(read_xray(path), 256), also timed)
-  (c) prepare end to end   chexnet.data.cache.prepare         images / s with 1 and with 2 workers
+  (c) prepare end to end   chexnet.data.prepare.prepare       images / s with 1 and with 2 workers
 
 Target (issue 2): >= 45 images/s per core end to end, and (b) well under 2 x (a).
 
@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from chexnet.data.cache import prepare
+from chexnet.data.prepare import prepare
 from chexnet.data.imageio import read_xray, read_xray_resized, resize_area
 
 

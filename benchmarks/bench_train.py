@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import torch
+from bench_common import make_cache
 
 from chexnet.models import create_model
 
@@ -62,17 +63,6 @@ def bare_step_rate(arch: str, precision: str, batch: int, size: int, steps: int,
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     return batch * steps / (time.perf_counter() - t0)
-
-
-def make_cache(work: Path, images: int) -> Path:
-    cache = work / "cache"
-    if not (cache / "meta.json").is_file():
-        from chexnet.data.cache import prepare
-        from chexnet.data.synthetic import generate
-
-        generate(work / "data", images=images, size=256, seed=0, progress=False)
-        prepare(work / "data", cache, size=256, progress=False)
-    return cache
 
 
 def full_loop_rate(cache: Path, work: Path, arch: str, precision: str, batch: int, size: int, steps: int,

@@ -14,10 +14,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import chexnet.data.cache as cache
-from chexnet.data.cache import INDEX_COLUMNS, CacheError, load_cache, prepare
+import chexnet.data.prepare as writer
+from chexnet.data.cache import INDEX_COLUMNS, CacheError, load_cache
 from chexnet.data.imageio import read_xray, resize_area
-from chexnet.data.nih import find_images, read_metadata
+from chexnet.data.prepare import prepare
+from chexnet.data.sources.nih import find_images, read_metadata
 from chexnet.labels import PATHOLOGIES
 
 SIZE = 32
@@ -153,19 +154,19 @@ def test_crash_during_finalization_then_rerun(tiny_nih, tmp_path, monkeypatch, b
     if broken:
         break_images(tiny_nih)
     prepare(tiny_nih, tmp_path / "ref", size=SIZE, workers=1, progress=False)
-    real_write = cache.atomic_write
+    real_write = writer.atomic_write
 
     def crash_on_meta(path, data):
         if path.name == "meta.json":
             raise KeyboardInterrupt("simulated kill before meta.json")
         real_write(path, data)
 
-    monkeypatch.setattr(cache, "atomic_write", crash_on_meta)
+    monkeypatch.setattr(writer, "atomic_write", crash_on_meta)
     with pytest.raises(KeyboardInterrupt):
         prepare(tiny_nih, tmp_path / "c", size=SIZE, workers=1, progress=False)
     with pytest.raises(CacheError, match="incomplete cache"):
         load_cache(tmp_path / "c")
-    monkeypatch.setattr(cache, "atomic_write", real_write)
+    monkeypatch.setattr(writer, "atomic_write", real_write)
     prepare(tiny_nih, tmp_path / "c", size=SIZE, workers=1, progress=False)
     assert cache_files(tmp_path / "c") == cache_files(tmp_path / "ref")
     assert not (tmp_path / "c" / "work").exists()
@@ -173,15 +174,15 @@ def test_crash_during_finalization_then_rerun(tiny_nih, tmp_path, monkeypatch, b
 
 KILLABLE = textwrap.dedent("""
     import sys, time
-    import chexnet.data.cache as cache
-    cache.COMMIT_SECONDS = 0.0   # commit after every chunk
-    cache.MAX_CHUNK = 2
-    real = cache.read_cache_row
+    import chexnet.data.prepare as writer
+    writer.COMMIT_SECONDS = 0.0   # commit after every chunk
+    writer.MAX_CHUNK = 2
+    real = writer.read_cache_row
     def slow(path, size):
         time.sleep(0.05)
         return real(path, size)
-    cache.read_cache_row = slow
-    cache.prepare(sys.argv[1], sys.argv[2], size=int(sys.argv[3]), workers=1, progress=False)
+    writer.read_cache_row = slow
+    writer.prepare(sys.argv[1], sys.argv[2], size=int(sys.argv[3]), workers=1, progress=False)
 """)
 
 
@@ -197,7 +198,7 @@ def test_sigkill_then_resume_equals_uninterrupted_run(make_nih, tmp_path, monkey
         while True:
             assert proc.poll() is None, f"prepare finished before it could be killed: {proc.stdout.read()!r}"
             assert time.monotonic() < deadline, "prepare made no progress"
-            if status_file.exists() and (np.fromfile(status_file, np.uint8) == cache.DONE).sum() >= 8:
+            if status_file.exists() and (np.fromfile(status_file, np.uint8) == writer.DONE).sum() >= 8:
                 break
             time.sleep(0.01)
     finally:
@@ -205,28 +206,41 @@ def test_sigkill_then_resume_equals_uninterrupted_run(make_nih, tmp_path, monkey
         proc.wait()
         proc.stdout.close()
     status = np.fromfile(status_file, np.uint8)
-    assert (status == cache.PENDING).any(), "killed too late to test resuming"
+    assert (status == writer.PENDING).any(), "killed too late to test resuming"
     with pytest.raises(CacheError, match="incomplete cache"):
         load_cache(out)
 
     plan = pd.read_csv(data / "Data_Entry_2017.csv")  # plan order == metadata order (official lists keep all)
-    finished = {str(find_images(data).get(n, "")) for n in plan["Image Index"][status != cache.PENDING]}
+    finished = {str(find_images(data).get(n, "")) for n in plan["Image Index"][status != writer.PENDING]}
     read_again = []
-    real = cache.read_cache_row
-    monkeypatch.setattr(cache, "read_cache_row", lambda p, s: read_again.append(str(p)) or real(p, s))
+    real = writer.read_cache_row
+    monkeypatch.setattr(writer, "read_cache_row", lambda p, s: read_again.append(str(p)) or real(p, s))
     meta = prepare(data, out, size=SIZE, workers=1, progress=False)
     assert read_again and not finished & set(read_again), "finished rows were processed again"
     assert meta["created"]["runs"] == 2
 
-    monkeypatch.setattr(cache, "read_cache_row", real)
+    monkeypatch.setattr(writer, "read_cache_row", real)
     prepare(data, ref, size=SIZE, workers=1, progress=False)
     assert cache_files(out) == cache_files(ref)
     assert not (out / "work").exists()
 
 
+def test_cache_from_before_the_dataset_argument_still_loads_and_reruns(tiny_nih, tmp_path):
+    out = tmp_path / "c"
+    assert prepare(tiny_nih, out, size=SIZE, workers=1, progress=False)["arguments"]["dataset"] == "nih"
+    old = json.loads((out / "meta.json").read_text())
+    del old["arguments"]["dataset"]  # as written before sources existed
+    (out / "meta.json").write_text(json.dumps(old))
+    assert load_cache(out)[2] == old
+    assert prepare(tiny_nih, out, size=SIZE, workers=1, progress=False) == old  # nothing to do
+    with pytest.raises(ValueError, match="unknown dataset 'nope'; known: nih"):
+        prepare(tiny_nih, tmp_path / "d", dataset="nope", progress=False)
+    assert not (tmp_path / "d").exists()
+
+
 def test_resume_with_other_arguments_is_refused(make_nih, tmp_path, monkeypatch):
     data = make_nih("d", patients=4, per_patient=2)
-    monkeypatch.setattr(cache, "_finalize", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+    monkeypatch.setattr(writer, "_finalize", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
     with pytest.raises(KeyboardInterrupt):
         prepare(data, tmp_path / "c", size=SIZE, workers=1, progress=False)
     monkeypatch.undo()

@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from chexnet.data.nih import MetadataError, assign_splits, check_patient_disjoint, find_images, read_metadata
+from chexnet.data.sources.nih import assign_splits, find_images, read_metadata
+from chexnet.data.splits import MetadataError, check_patient_disjoint
 from chexnet.labels import PATHOLOGIES, LabelError, format_findings, parse_findings
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "nih"
@@ -144,3 +145,18 @@ def test_gz_and_plain_csv_agree(tmp_path):
     a = read_metadata(plain)
     assert len(a) == 112_120 and np.array_equal(a[list(PATHOLOGIES)].to_numpy().sum(0),
                                                 np.array([EXPECTED_COUNTS[p] for p in PATHOLOGIES]))
+
+
+def test_nih_source_keeps_the_registry_contract(tiny_nih):
+    from chexnet.data import sources
+    from chexnet.data.sources.nih import read_source
+
+    assert sources.SOURCES["nih"] is read_source and sources.DEFAULT_SOURCE == "nih"
+    table = sources.read_source("nih", tiny_nih, view="PA", seed=0, val_fraction=0.1)
+    assert list(table.columns) == sources.COLUMNS and set(table["view"]) == {"PA"}
+    assert all(table["path"].map(lambda p: Path(p).is_file()))
+    summary = table.attrs["source"]
+    assert summary["split_mode"] == "official" and summary["metadata_rows"] == 24
+    assert summary["excluded_by_view"] == 24 - len(table)
+    with pytest.raises(ValueError, match="unknown dataset 'nope'; known: nih"):
+        sources.get_source("nope")

@@ -11,7 +11,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from chexnet.data.cache import process_row
 from chexnet.preprocess import (IMAGENET_MEAN, IMAGENET_STD, Preprocessing, input_transform, read_cache_row,
                                 resize_matrix)
 
@@ -76,7 +75,16 @@ def test_spec_round_trips_and_refuses_impossible_crops():
 def test_prepare_and_predict_share_the_file_to_cache_row_step(tmp_path):
     img = (np.arange(300 * 200) % 251).astype(np.uint8).reshape(300, 200)
     Image.fromarray(img).save(tmp_path / "x.png")
-    assert np.array_equal(process_row(tmp_path / "x.png", 64), read_cache_row(tmp_path / "x.png", 64))
+    import chexnet.data.prepare as writer
+
+    part = tmp_path / "images.u8.part"  # what prepare's workers write: the row of the image, in place
+    part.write_bytes(bytes(2 * 64 * 64))
+    try:
+        assert writer._process_chunk([(1, str(tmp_path / "x.png"))], 64, str(part)) == [(1, None)]
+    finally:
+        writer._close_worker_fds()
+    rows = np.fromfile(part, np.uint8).reshape(2, 64, 64)
+    assert np.array_equal(rows[1], read_cache_row(tmp_path / "x.png", 64)) and not rows[0].any()
 
 
 def test_the_spec_and_file_step_import_without_torch():

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from chexnet.data import synthetic
-from chexnet.data.nih import assign_splits, find_images, read_metadata
+from chexnet.data.sources.nih import assign_splits, find_images, read_metadata
 from chexnet.labels import PATHOLOGIES
 
 N, SIZE = 40, 128

@@ -19,7 +19,7 @@ SIZE, CROP = 48, 32
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
-    from chexnet.data.cache import prepare
+    from chexnet.data.prepare import prepare
     from chexnet.data.synthetic import generate
 
     root = tmp_path_factory.mktemp("ds_cache")

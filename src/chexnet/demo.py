@@ -29,7 +29,7 @@ def _step(title: str) -> float:
 
 def run_demo(out: str | Path = "demo", images: int | None = None, epochs: int | None = None, nproc: int = 2) -> dict:
     from chexnet import metrics, report
-    from chexnet.data.cache import prepare
+    from chexnet.data.prepare import prepare
     from chexnet.data.synthetic import generate
 
     out = Path(out)

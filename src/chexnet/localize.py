@@ -63,7 +63,7 @@ def original_sizes(images, data_dir: str | Path | None, image_size: int | None) 
         return {name: (image_size, image_size) for name in images}
     from PIL import Image
 
-    from chexnet.data.nih import find_images
+    from chexnet.data.sources.nih import find_images
 
     if data_dir is None or not Path(data_dir).is_dir():
         raise FileNotFoundError(f"the original images are needed for their sizes and {data_dir} is not a folder: "

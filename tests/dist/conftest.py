@@ -57,7 +57,7 @@ def _one_thread(one_thread):
 
 @pytest.fixture(scope="session")
 def tiny_cache(tmp_path_factory) -> Path:
-    from chexnet.data.cache import prepare
+    from chexnet.data.prepare import prepare
     from chexnet.data.synthetic import generate
 
     root = tmp_path_factory.mktemp("train_cache")

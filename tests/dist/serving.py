@@ -18,7 +18,7 @@ TOKEN = "s3cret-token-for-tests-0123456789"
 
 
 def good_images(tiny_cache: Path, n: int = 6) -> list[Path]:
-    from chexnet.data.nih import find_images
+    from chexnet.data.sources.nih import find_images
 
     found = find_images(tiny_cache.parent / "data")
     return [found[k] for k in sorted(found)[:n]]

@@ -21,7 +21,7 @@ FINDINGS = ("Cardiomegaly", "Effusion")
 @pytest.fixture(scope="module")
 def localized(tmp_path_factory):
     from chexnet.config import TrainConfig, apply_overrides
-    from chexnet.data.cache import prepare
+    from chexnet.data.prepare import prepare
     from chexnet.data.synthetic import generate
     from chexnet.localize import localize_run
     from chexnet.train import train

@@ -26,7 +26,7 @@ def _data(tiny_cache: Path) -> Path:
 
 
 def _image_paths(tiny_cache: Path, names) -> list[Path]:
-    from chexnet.data.nih import find_images
+    from chexnet.data.sources.nih import find_images
 
     found = find_images(_data(tiny_cache))
     return [found[n] for n in names]

@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Sampler
 
-from chexnet.preprocess import INPUT_TRANSFORMS, center_crop_offset
+from chexnet.choices import INPUT_TRANSFORMS
+from chexnet.preprocess import center_crop_offset
 
 MODES = ("train", "eval", "hflip", "tencrop")
 
@@ -47,7 +48,7 @@ class CacheDataset(Dataset):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if input_transform not in INPUT_TRANSFORMS:
-            raise ValueError(f"input_transform must be one of {INPUT_TRANSFORMS}, got {input_transform!r}")
+            raise ValueError(f"input_transform must be one of {tuple(INPUT_TRANSFORMS)}, got {input_transform!r}")
         if input_transform == "crop" and input_size > size:
             raise ValueError(f"crop {input_size} is larger than the cached images ({size} px): prepare a larger "
                              f"cache, or use input_transform resize")

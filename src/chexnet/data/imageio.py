@@ -41,6 +41,8 @@ import numpy as np
 from PIL import Image, ImageOps
 
 DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
+# the largest image predict and serve decode by default (checked from the header, before decoding)
+DEFAULT_MAX_PIXELS = 100_000_000
 # pydicom decoder plugins by transfer syntax (pydicom 3's pixel-data handlers), named in decode errors
 _DECODER_HINTS = {
     "1.2.840.10008.1.2.4.80": "pip install pyjpegls (JPEG-LS), or python-gdcm",

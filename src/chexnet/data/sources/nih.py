@@ -1,4 +1,9 @@
-"""NIH ChestX-ray14 metadata (``Data_Entry_2017*.csv``), image discovery and patient-wise splits."""
+"""NIH ChestX-ray14: metadata (``Data_Entry_2017*.csv``), image discovery, patient-wise splits, the source.
+
+:func:`read_source` is the ``nih`` entry of :data:`chexnet.data.sources.SOURCES`: the folder in NIH's layout
+(``images_*/images/`` or a flat ``images/``, the metadata CSV, optionally ``train_val_list.txt`` and
+``test_list.txt``) -> the common metadata table the cache writer plans from.
+"""
 
 from __future__ import annotations
 
@@ -9,16 +14,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from chexnet.data.cache import INDEX_COLUMNS, CacheError
+from chexnet.data.splits import SPLITS, MetadataError, check_patient_disjoint, split_patients
 from chexnet.labels import PATHOLOGIES, LabelError, parse_findings
 
 METADATA_NAMES = ("Data_Entry_2017_v2020.csv", "Data_Entry_2017.csv")
 REQUIRED_COLUMNS = ("Image Index", "Finding Labels", "Patient ID")
 OPTIONAL_COLUMNS = {"View Position": "view", "Patient Age": "age", "Patient Gender": "sex", "Follow-up #": "follow_up"}
-SPLITS = ("train", "val", "test")
 
-
-class MetadataError(ValueError):
-    """The metadata file is malformed; the message names the file, row or column."""
+__all__ = ["METADATA_NAMES", "MetadataError", "assign_splits", "check_patient_disjoint", "find_images",
+           "find_metadata", "read_metadata", "read_source"]
 
 
 def find_metadata(data_dir: str | os.PathLike) -> Path:
@@ -110,13 +115,6 @@ def _read_list(path: Path) -> list[str]:
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
-def _split_patients(patients: np.ndarray, fractions, seed: int) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    perm = rng.permutation(np.unique(patients))
-    cuts = np.round(np.cumsum(fractions)[:-1] / np.sum(fractions) * len(perm)).astype(int)
-    return np.split(perm, cuts)
-
-
 def assign_splits(
     df: pd.DataFrame,
     data_dir: str | os.PathLike | None = None,
@@ -145,14 +143,14 @@ def assign_splits(
         in_tv = df["image"].isin(train_val).to_numpy()
         split[in_test] = "test"
         tv_patients = df.loc[in_tv, "patient_id"].to_numpy()
-        _, val_p = _split_patients(tv_patients, (1 - val_fraction, val_fraction), seed)
+        _, val_p = split_patients(tv_patients, (1 - val_fraction, val_fraction), seed)
         is_val = df["patient_id"].isin(val_p).to_numpy() & in_tv
         split[in_tv] = "train"
         split[is_val] = "val"
         split = split[split != ""]
         mode = "official"
     else:
-        parts = _split_patients(df["patient_id"].to_numpy(), fractions, seed)
+        parts = split_patients(df["patient_id"].to_numpy(), fractions, seed)
         for name, pats in zip(SPLITS, parts):
             split[df["patient_id"].isin(pats).to_numpy()] = name
         mode = "random"
@@ -160,9 +158,38 @@ def assign_splits(
     return split, mode
 
 
-def check_patient_disjoint(patient_id: pd.Series, split: pd.Series) -> None:
-    """Raise if any patient appears in more than one split (a leak that inflates test AUROC)."""
-    per_patient = pd.DataFrame({"p": patient_id.to_numpy(), "s": split.to_numpy()}).groupby("p")["s"].nunique()
-    leaked = per_patient[per_patient > 1]
-    if len(leaked):
-        raise MetadataError(f"{len(leaked)} patient(s) appear in more than one split, e.g. patient {leaked.index[0]}")
+def read_source(data_dir: str | os.PathLike, *, view: str | None = None, seed: int = 0,
+                val_fraction: float = 0.1) -> pd.DataFrame:
+    """The ``nih`` source: ``data_dir`` -> one row per image with the common columns (see :mod:`chexnet.data.sources`).
+
+    ``view`` (``"PA"``, ``"AP"`` or None) keeps only that View Position, before the split is assigned.
+    ``seed`` and ``val_fraction`` go to :func:`assign_splits`. Rows come in the metadata file's order; images
+    outside the official split lists are left out; ``path`` is '' for an image not found on disk.
+    ``attrs["source"]`` says what was read and left out (meta.json's ``source`` block).
+    """
+    data_dir = Path(data_dir)
+    metadata = find_metadata(data_dir)
+    df = read_metadata(metadata)
+    total = len(df)
+    if view is not None:
+        df = df[df["view"].str.upper() == view]
+        if df.empty:
+            raise CacheError(f"{metadata}: no image has View Position {view}")
+    after_view = len(df)
+    split, mode = assign_splits(df, data_dir, seed=seed, val_fraction=val_fraction)
+    df = df.loc[split.index].copy()
+    df["split"] = split
+    if df.empty:
+        raise CacheError(f"{data_dir}: no image of {metadata.name} is in train_val_list.txt or test_list.txt")
+    files = find_images(data_dir)
+    df["path"] = [str(files[name]) if name in files else "" for name in df["image"]]
+    out = df[INDEX_COLUMNS + ["path"]].reset_index(drop=True)
+    out.attrs["source"] = {
+        "data_dir": str(data_dir),
+        "metadata": str(metadata),
+        "metadata_rows": total,
+        "split_mode": mode,
+        "excluded_by_view": total - after_view,
+        "excluded_not_in_split_lists": after_view - len(out),
+    }
+    return out

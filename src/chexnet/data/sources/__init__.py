@@ -1,0 +1,77 @@
+"""Data sources: one module per public data set, each turning its folder into the common metadata table.
+
+:data:`SOURCES` maps a source name (``prepare(..., dataset=NAME)``) to its reader. Adding a data set means
+adding one module here and one entry in :data:`SOURCES`; the cache writer (:mod:`chexnet.data.prepare`)
+calls the reader through :func:`read_source` and needs nothing else from it.
+
+The contract
+============
+A reader is ``read_source(data_dir, *, view=None, seed=0, val_fraction=0.1) -> pandas.DataFrame``:
+
+``data_dir``      the data set's folder (an existing directory, absolute).
+``view``          None (all images), ``"PA"`` or ``"AP"`` (upper case): keep only images of that view,
+                  *before* splits are assigned (so a random split is a split of the kept patients).
+``seed``          seeds every random choice (the patient-wise split): same inputs + seed -> same table.
+``val_fraction``  the share of patients to hold out for validation where the data set has no
+                  validation split of its own.
+
+It returns one row per planned image, in a deterministic order (the order of the cache's rows), with
+exactly these columns (``COLUMNS``), in this order:
+
+``image``         str, unique: the image's name (relative to ``data_dir`` where names would repeat)
+``patient_id``    int64: patients never straddle splits (:func:`chexnet.data.splits.check_patient_disjoint`)
+``split``         ``train``, ``val`` or ``test`` (:data:`chexnet.data.splits.SPLITS`)
+``view``          str, e.g. ``PA``, ``AP``; '' when unknown
+the labels        one uint8 0/1 column per pathology of :data:`chexnet.labels.PATHOLOGIES`, in that order
+``age``           float64 years; NaN when unknown
+``sex``           str (``M``, ``F``); '' when unknown
+``path``          str: the image file (PNG, JPEG or DICOM, see :mod:`chexnet.data.imageio`); '' when it is
+                  not on disk (the writer records it as failed instead of stopping)
+
+(``COLUMNS`` is the cache's ``index.csv`` columns, :data:`chexnet.data.cache.INDEX_COLUMNS`, plus ``path``.)
+``attrs["source"]`` is a JSON-serializable dict describing what was read and left out (the metadata file,
+the split mode, rows excluded and why); the writer stores it as meta.json's ``source`` block, adding
+``planned`` (the row count). Malformed metadata raises :class:`chexnet.data.splits.MetadataError`; a
+selection that leaves nothing raises :class:`chexnet.data.cache.CacheError`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+import pandas as pd
+
+from chexnet.data.cache import INDEX_COLUMNS
+from chexnet.data.sources import nih
+from chexnet.data.splits import SPLITS
+
+COLUMNS = [*INDEX_COLUMNS, "path"]
+
+SOURCES: dict[str, Callable[..., pd.DataFrame]] = {
+    "nih": nih.read_source,  # NIH ChestX-ray14 (Data_Entry_2017*.csv, images_*/images/, official split lists)
+}
+DEFAULT_SOURCE = "nih"
+
+
+def get_source(name: str) -> Callable[..., pd.DataFrame]:
+    """The reader registered as ``name``; ValueError naming the known sources otherwise."""
+    try:
+        return SOURCES[name]
+    except KeyError:
+        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(sorted(SOURCES))}") from None
+
+
+def read_source(name: str, data_dir: str | os.PathLike, **options) -> pd.DataFrame:
+    """Call source ``name`` on ``data_dir`` and check that its table keeps the contract above."""
+    table = get_source(name)(data_dir, **options)
+    if list(table.columns) != COLUMNS:
+        raise TypeError(f"source {name!r} returned columns {list(table.columns)}, expected {COLUMNS}")
+    if not isinstance(table.attrs.get("source"), dict):
+        raise TypeError(f"source {name!r} returned no attrs['source'] summary")
+    bad = ~table["split"].isin(SPLITS)
+    if bad.any():
+        raise TypeError(f"source {name!r}: split {table['split'][bad].iat[0]!r} is not one of {SPLITS}")
+    if table["image"].duplicated().any():
+        raise TypeError(f"source {name!r}: image {table['image'][table['image'].duplicated()].iat[0]!r} repeats")
+    return table
