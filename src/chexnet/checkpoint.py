@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from chexnet.choices import SELECT_RULES
 from chexnet.environment import library_versions
 from chexnet.fileio import atomic_write
 
@@ -79,6 +80,54 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def training_state(model, optimizer, lr_ctl, scaler: torch.amp.GradScaler, cfg, spec, *, epoch: int,
+                   step_in_epoch: int, global_step: int, rng_per_rank: list[dict], world_size: int) -> dict:
+    """The contents of a training checkpoint (``last.pt``; :meth:`CheckpointSaver.save` adds ``selection``).
+
+    ``model``, ``optimizer``, ``lr_ctl`` (chexnet.optim.LRController) and ``scaler`` give their state dicts (a
+    disabled GradScaler's, when not fp16, is ``{}``); ``cfg`` (TrainConfig) and ``spec`` (Preprocessing) their
+    dicts; ``rng_per_rank`` is every rank's :func:`rng_state`, in rank order. Read back through the ``ckpt_*``
+    functions below, which hold the fallbacks for checkpoints of older versions.
+    """
+    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "lr": lr_ctl.state_dict(),
+            "scaler": scaler.state_dict(), "epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": global_step,
+            "rng": rng_per_rank[0], "rng_per_rank": rng_per_rank, "config": cfg.to_dict(), "labels": list(cfg.labels),
+            "preprocessing": spec.to_dict(), "versions": versions(), "world_size": world_size}
+
+
+def ckpt_world_size(ckpt: dict) -> int | None:
+    """The number of processes that saved ``ckpt`` (None: saved before checkpoints recorded it)."""
+    return ckpt.get("world_size")
+
+
+def ckpt_selection(ckpt: dict) -> dict:
+    """``{"select": rule, "best": value or None}``; checkpoints from before ``selection`` selected by AUROC."""
+    return ckpt.get("selection") or {"select": "val_auroc", "best": ckpt.get("best_auroc")}
+
+
+def ckpt_scaler_state(ckpt: dict) -> dict:
+    """The GradScaler state; ``{}`` when the run was not fp16 (or the checkpoint has none)."""
+    return ckpt.get("scaler") or {}
+
+
+def ckpt_cache_size(ckpt: dict) -> int | None:
+    """The cached image size (px) the checkpoint was trained on (None: not recorded)."""
+    return (ckpt.get("preprocessing") or {}).get("cache_size")
+
+
+def ckpt_rng_state(ckpt: dict, rank: int, world_size: int) -> dict:
+    """The RNG state for ``rank`` of ``world_size``: its own when the checkpoint was saved by as many ranks,
+    otherwise rank 0's (also for checkpoints from before per-rank states)."""
+    per_rank = ckpt.get("rng_per_rank") or []
+    return per_rank[rank] if len(per_rank) == world_size else ckpt["rng"]
+
+
+def ckpt_batch_layout(ckpt: dict) -> tuple[int | None, int, int]:
+    """(world size, per-rank batch size, accumulation steps) of the run that saved ``ckpt``: a mid-epoch
+    position is only meaningful under the same layout."""
+    return ckpt_world_size(ckpt), ckpt["config"]["batch_size"], ckpt["config"]["accum_steps"]
+
+
 def checkpoint_dir(run: str | os.PathLike) -> Path:
     return Path(run) / "checkpoints"
 
@@ -109,9 +158,6 @@ def read_run_info(run: str | os.PathLike) -> dict:
     return json.loads(path.read_text())
 
 
-SELECT_RULES = {"val_loss": ("min", "lowest validation loss"), "val_auroc": ("max", "highest validation mean AUROC")}
-
-
 class CheckpointSaver:
     """Model selection and checkpoint writing in one place (after timm's ``CheckpointSaver``).
 
@@ -124,7 +170,7 @@ class CheckpointSaver:
         if select not in SELECT_RULES:
             raise ValueError(f"select must be one of {tuple(SELECT_RULES)}, got {select!r}")
         self.dir, self.select = checkpoint_dir(run), select
-        self.mode, self.rule = SELECT_RULES[select]
+        self.mode, self.rule = SELECT_RULES[select].mode, SELECT_RULES[select].text
         self.best = best if best is not None and math.isfinite(best) else (math.inf if self.mode == "min" else -math.inf)
 
     def is_better(self, value: float | None) -> bool:

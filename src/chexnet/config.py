@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from chexnet.choices import INPUT_TRANSFORMS, LOSS_WEIGHTINGS, SELECT_RULES
 from chexnet.labels import PATHOLOGIES
 
 
@@ -76,9 +77,9 @@ class TrainConfig:
 
 CHOICES = {
     "head_bias_init": ("zeros", "ones"),
-    "input_transform": ("resize", "crop"),
-    "loss_weighting": ("none", "balanced", "pos_ratio"),
-    "select": ("val_loss", "val_auroc"),
+    "input_transform": tuple(INPUT_TRANSFORMS),
+    "loss_weighting": tuple(LOSS_WEIGHTINGS),
+    "select": tuple(SELECT_RULES),
     "train_crop": ("random", "random_resized"),
     "optimizer": ("adam", "adamw", "sgd", "adadelta"),
     "lr_scaling": ("linear", "sqrt", "none", "auto"),

@@ -8,6 +8,14 @@ import platform
 from importlib.metadata import PackageNotFoundError, version
 
 
+DEBUG_ENV = "CHEXNET_DEBUG"
+
+
+def debug_enabled() -> bool:
+    """CHEXNET_DEBUG set to anything but empty or 0: full tracebacks and the libraries' own log lines."""
+    return os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
 def usable_cpus() -> int:
     """CPUs this process may run on (respects affinity / cgroup pinning where the OS tells)."""
     try:

@@ -13,14 +13,12 @@ from pathlib import Path
 
 from chexnet import dist
 from chexnet.checkpoint import read_run_info
+from chexnet.choices import SELECT_RULES, TTA_MODES
 from chexnet.data.dataset import open_split
 from chexnet.engine import StepContext, predict_distributed
 from chexnet.labels import PATHOLOGIES
 from chexnet.preprocess import Preprocessing, input_transform
 from chexnet.runs import load_run_model, resolve_cache, save_thresholds
-
-TTA_MODES = {"none": "eval", "hflip": "hflip", "tencrop": "tencrop"}
-
 
 def predict_split(model, cfg, cache: Path, index, meta, split: str, tta: str, info, ctx, batch_size: int):
     dataset = open_split(cache, index, meta, split, TTA_MODES[tta], cfg.input_size, cfg.input_transform,
@@ -89,10 +87,8 @@ def evaluate_run(run: str | Path, checkpoint: str = "best", split: str = "test",
 
 
 def _selection_note(cfg, path: Path, checkpoint: str) -> str:
-    from chexnet.checkpoint import SELECT_RULES
-
     if checkpoint == "best":
-        return f"best.pt: {SELECT_RULES[cfg.select][1]}"
+        return f"best.pt: {SELECT_RULES[cfg.select].text}"
     if checkpoint == "last":
         return "last.pt: the newest state (not a selected model)"
     return f"{path} given on the command line"

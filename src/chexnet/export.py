@@ -4,14 +4,8 @@ The graph takes what step 1 of :mod:`chexnet.preprocess` produces -- uint8 cache
 (batch, 1, S, S): the decoded X-ray, bone bright, resized whole to S x S by area averaging -- and returns the 14
 sigmoid probabilities. Step 2 (resize to the input size or centre crop, ImageNet normalisation, 3 channels) is
 inside the graph, so a device only decodes and area-resizes (``chexnet predict --onnx`` does exactly that, with
-Pillow and pydicom). Metadata (``custom_metadata_map`` in onnxruntime):
-
-* ``chexnet_preprocessing``: the :class:`~chexnet.preprocess.Preprocessing` spec (JSON);
-* ``chexnet_labels``: the output order (JSON list);
-* ``chexnet_thresholds``: the validation operating points from ``chexnet evaluate`` for this checkpoint (JSON,
-  ``null`` if the run was not evaluated), and ``chexnet_threshold_method``;
-* ``chexnet_run`` (the run folder's name), ``chexnet_arch``, ``chexnet_checkpoint``, ``chexnet_version``,
-  ``chexnet_input`` (the contract in words).
+Pillow and pydicom). Its metadata (the spec, labels, thresholds, run and checkpoint) is listed in
+:mod:`chexnet.onnx_metadata`.
 
 The export is checked before it is kept: onnxruntime and torch must agree on random cache rows to 1e-4.
 """
@@ -26,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from chexnet import __version__
+from chexnet import onnx_metadata as M
 from chexnet.environment import require
 
 PARITY_TOLERANCE = 1e-4
@@ -76,10 +71,10 @@ def export_onnx(run: str | Path, checkpoint: str = "best", out: str | Path | Non
                                     opset_version=opset, dynamo=True, dynamic_shapes=shapes, verbose=False)
     model = program.model_proto
     thresholds, method, _ = saved_thresholds(run, loaded)
-    meta = {"chexnet_preprocessing": json.dumps(spec.to_dict()), "chexnet_labels": json.dumps(list(loaded.cfg.labels)),
-            "chexnet_thresholds": json.dumps(thresholds), "chexnet_threshold_method": json.dumps(method),
-            "chexnet_run": run.resolve().name, "chexnet_arch": loaded.cfg.arch, "chexnet_checkpoint": loaded.described,
-            "chexnet_version": __version__, "chexnet_input": INPUT_CONTRACT}
+    meta = {M.PREPROCESSING: json.dumps(spec.to_dict()), M.LABELS: json.dumps(list(loaded.cfg.labels)),
+            M.THRESHOLDS: json.dumps(thresholds), M.THRESHOLD_METHOD: json.dumps(method),
+            M.RUN: run.resolve().name, M.ARCH: loaded.cfg.arch, M.CHECKPOINT: loaded.described,
+            M.VERSION: __version__, M.INPUT: INPUT_CONTRACT}
     del model.metadata_props[:]
     for k, v in meta.items():
         model.metadata_props.add(key=k, value=v)

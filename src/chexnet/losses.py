@@ -22,12 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-LOSS_WEIGHTINGS = ("none", "balanced", "pos_ratio")
-DESCRIPTIONS = {
-    "none": "unweighted BCE (the CheXNet paper's 14-class loss)",
-    "balanced": "class-balanced BCE (w+ = N/(P+N), w- = P/(P+N) per class, CheXNet's pneumonia weighting)",
-    "pos_ratio": "BCE with positives weighted N/P per class (torch pos_weight)",
-}
+from chexnet.choices import LOSS_WEIGHTINGS
 
 
 def class_weights(labels: np.ndarray, weighting: str) -> tuple[np.ndarray, np.ndarray]:
@@ -37,7 +32,7 @@ def class_weights(labels: np.ndarray, weighting: str) -> tuple[np.ndarray, np.nd
     w- = 0 (nothing to balance against), exactly as the formula gives.
     """
     if weighting not in LOSS_WEIGHTINGS:
-        raise ValueError(f"loss_weighting must be one of {LOSS_WEIGHTINGS}, got {weighting!r}")
+        raise ValueError(f"loss_weighting must be one of {tuple(LOSS_WEIGHTINGS)}, got {weighting!r}")
     y = np.asarray(labels, dtype=np.float64)
     k = y.shape[1]
     if weighting == "none":

@@ -28,15 +28,15 @@ from pathlib import Path
 
 import numpy as np
 
-from chexnet.data.imageio import DICOM_SUFFIXES, ImageReadError, read_xray, resize_area
+from chexnet import onnx_metadata as M
+from chexnet.choices import FILE_TTA_MODES
+from chexnet.data.imageio import DEFAULT_MAX_PIXELS, DICOM_SUFFIXES, ImageReadError, read_xray, resize_area
 from chexnet.environment import require
 from chexnet.labels import PATHOLOGIES
 from chexnet.preprocess import Preprocessing, read_cache_row
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", *DICOM_SUFFIXES)
-DEFAULT_MAX_PIXELS = 100_000_000
 FALLBACK_THRESHOLD = 0.5
-TTA_MODES = ("none", "hflip")
 
 
 # --------------------------------------------------------------------------- inputs
@@ -149,11 +149,11 @@ class OnnxPredictor:
         except Exception as exc:
             raise ValueError(f"{path}: not a loadable ONNX model ({type(exc).__name__}: {exc})") from None
         meta = self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
-        if "chexnet_preprocessing" not in meta:
-            raise ValueError(f"{path}: not exported by chexnet export (no chexnet_preprocessing metadata)")
-        self.spec = Preprocessing.from_dict(json.loads(meta["chexnet_preprocessing"]))
-        self.labels = tuple(json.loads(meta["chexnet_labels"]))
-        chosen = json.loads(meta.get("chexnet_thresholds", "null"))
+        if M.PREPROCESSING not in meta:
+            raise ValueError(f"{path}: not exported by chexnet export (no {M.PREPROCESSING} metadata)")
+        self.spec = Preprocessing.from_dict(json.loads(meta[M.PREPROCESSING]))
+        self.labels = tuple(json.loads(meta[M.LABELS]))
+        chosen = json.loads(meta.get(M.THRESHOLDS, "null"))
         self.thresholds = thresholds_from(chosen, self.labels, f"validation thresholds stored in {self.path.name}",
                                           threshold)
         inp = self.session.get_inputs()[0]
@@ -212,8 +212,8 @@ def predict_files(predictor, paths, batch_size: int = 16, tta: str = "none", max
     above threshold (every finding with ``cam_all``) are written there."""
     from tqdm import tqdm
 
-    if tta not in TTA_MODES:
-        raise ValueError(f"tta must be one of {TTA_MODES}, got {tta!r}")
+    if tta not in FILE_TTA_MODES:
+        raise ValueError(f"tta must be one of {FILE_TTA_MODES}, got {tta!r}")
     if batch_size < 1:
         raise ValueError(f"batch size must be positive, got {batch_size}")
     cams = None

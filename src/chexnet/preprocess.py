@@ -33,11 +33,11 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from chexnet.choices import INPUT_TRANSFORMS
 from chexnet.data.imageio import read_xray_resized
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-INPUT_TRANSFORMS = ("resize", "crop")
 CACHE_RESIZE = "area"  # how prepare (and predict) resize a decoded file to the cache size
 
 
@@ -56,7 +56,7 @@ class Preprocessing:
 
     def __post_init__(self):
         if self.input_transform not in INPUT_TRANSFORMS:
-            raise ValueError(f"input_transform must be one of {INPUT_TRANSFORMS}, got {self.input_transform!r}")
+            raise ValueError(f"input_transform must be one of {tuple(INPUT_TRANSFORMS)}, got {self.input_transform!r}")
         if self.cache_size < 1 or self.input_size < 1:
             raise ValueError(f"cache_size and input_size must be positive, got {self.cache_size}, {self.input_size}")
         if self.input_transform == "crop" and self.input_size > self.cache_size:

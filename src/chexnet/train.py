@@ -43,10 +43,17 @@ from chexnet import dist
 from chexnet.checkpoint import (
     CheckpointSaver,
     checkpoint_dir,
+    ckpt_batch_layout,
+    ckpt_cache_size,
+    ckpt_rng_state,
+    ckpt_scaler_state,
+    ckpt_selection,
+    ckpt_world_size,
     load_checkpoint,
     resolve_checkpoint,
     rng_state,
     set_rng_state,
+    training_state,
     versions,
     weights_sha256,
 )
@@ -55,7 +62,8 @@ from chexnet.data.cache import load_cache
 from chexnet.data.dataset import SkipSampler, open_split
 from chexnet.engine import StepContext, predict_distributed, train_one_epoch
 from chexnet.fileio import atomic_write
-from chexnet.losses import DESCRIPTIONS, build_criterion, loss_from_probs
+from chexnet.choices import LOSS_WEIGHTINGS, SELECT_RULES
+from chexnet.losses import build_criterion, loss_from_probs
 from chexnet.metrics import auroc
 from chexnet.models import create_model
 from chexnet.optim import LRController, build_optimizer, scaled_lr
@@ -73,7 +81,7 @@ def check_compatible(ckpt: dict, cfg: TrainConfig, spec: Preprocessing, path) ->
     """Refuse to resume a checkpoint whose architecture, label set or input preprocessing differs from this run's."""
     saved, now = config_from_dict(ckpt["config"]).to_dict(), cfg.to_dict()
     diffs = [f"{k}: checkpoint has {saved[k]!r}, this run has {now[k]!r}" for k in COMPATIBLE_FIELDS if saved[k] != now[k]]
-    cache_size = (ckpt.get("preprocessing") or {}).get("cache_size")
+    cache_size = ckpt_cache_size(ckpt)
     if cache_size is not None and cache_size != spec.cache_size:
         diffs.append(f"cache images: checkpoint trained on {cache_size} px, this cache has {spec.cache_size} px")
     if diffs:
@@ -171,11 +179,7 @@ def _train(cfg, cache, run, resume, progress, info, device, epoch_callback=None)
         torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick the fastest kernels
     torch.manual_seed(cfg.seed)  # same initial weights everywhere; DDP also broadcasts rank 0's
     np.random.seed(cfg.seed)
-    train_set = open_split(cache, index, meta, "train", "train", cfg.input_size, cfg.input_transform, cfg.seed,
-                           cfg.train_crop, cfg.hflip, cfg.labels)
-    val_set = open_split(cache, index, meta, "val", "eval", cfg.input_size, cfg.input_transform, labels=cfg.labels)
-    if len(train_set) == 0:
-        raise ValueError(f"{cache}: the train split is empty")
+    train_set, val_set = _open_splits(cache, index, meta, cfg)
     with dist.rank_zero_first(info):  # rank 0 downloads ImageNet weights once, the others read the cache
         model = create_model(cfg.arch, cfg.weights, len(cfg.labels), cfg.head_bias_init)
     torch.manual_seed(cfg.seed + info.rank)  # from here on each rank draws its own dropout / stochastic depth
@@ -183,14 +187,7 @@ def _train(cfg, cache, run, resume, progress, info, device, epoch_callback=None)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
 
-    sampler = DistributedSampler(train_set, num_replicas=info.world_size, rank=info.rank, shuffle=True,
-                                 seed=cfg.seed, drop_last=True)
-    steps = len(sampler) // cfg.batch_size // cfg.accum_steps
-    if cfg.max_steps_per_epoch:
-        steps = min(steps, cfg.max_steps_per_epoch)
-    if steps == 0:
-        raise ValueError(f"train split has {len(train_set)} images: too few for {info.world_size} process(es) x batch "
-                         f"{cfg.batch_size} x accumulation {cfg.accum_steps}")
+    sampler, steps = _train_sampler(train_set, cfg, info)
     lr, global_batch, rule = scaled_lr(cfg, info.world_size)
     criterion = build_criterion(train_set.labels, cfg.loss_weighting).to(device)
     saver = CheckpointSaver(run, cfg.select)
@@ -199,10 +196,10 @@ def _train(cfg, cache, run, resume, progress, info, device, epoch_callback=None)
                f"{len(train_set)} train / {len(val_set)} val images; input: {cfg.input_transform} {spec.cache_size} -> "
                f"{cfg.input_size} px; global batch {global_batch}; lr {cfg.lr:g} for batch {cfg.lr_reference_batch} -> "
                f"{lr:.4g} ({rule} scaling{f', warmup {cfg.warmup_epochs:g} epochs from {cfg.lr:g}' if cfg.warmup_epochs else ''}); "
-               f"{steps} steps/epoch\nloss: {DESCRIPTIONS[cfg.loss_weighting]}; best.pt: {saver.rule}")
+               f"{steps} steps/epoch\nloss: {LOSS_WEIGHTINGS[cfg.loss_weighting]}; best.pt: {saver.rule}")
     optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], cfg, lr)
     lr_ctl = LRController(optimizer, cfg, lr, steps)
-    scaler = torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")  # disabled: no-ops, state {}
 
     epoch, step_offset, global_step = 0, 0, 0
     if ckpt is not None:
@@ -221,11 +218,9 @@ def _train(cfg, cache, run, resume, progress, info, device, epoch_callback=None)
         """Collective (every rank's RNG state is gathered); rank 0 writes last.pt, and best.pt when improved."""
         rngs = dist.all_gather_objects(rng_state())
         if info.is_main:
-            saver.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "lr": lr_ctl.state_dict(),
-                        "scaler": scaler.state_dict() if scaler is not None else {}, "epoch": epoch_,
-                        "step_in_epoch": step_in_epoch, "global_step": gstep, "rng": rngs[0], "rng_per_rank": rngs,
-                        "config": cfg.to_dict(), "labels": list(cfg.labels), "preprocessing": spec.to_dict(),
-                        "versions": versions(), "world_size": info.world_size}, improved_)
+            saver.save(training_state(model, optimizer, lr_ctl, scaler, cfg, spec, epoch=epoch_,
+                                      step_in_epoch=step_in_epoch, global_step=gstep, rng_per_rank=rngs,
+                                      world_size=info.world_size), improved_)
 
     def on_step(step_in_epoch, gstep):
         if cfg.checkpoint_every and gstep % cfg.checkpoint_every == 0 and step_in_epoch < steps:
@@ -235,11 +230,7 @@ def _train(cfg, cache, run, resume, progress, info, device, epoch_callback=None)
     while epoch < cfg.epochs:
         sampler.set_epoch(epoch)
         train_set.set_epoch(epoch)
-        loader = DataLoader(train_set, batch_size=cfg.batch_size,
-                            sampler=SkipSampler(sampler, step_offset * cfg.accum_steps * cfg.batch_size),
-                            num_workers=cfg.workers, pin_memory=device.type == "cuda", drop_last=True,
-                            persistent_workers=False,  # own generator: loader seeding leaves the global RNG alone
-                            generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
+        loader = _epoch_loader(train_set, sampler, cfg, epoch, step_offset, device)
         result = train_one_epoch(net, loader, optimizer, criterion, lr_ctl, scaler, ctx, epoch=epoch,
                                  global_step=global_step, steps=steps, step_offset=step_offset,
                                  show_progress=progress and info.is_main, on_log=logger.log, on_step=on_step,
@@ -250,16 +241,12 @@ def _train(cfg, cache, run, resume, progress, info, device, epoch_callback=None)
         if len(val_set) and (epoch + 1) % cfg.eval_every == 0:
             record.update(_validate(model, val_set, criterion, lr_ctl, info, ctx, cfg))
             if info.is_main:
-                record["best"] = saver.update(record["val_loss" if cfg.select == "val_loss" else "val_auroc_mean"])
+                record["best"] = saver.update(record[SELECT_RULES[cfg.select].metric])
         epoch += 1
         logger.log(record)
         save_last(epoch, 0, global_step, record.get("best", False))
         if info.is_main:
-            val = (f"val loss {record['val_loss']:.4f}, val mean AUROC {record['val_auroc_mean']:.4f}, "
-                   if "val_loss" in record else "")
-            best = f" (best: {saver.describe()})" if record.get("best") else ""
-            print(f"epoch {epoch}/{cfg.epochs}: train loss {result['loss']:.4f}, {val}{result['img_per_s']:.1f} img/s{best}",
-                  file=sys.stderr, flush=True)
+            _print_epoch(record, cfg, saver)
         summary["epochs"].append(record)
         if "val_loss" in record and _ask_callback(epoch_callback, record, info):  # every rank validated, or none
             summary["stopped_after_epoch"] = epoch
@@ -271,6 +258,49 @@ def _train(cfg, cache, run, resume, progress, info, device, epoch_callback=None)
     summary.update({"run": str(run), "select": cfg.select, "best": saver.best, "global_step": global_step,
                     "seconds": time.time() - t_start, "world_size": info.world_size})
     return summary
+
+
+def _open_splits(cache, index, meta, cfg):
+    """The train split (augmented as the config says) and the val split (evaluated as at test time)."""
+    train_set = open_split(cache, index=index, meta=meta, split="train", mode="train", input_size=cfg.input_size,
+                           input_transform=cfg.input_transform, seed=cfg.seed, train_crop=cfg.train_crop,
+                           hflip=cfg.hflip, labels=cfg.labels)
+    val_set = open_split(cache, index=index, meta=meta, split="val", mode="eval", input_size=cfg.input_size,
+                         input_transform=cfg.input_transform, labels=cfg.labels)
+    if len(train_set) == 0:
+        raise ValueError(f"{cache}: the train split is empty")
+    return train_set, val_set
+
+
+def _train_sampler(train_set, cfg, info) -> tuple[DistributedSampler, int]:
+    """This rank's shard of the train split and the number of optimizer steps per epoch."""
+    sampler = DistributedSampler(train_set, num_replicas=info.world_size, rank=info.rank, shuffle=True,
+                                 seed=cfg.seed, drop_last=True)
+    steps = len(sampler) // cfg.batch_size // cfg.accum_steps
+    if cfg.max_steps_per_epoch:
+        steps = min(steps, cfg.max_steps_per_epoch)
+    if steps == 0:
+        raise ValueError(f"train split has {len(train_set)} images: too few for {info.world_size} process(es) x batch "
+                         f"{cfg.batch_size} x accumulation {cfg.accum_steps}")
+    return sampler, steps
+
+
+def _epoch_loader(train_set, sampler, cfg, epoch: int, step_offset: int, device) -> DataLoader:
+    """The loader of one epoch, skipping the batches of the ``step_offset`` steps already done (mid-epoch resume)."""
+    return DataLoader(train_set, batch_size=cfg.batch_size,
+                      sampler=SkipSampler(sampler, step_offset * cfg.accum_steps * cfg.batch_size),
+                      num_workers=cfg.workers, pin_memory=device.type == "cuda", drop_last=True,
+                      persistent_workers=False,  # own generator: loader seeding leaves the global RNG alone
+                      generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
+
+
+def _print_epoch(record: dict, cfg, saver: CheckpointSaver) -> None:
+    """Rank 0's one line per epoch on stderr."""
+    val = (f"val loss {record['val_loss']:.4f}, val mean AUROC {record['val_auroc_mean']:.4f}, "
+           if "val_loss" in record else "")
+    best = f" (best: {saver.describe()})" if record.get("best") else ""
+    print(f"epoch {record['epoch']}/{cfg.epochs}: train loss {record['train_loss']:.4f}, {val}"
+          f"{record['img_per_s']:.1f} img/s{best}", file=sys.stderr, flush=True)
 
 
 def _compare_weights(model, info, logger, epoch: int, global_step: int) -> list[str]:
@@ -323,27 +353,25 @@ def _restore(ckpt, path, cfg, info, model, optimizer, lr_ctl, scaler, saver) -> 
     model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
     lr_ctl.load_state_dict(ckpt["lr"])
-    if scaler is not None and ckpt.get("scaler"):
-        scaler.load_state_dict(ckpt["scaler"])
+    if scaler.is_enabled() and ckpt_scaler_state(ckpt):  # fp16 now and then (a disabled scaler saved {})
+        scaler.load_state_dict(ckpt_scaler_state(ckpt))
     epoch, step_offset, global_step = ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"]
-    selection = ckpt.get("selection") or {"select": "val_auroc", "best": ckpt.get("best_auroc")}
+    selection = ckpt_selection(ckpt)
     if selection["select"] == cfg.select:
         saver.best = selection["best"] if selection["best"] is not None else saver.best
     else:
         _say(info, f"note: {path} selected models by {selection['select']}, this run by {cfg.select}: "
                    f"best.pt is replaced at the next validation")
-    saved_world = ckpt.get("world_size")
+    saved_world = ckpt_world_size(ckpt)
     if saved_world is not None and saved_world != info.world_size:
         old_lr, old_batch, _ = scaled_lr(config_from_dict(ckpt["config"]), saved_world)
         new_lr, new_batch, rule = scaled_lr(cfg, info.world_size)
         _say(info, f"note: {path} was saved by {saved_world} process(es), this run has {info.world_size}: global batch "
                    f"{old_batch} -> {new_batch}, lr {old_lr:.4g} -> {new_lr:.4g} ({rule} scaling); an epoch may now have "
                    f"another number of steps, and warmup / schedules continue from the same epoch")
-    per_rank = ckpt.get("rng_per_rank") or []
-    set_rng_state(per_rank[info.rank] if len(per_rank) == info.world_size else ckpt["rng"])
-    if step_offset and (ckpt.get("world_size"), ckpt["config"]["batch_size"], ckpt["config"]["accum_steps"]) != (
-            info.world_size, cfg.batch_size, cfg.accum_steps):
-        _say(info, f"warning: {path} was saved mid-epoch by {ckpt.get('world_size')} process(es) with another "
+    set_rng_state(ckpt_rng_state(ckpt, info.rank, info.world_size))
+    if step_offset and ckpt_batch_layout(ckpt) != (info.world_size, cfg.batch_size, cfg.accum_steps):
+        _say(info, f"warning: {path} was saved mid-epoch by {saved_world} process(es) with another "
                    f"batch layout; the sample order differs now, so epoch {epoch + 1} restarts from its beginning")
         step_offset = 0
     if epoch >= cfg.epochs:

@@ -7,7 +7,7 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from chexnet.predict import DEFAULT_MAX_PIXELS
+from chexnet.data.imageio import DEFAULT_MAX_PIXELS
 
 ENV = "CHEXNET_SERVE_CONFIG"
 

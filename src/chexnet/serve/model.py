@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from chexnet import onnx_metadata as M
 from chexnet.data.imageio import read_xray_bytes, read_xray_bytes_resized, resize_area
 from chexnet.predict import Result
 from chexnet.serve.config import ServeConfig
@@ -31,8 +32,8 @@ class ServedModel:
             self.predictor = OnnxPredictor(cfg.model, cfg.threshold)
             meta, file = self.predictor.metadata, Path(cfg.model)
             # the run and checkpoint it was exported from, as the export recorded them (older exports: the file)
-            self.engine, run = "onnxruntime", meta.get("chexnet_run") or file.stem
-            source = meta.get("chexnet_checkpoint")
+            self.engine, run = "onnxruntime", meta.get(M.RUN) or file.stem
+            source = meta.get(M.CHECKPOINT)
         else:
             self.predictor = TorchPredictor(cfg.model, cfg.checkpoint, cfg.threshold)
             self.engine, file, run = "torch", self.predictor.loaded.path, self.predictor.run.resolve().name

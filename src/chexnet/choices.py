@@ -1,0 +1,70 @@
+"""Every named set of choices, defined once: the config's validation, the CLI's choices and help, and tune's
+search-space check read them from here.
+
+Each set is an ordered mapping name -> one-line description; :func:`help_text` renders it for ``--help``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class SelectRule:
+    """How best.pt is chosen after each validation: the metric in the epoch record and its better direction."""
+
+    metric: str  # the key in the epoch record (metrics.jsonl)
+    mode: str  # "min" | "max"
+    text: str  # as said in logs and reports
+
+    @property
+    def direction(self) -> str:
+        """Optuna's name for the mode."""
+        return "minimize" if self.mode == "min" else "maximize"
+
+
+# best.pt (config ``select``) and tune's ``--objective`` (a study optimises what its trials select by)
+SELECT_RULES = {
+    "val_loss": SelectRule("val_loss", "min", "lowest validation loss"),
+    "val_auroc": SelectRule("val_auroc_mean", "max", "highest validation mean AUROC"),
+}
+SELECT_HELP = {"val_loss": "lowest, the paper", "val_auroc": "highest mean"}
+
+LOSS_WEIGHTINGS = {
+    "none": "unweighted BCE (the CheXNet paper's 14-class loss)",
+    "balanced": "class-balanced BCE (w+ = N/(P+N), w- = P/(P+N) per class, CheXNet's pneumonia weighting)",
+    "pos_ratio": "BCE with positives weighted N/P per class (torch pos_weight)",
+}
+
+INPUT_TRANSFORMS = {
+    "resize": "the whole cached image resized to the input size (the CheXNet paper)",
+    "crop": "random crops in training, the centre crop at evaluation (later reimplementations)",
+}
+
+# test-time augmentation -> the dataset mode that produces it (chexnet.data.dataset)
+TTA_MODES = {
+    "none": "eval",
+    "hflip": "hflip",
+    "tencrop": "tencrop",
+}
+TTA_HELP = {
+    "none": "the image as it is",
+    "hflip": "the mean of the image and its mirror image",
+    "tencrop": "ten crops: four corners and the centre, and their mirror images (runs trained with crop only)",
+}
+# chexnet predict and serve work on single files (no ten-crop: it needs a run trained on crops and a cache row)
+FILE_TTA_MODES = ("none", "hflip")
+
+
+# tune's --pruner
+PRUNERS = {
+    "median": "stop a trial worse than the median of earlier trials at the same epoch",
+    "hyperband": "Hyperband's successive halving over epochs",
+    "none": "never prune",
+}
+
+
+def help_text(choices: dict, names=None) -> str:
+    """``a: text | b: text`` for ``--help`` (``names``: a subset, in this order)."""
+    names = list(choices) if names is None else list(names)
+    return " | ".join(f"{n}: {choices[n]}" for n in names)
