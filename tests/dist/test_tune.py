@@ -219,6 +219,104 @@ def test_a_bad_space_is_an_error_naming_the_key(text, named, tiny_cache, tmp_pat
     assert not (tmp_path / "study").exists()  # checked before any study or trial exists
 
 
+@pytest.fixture
+def offline_torch(tmp_path, monkeypatch):
+    """An empty torch cache (TORCH_HOME) and no network: any download fails at once (as in tests/test_models.py)."""
+    import urllib.error
+
+    def refuse(url, *args, **kwargs):
+        raise urllib.error.URLError(f"offline test: no network for {url}")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None, raising=False)  # follow TORCH_HOME even if set_dir was called
+    return tmp_path / "torch"
+
+
+@needs_optuna
+@pytest.mark.parametrize("space_text, missing", [
+    (SPACE, "mobilenet_v3_small"),  # the base config's arch (the demo space without --config demo)
+    ("arch: {type: categorical, choices: [mobilenet_v3_small, resnet18]}\n", "resnet18"),  # one the space draws
+])
+def test_weights_no_trial_can_load_stop_the_study_before_it_starts(space_text, missing, offline_torch, tiny_cache,
+                                                                   tmp_path, capsys):
+    from chexnet.models import imagenet_weights_path
+
+    cached = imagenet_weights_path("mobilenet_v3_small")[1]  # in the torch cache for the second case
+    if missing != "mobilenet_v3_small":
+        cached.parent.mkdir(parents=True)
+        cached.write_bytes(b"")
+    space = write_space(tmp_path / "space.yaml", space_text)
+    assert cli.main(tune_args(tiny_cache, tmp_path / "study", space, 3, "--set", "weights=imagenet")) == 2
+    err = capsys.readouterr().err
+    assert f"no trial can start: model {missing} with weights imagenet: WeightsUnavailable" in err, err
+    assert "--set weights=none" in err
+    assert not (tmp_path / "study").exists()  # checked before any study or trial exists
+
+
+@needs_optuna
+@pytest.mark.parametrize("case, named", [
+    ("no cache", "not a chexnet cache"),
+    ("empty val", "the val split is empty"),
+    ("unknown label", "label(s) 'Pneumonitis' are not in the cache"),
+])
+def test_a_cache_that_does_not_fit_the_config_stops_the_study_before_it_starts(case, named, tiny_cache, tmp_path,
+                                                                               capsys):
+    from chexnet.data.cache import read_index
+
+    cache, extra = tiny_cache, []
+    if case == "no cache":
+        cache = tmp_path / "nowhere"
+    elif case == "empty val":
+        cache = tmp_path / "cache"
+        shutil.copytree(tiny_cache, cache)
+        index = read_index(cache / "index.csv")
+        index.loc[index["split"] == "val", "split"] = "train"
+        index.to_csv(cache / "index.csv", index=False)
+    else:
+        extra = ["--set", "labels=Atelectasis,Pneumonitis"]
+    space = write_space(tmp_path / "space.yaml")
+    assert cli.main(tune_args(cache, tmp_path / "study", space, 3, *extra)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("chexnet tune: error: ") and named in err, err
+    assert not (tmp_path / "study").exists()
+
+
+@needs_optuna
+def test_a_study_whose_trials_all_fail_alike_stops_and_exits_non_zero_naming_the_error(tiny_cache, tmp_path, capsys):
+    study = tmp_path / "study"
+    space = write_space(tmp_path / "space.yaml", "lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}\n"
+                                                 "batch_size: {type: categorical, choices: [1000]}\n")
+    assert cli.main(tune_args(tiny_cache, study, space, 8)) == 2
+    out, err = capsys.readouterr()
+    assert states(study) == ["FAIL"] * 3  # stopped after three identical failures, not eight
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("chexnet tune: error: every trial so far failed with: ValueError: ") and "batch 1000" in line
+    assert "batch 1000" in out and "no complete trial yet" in out  # the table and outputs are written first
+    assert "FAIL" in (study / "trials.csv").read_text()
+
+
+@needs_optuna
+def test_only_a_run_of_identical_failures_without_any_working_trial_stops_a_study():
+    import optuna
+    from optuna.trial import TrialState, create_trial
+
+    from chexnet.tune import repeated_failure
+
+    def study_of(*trials):
+        study = optuna.create_study()
+        for t in trials:
+            study.add_trial(create_trial(state=TrialState.FAIL, user_attrs={"error": t}) if isinstance(t, str)
+                            else create_trial(value=t))
+        return study
+
+    assert repeated_failure(study_of("A", "A")) is None  # too few to tell
+    assert repeated_failure(study_of("A", "A", "A")) == "every trial so far failed with: A"
+    assert repeated_failure(study_of("B", "A", "A", "A")) == "every trial so far failed, the last 3 with: A"
+    assert repeated_failure(study_of("A", "B", "A")) is None  # not the same error
+    assert repeated_failure(study_of(0.5, "A", "A", "A")) is None  # a trial worked: the space is not all wrong
+
+
 def test_bundled_spaces_search_the_reports_choices():
     from chexnet.searchspace import list_spaces, load_space
 
