@@ -214,3 +214,40 @@ def test_mpirun_inside_a_slurm_allocation_takes_the_first_node():
 def test_failed_collectives_are_told_from_other_errors(message, comm):
     assert dist._is_comm_failure(RuntimeError(message)) is comm
     assert dist._is_comm_failure(ValueError(message)) is False
+
+
+LAUNCHED_BY = {
+    "torchrun": ({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}, "torchrun (torch elastic) (rank 1 of 2)"),
+    "openmpi": ({"OMPI_COMM_WORLD_RANK": "0", "OMPI_COMM_WORLD_SIZE": "4"}, "Open MPI's mpirun (rank 0 of 4)"),
+    "mpich": ({"PMI_RANK": "2", "PMI_SIZE": "3"}, "MPICH / Intel MPI (Hydra) (rank 2 of 3)"),
+    "slurm": ({"SLURM_PROCID": "1", "SLURM_NTASKS": "2", "SLURM_STEP_ID": "0"}, "SLURM's srun (rank 1 of 2)"),
+}
+
+
+@pytest.mark.parametrize("launcher", sorted(LAUNCHED_BY))
+@pytest.mark.parametrize("command", ["train", "evaluate"])
+def test_nproc_under_any_launcher_is_an_error_naming_it(launcher, command, monkeypatch, tmp_path, capsys):
+    """One rule for "am I already inside a launcher" (dist.detect): --nproc under one would start a group per rank."""
+    from chexnet import cli
+
+    for name in ("RANK", "WORLD_SIZE", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "SLURM_PROCID", "SLURM_STEP_ID"):
+        monkeypatch.delenv(name, raising=False)
+    env, said = LAUNCHED_BY[launcher]
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    argv = (["train", "--cache", str(tmp_path / "c"), "--out", str(tmp_path / "run")] if command == "train"
+            else ["evaluate", str(tmp_path / "run")])
+    assert cli.main(argv + ["--nproc", "2"]) == 2
+    err = capsys.readouterr().err
+    assert f"chexnet {command}: error: --nproc 2: this process was started by {said}" in err, err
+    assert "choose one launcher" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_spark_launcher_inside_torchrun_is_an_error(monkeypatch, tmp_path, capsys):
+    from chexnet import cli
+
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert cli.main(["train", "--cache", str(tmp_path / "c"), "--out", str(tmp_path / "run"), "--launcher", "spark"]) == 2
+    assert "--launcher spark: this process was started by torchrun" in capsys.readouterr().err

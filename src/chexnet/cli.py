@@ -4,10 +4,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 from chexnet import __version__
+from chexnet.choices import (
+    FILE_TTA_MODES,
+    INPUT_TRANSFORMS,
+    LOSS_WEIGHTINGS,
+    PRUNERS,
+    SELECT_HELP,
+    SELECT_RULES,
+    TTA_HELP,
+    TTA_MODES,
+    help_text,
+)
+from chexnet.config import CHOICES
+from chexnet.data.imageio import DEFAULT_MAX_PIXELS
+from chexnet.environment import debug_enabled
 
 EXAMPLES = """\
 examples:
@@ -25,47 +38,57 @@ examples:
   chexnet demo
 """
 
-# config fields exposed as flags (name, type, help); everything else via --set KEY=VALUE
-TRAIN_FLAGS = [
-    ("arch", str, "torchvision model name: densenet121, densenet169, vgg16, vgg16_bn, resnet50, efficientnet_b0, ..."),
-    ("weights", str, "imagenet | none | PATH (torchvision state dict or chexnet checkpoint)"),
-    ("head_bias_init", str, "initial bias of the 14-way head: zeros | ones"),
-    ("epochs", int, "number of epochs"),
-    ("batch_size", int, "images per worker per micro-batch"),
-    ("accum_steps", int, "gradient accumulation steps (DDP no_sync between them)"),
-    ("lr", float, "base learning rate, defined for a global batch of --lr-reference-batch"),
-    ("lr_reference_batch", int, "global batch the base LR is defined for"),
-    ("lr_scaling", str, "linear | sqrt | none | auto (linear for sgd, sqrt for adaptive optimizers)"),
-    ("optimizer", str, "adam | adamw | sgd | adadelta"),
-    ("weight_decay", float, "weight decay"),
-    ("momentum", float, "SGD momentum"),
-    ("warmup_epochs", float, "gradual LR warmup length in epochs (fractions allowed)"),
-    ("schedule", str, "after warmup: plateau | cosine | step | none"),
-    ("input_size", int, "network input side in pixels (the cached image is resized to it, or cropped: --input-transform)"),
-    ("input_transform", str, "resize: the whole cached image to --input-size (the CheXNet paper) | crop: random crops "
-                             "in training, the centre crop at evaluation (later reimplementations)"),
-    ("train_crop", str, "crop mode: random | random_resized"),
-    ("loss_weighting", str, "none: unweighted BCE (the 14-class paper) | balanced: w+ = N/(P+N), w- = P/(P+N) per class "
-                            "(the paper's pneumonia weighting) | pos_ratio: positives x N/P (torch pos_weight)"),
-    ("select", str, "which epoch becomes best.pt: val_loss (lowest, the paper) | val_auroc (highest mean)"),
-    ("precision", str, "fp32 | bf16 | fp16 (autocast; GradScaler for fp16)"),
-    ("grad_compression", str, "DDP gradient compression hook: none | bf16 | fp16"),
-    ("seed", int, "random seed"),
-    ("workers", int, "data loader processes per training process"),
-    ("checkpoint_every", int, "also write last.pt every N optimizer steps (0: at epoch end only)"),
-    ("max_steps_per_epoch", int, "cap on optimizer steps per epoch (smoke tests, benchmarks)"),
-    ("log_every", int, "steps between training-loss records"),
-    ("dist_timeout", float, "seconds a collective or the rendezvous waits for a peer before the job fails naming "
-                            "the lost rank (default 1800; keep it above the longest rank-0-only pause: first download "
-                            "of ImageNet weights, a checkpoint write to slow storage)"),
-]
-TRAIN_SWITCHES = [
-    ("nesterov", "Nesterov momentum (sgd)"),
-    ("channels_last", "channels-last memory format"),
-    ("compile", "torch.compile the model"),
-    ("skip_nonfinite", "skip steps with a non-finite loss instead of stopping"),
-    ("hflip", "random horizontal flips in training"),
-]
+# config fields exposed as flags, in --help's sections: (name, type, help); everything else via --set KEY=VALUE.
+# A field with a set of choices (config.CHOICES, from chexnet.choices) gets them as the flag's choices.
+TRAIN_FLAGS = {
+    "data and input": [
+        ("input_size", int, "network input side in pixels (the cached image is resized to it, or cropped: --input-transform)"),
+        ("input_transform", str, help_text(INPUT_TRANSFORMS)),
+        ("train_crop", str, "crop mode of --input-transform crop in training"),
+        ("workers", int, "data loader processes per training process"),
+    ],
+    "model": [
+        ("arch", str, "torchvision model name: densenet121, densenet169, vgg16, vgg16_bn, resnet50, efficientnet_b0, ..."),
+        ("weights", str, "imagenet | none | PATH (torchvision state dict or chexnet checkpoint)"),
+        ("head_bias_init", str, "initial bias of the 14-way head"),
+    ],
+    "optimisation": [
+        ("epochs", int, "number of epochs"),
+        ("batch_size", int, "images per worker per micro-batch"),
+        ("accum_steps", int, "gradient accumulation steps (DDP no_sync between them)"),
+        ("optimizer", str, "the optimizer"),
+        ("weight_decay", float, "weight decay"),
+        ("momentum", float, "SGD momentum"),
+        ("loss_weighting", str, help_text(LOSS_WEIGHTINGS)),
+        ("precision", str, "autocast precision (GradScaler for fp16)"),
+        ("seed", int, "random seed"),
+    ],
+    "learning-rate schedule": [
+        ("lr", float, "base learning rate, defined for a global batch of --lr-reference-batch"),
+        ("lr_reference_batch", int, "global batch the base LR is defined for"),
+        ("lr_scaling", str, "how the LR follows the global batch (auto: linear for sgd, sqrt for adaptive optimizers)"),
+        ("warmup_epochs", float, "gradual LR warmup length in epochs (fractions allowed)"),
+        ("schedule", str, "the LR schedule after warmup"),
+    ],
+    "distributed": [
+        ("grad_compression", str, "DDP gradient compression hook"),
+        ("dist_timeout", float, "seconds a collective or the rendezvous waits for a peer before the job fails naming "
+                                "the lost rank (default 1800; keep it above the longest rank-0-only pause: first download "
+                                "of ImageNet weights, a checkpoint write to slow storage)"),
+    ],
+    "output and checkpoints": [
+        ("select", str, "which epoch becomes best.pt: " + help_text(SELECT_HELP)),
+        ("checkpoint_every", int, "also write last.pt every N optimizer steps (0: at epoch end only)"),
+        ("max_steps_per_epoch", int, "cap on optimizer steps per epoch (smoke tests, benchmarks)"),
+        ("log_every", int, "steps between training-loss records"),
+    ],
+}
+TRAIN_SWITCHES = {
+    "data and input": [("hflip", "random horizontal flips in training")],
+    "optimisation": [("nesterov", "Nesterov momentum (sgd)"),
+                     ("skip_nonfinite", "skip steps with a non-finite loss instead of stopping")],
+    "performance": [("channels_last", "channels-last memory format"), ("compile", "torch.compile the model")],
+}
 
 
 def _add_train(sub) -> None:
@@ -75,18 +98,29 @@ def _add_train(sub) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="recipes: chexnet (the CheXNet paper), keras-horovod (the Keras + Horovod report), vgg16, demo\n"
                        "multi-node: torchrun ... -m chexnet train ... | mpirun -np 64 chexnet train ... | srun chexnet train ...\n"
-                       "Spark: chexnet train --launcher spark --spark-master spark://HOST:7077 --nproc 16 ...")
+                       "Spark: chexnet train --launcher spark --spark-master spark://HOST:7077 --nproc 16 ...\n"
+                       "--nproc starts the processes itself: not under torchrun, mpirun, srun or Spark, which do that")
     p.add_argument("--cache", required=True, help="prepared cache folder (chexnet prepare)")
     p.add_argument("--out", required=True, help="run directory to create or resume")
     p.add_argument("--config", help="YAML recipe: a file, or the name of a bundled recipe (chexnet, keras-horovod, vgg16, demo)")
-    for name, typ, text in TRAIN_FLAGS:
-        p.add_argument("--" + name.replace("_", "-"), dest=name, type=typ, default=None, help=text)
-    for name, text in TRAIN_SWITCHES:
-        p.add_argument("--" + name.replace("_", "-"), dest=name, action=argparse.BooleanOptionalAction, default=None, help=text)
+    groups = {}
+    for title in list(TRAIN_FLAGS) + [t for t in TRAIN_SWITCHES if t not in TRAIN_FLAGS]:
+        groups[title] = p.add_argument_group(title)
+    for title, flags in TRAIN_FLAGS.items():
+        for name, typ, text in flags:
+            groups[title].add_argument("--" + name.replace("_", "-"), dest=name, type=typ, default=None,
+                                       choices=CHOICES.get(name), help=text)
+    for title, switches in TRAIN_SWITCHES.items():
+        for name, text in switches:
+            groups[title].add_argument("--" + name.replace("_", "-"), dest=name, action=argparse.BooleanOptionalAction,
+                                       default=None, help=text)
+    p = groups["output and checkpoints"]
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config field (repeatable)")
     p.add_argument("--resume", nargs="?", const="last", default=None,
                    help="continue a run: 'last' (default when given bare), 'best', 'auto' (only if OUT has last.pt), or a checkpoint PATH")
-    p.add_argument("--nproc", type=int, default=None, help="start N local worker processes (torch elastic, like torchrun)")
+    p = groups["distributed"]
+    p.add_argument("--nproc", type=int, default=None, help="start N local worker processes (torch elastic, like "
+                   "torchrun); an error under another launcher (torchrun, mpirun, srun), which starts them itself")
     p.add_argument("--max-restarts", type=int, default=0, help="with --nproc: restart the worker group up to K times after a failure, resuming from last.pt")
     p.add_argument("--launcher", choices=["local", "spark"], default="local",
                    help="where --nproc N processes run: local (this machine, torch elastic as torchrun --standalone; "
@@ -97,7 +131,7 @@ def _add_train(sub) -> None:
     p.add_argument("--spark-conf", action="append", default=[], metavar="KEY=VALUE",
                    help="with --launcher spark: a Spark setting (repeatable), e.g. spark.task.resource.gpu.amount=1, "
                    "spark.executor.resource.gpu.amount=8, spark.task.cpus=8")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    groups["output and checkpoints"].add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 TUNE_EPILOG = """\
@@ -119,7 +153,9 @@ def _add_tune(sub) -> None:
                        "config (--config, --epochs, --set) with the fields a search space draws, reports the "
                        "objective after each validation from the training loop, and is pruned when clearly worse "
                        "than earlier trials at the same epoch. A trial that raises is recorded as failed and the "
-                       "study goes on.", epilog=TUNE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       "study goes on, unless every trial so far failed with the same error (then it stops, exit 2). "
+                       "The cache and each model the space can draw are checked before the first trial.",
+                       epilog=TUNE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--summary", metavar="STUDY", help="print the trials table and write trials.csv, best.yaml and "
                    "the plots of STUDY again, without training")
     p.add_argument("--cache", help="prepared cache folder (chexnet prepare)")
@@ -135,10 +171,10 @@ def _add_tune(sub) -> None:
     p.add_argument("--nproc-per-trial", type=int, default=1, metavar="K",
                    help="train each trial with K local processes (DDP, as chexnet train --nproc K; default 1)")
     p.add_argument("--epochs", type=int, default=None, help="epochs per trial (overrides the recipe)")
-    p.add_argument("--objective", choices=["val_auroc", "val_loss"], default=None,
+    p.add_argument("--objective", choices=list(SELECT_RULES), default=None,
                    help="maximize validation mean AUROC or minimize validation loss (default: the config's select "
                    "rule); each trial's best.pt is selected by it")
-    p.add_argument("--pruner", choices=["median", "hyperband", "none"], default="median",
+    p.add_argument("--pruner", choices=list(PRUNERS), default="median",
                    help="stop trials whose per-epoch objective is worse than the median of earlier trials at that "
                    "epoch (median, default), Hyperband's successive halving, or never (none)")
     p.add_argument("--pruner-startup-trials", type=int, default=3, metavar="N",
@@ -159,13 +195,7 @@ def _add_tune(sub) -> None:
     w.add_argument("--trial", type=int, required=True, help="the trial's number")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="chexnet", description="Train, test and tune CheXNet chest X-ray classifiers "
-                                     "(DenseNet-121, 14 pathologies, NIH ChestX-ray14) with data-parallel training.",
-                                     epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", action="version", version=f"chexnet {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
+def _add_synth(sub) -> None:
     p = sub.add_parser("synth", help="write a synthetic NIH-format data set (images, metadata, lists, boxes)",
                        description="Write a synthetic data set in NIH ChestX-ray14's layout: PNGs in images_001/images/, "
                        "Data_Entry_2017.csv, train_val_list.txt, test_list.txt, BBox_List_2017.csv. Deterministic for a seed.")
@@ -177,6 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-prevalence", type=float, default=0.04,
                    help="raise rare pathologies to at least this prevalence, keeping NIH's co-occurrence (0: NIH's real frequencies; default 0.04)")
 
+
+def _add_prepare(sub) -> None:
     p = sub.add_parser("prepare", help="decode + resize all images once into a uint8 cache with patient-wise splits",
                        description="Read NIH metadata and images (PNG/JPEG/DICOM), assign patient-wise splits "
                        "(official lists when present, else 70/10/20), and write CACHE/images.u8, index.csv, meta.json. "
@@ -190,9 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-fraction", type=float, default=0.1, help="fraction of train_val patients used for validation with the official lists")
     p.add_argument("--overwrite", action="store_true", help="rebuild OUT even if it holds a cache made with other arguments")
 
-    _add_train(sub)
-    _add_tune(sub)
 
+def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="per-pathology AUROC with CIs, thresholds, plots, published baselines",
                        description="Evaluate a run's checkpoint on a split: predictions.csv, metrics.json, auroc.csv, "
                        "subgroups.csv (sex, age band, view), report.md and ROC / PR / published-comparison plots in "
@@ -204,12 +235,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=["test", "val"], default="test")
     p.add_argument("--cache", default=None, help="evaluate on this cache instead of the one recorded in RUN/run.json "
                    "(a run moved or copied to another machine); it must match the run's image size and labels")
-    p.add_argument("--tta", choices=["none", "hflip", "tencrop"], default="none", help="test-time augmentation")
+    p.add_argument("--tta", choices=list(TTA_MODES), default="none", help="test-time augmentation: " + help_text(TTA_HELP))
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs (default 1000)")
     p.add_argument("--threshold", choices=["f1", "youden"], default="f1", help="operating point chosen on val (default max-F1)")
     p.add_argument("--nproc", type=int, default=None, help="evaluate with N local processes")
 
+
+def _add_compare(sub) -> None:
     p = sub.add_parser("compare", help="compare evaluated runs per pathology, with paired tests and a bar chart",
                        description="Per-pathology AUROC of two or more evaluated runs on the same images, "
                        "'B better than A on k of 14', paired p-values (a bootstrap over patients when patients have "
@@ -220,6 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resamples", type=int, default=2000, help="patient-bootstrap resamples for the p-values (default 2000)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
 
+
+def _add_predict(sub) -> None:
     p = sub.add_parser("predict", help="probabilities, findings and heatmaps for X-ray files (PNG, JPEG, TIFF, DICOM)",
                        description="Predict the 14 pathologies for image files or folders (recursive) with a run's "
                        "checkpoint (torch) or an exported ONNX model (--onnx; no torch needed). Each file is "
@@ -236,14 +271,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", default="val", help="'val': the thresholds chexnet evaluate chose on the validation "
                    "split for this checkpoint (default; 0.5 where there are none, said on stderr), or a number such as 0.5")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--tta", choices=["none", "hflip"], default="none", help="test-time augmentation")
-    p.add_argument("--max-pixels", type=int, default=100_000_000,
+    p.add_argument("--tta", choices=list(FILE_TTA_MODES), default="none",
+                   help="test-time augmentation: " + help_text(TTA_HELP, FILE_TTA_MODES))
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                    help="refuse images with more pixels than this, from the header, before decoding (default 100 megapixels)")
     p.add_argument("--cam", default=None, metavar="OUTDIR", help="write Grad-CAM heatmaps (PNG overlay at the image's size "
                    "+ raw .npy) for each finding above threshold (needs chexnet[cam]; not with --onnx)")
     p.add_argument("--cam-all", action="store_true", help="heatmaps for all 14 findings")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+
+def _add_serve(sub) -> None:
     p = sub.add_parser("serve", help="an HTTP inference service with a web viewer (FastAPI on uvicorn)",
                        description="Serve a run (torch; heatmaps too) or an exported ONNX model over HTTP: POST "
                        "/v1/predict (multipart 'file': the JSON of chexnet predict --format json), POST "
@@ -266,11 +304,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token-file", default=None, metavar="FILE", help="require 'Authorization: Bearer <token>' on "
                    "/v1/* (the file's first line, 16+ characters); /healthz, /readyz and /metrics stay open")
     p.add_argument("--max-upload-mb", type=float, default=50.0, help="largest request body, MiB (default 50; 413 over it)")
-    p.add_argument("--max-pixels", type=int, default=100_000_000,
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                    help="refuse images with more pixels than this, from the header, before decoding (default 100 megapixels)")
     p.add_argument("--workers", type=int, default=1, help="server processes, each with its own model and batcher "
                    "(default 1; the cores are shared between them)")
 
+
+def _add_localize(sub) -> None:
     p = sub.add_parser("localize", help="Grad-CAM localization against bounding boxes (Wang et al. 2017 protocol)",
                        description="For every labelled box (NIH's BBox_List_2017.csv), the heatmap of that finding is "
                        "thresholded and boxed around its connected regions; accuracy at IoBB >= T (T = 0.1, 0.25, 0.5, "
@@ -290,6 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--examples", type=int, default=8, help="overlay examples to draw (default 8)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random-box baseline")
 
+
+def _add_export(sub) -> None:
     p = sub.add_parser("export", help="export a run's model to ONNX with its preprocessing contract and labels",
                        description="Write a single ONNX file that takes uint8 cache rows (batch, 1, S, S) and returns the "
                        "14 probabilities, with the preprocessing spec, labels and validation thresholds in its metadata. "
@@ -301,6 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
     p.add_argument("--dynamic-batch", action="store_true", help="any batch size (default: batch 1)")
 
+
+def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="the whole cycle on a small synthetic set: train, evaluate, predict, heatmaps, export",
                        description="End to end on a small synthetic set: synth, prepare, train with 2 workers, a "
                        "per-pathology validation/test AUROC table, then predict with Grad-CAM heatmaps, localize "
@@ -310,11 +354,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", type=int, default=None, help="synthetic images (default from the demo recipe)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default from the demo recipe)")
     p.add_argument("--nproc", type=int, default=2, help="training processes (default 2)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="chexnet", description="Train, test and tune CheXNet chest X-ray classifiers "
+                                     "(DenseNet-121, 14 pathologies, NIH ChestX-ray14) with data-parallel training.",
+                                     epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"chexnet {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in (_add_synth, _add_prepare, _add_train, _add_tune, _add_evaluate, _add_compare, _add_predict, _add_serve, _add_localize, _add_export, _add_demo):
+        add(sub)
     return parser
 
 
 def _train_cli_overrides(args) -> dict:
-    names = [n for n, _, _ in TRAIN_FLAGS] + [n for n, _ in TRAIN_SWITCHES]
+    names = [n for flags in TRAIN_FLAGS.values() for n, _, _ in flags]
+    names += [n for switches in TRAIN_SWITCHES.values() for n, _ in switches]
     return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
 
 
@@ -342,10 +397,23 @@ def _worker_argv(args) -> list[str]:
 
 
 def _spawn_if_asked(args) -> bool:
+    """Start the worker processes when this command asks for them (``--nproc N``, ``--launcher spark``) and no
+    launcher started this process; True when they ran (this process only waited for them)."""
     launcher = getattr(args, "launcher", "local")
     if launcher != "spark" and (getattr(args, "spark_master", None) or getattr(args, "spark_conf", None)):
         raise ValueError("--spark-master and --spark-conf go with --launcher spark")
-    if launcher == "spark" and "RANK" not in os.environ:
+    wants = launcher == "spark" or args.nproc is not None
+    if not wants:
+        return False
+    from chexnet import dist
+
+    outer = dist.detect()
+    if outer.launcher != "none":  # torchrun, mpirun, srun (or a Spark task) already started this job's processes
+        asked = "--launcher spark" if launcher == "spark" else f"--nproc {args.nproc}"
+        raise ValueError(f"{asked}: this process was started by {dist.describe_launcher(outer)}, which starts the "
+                         f"processes itself: choose one launcher (drop {asked.split()[0]}, or run chexnet "
+                         f"{args.command} {asked} outside {dist.LAUNCHER_NAMES.get(outer.launcher, outer.launcher)})")
+    if launcher == "spark":
         from chexnet.launch import spark
 
         if args.max_restarts:
@@ -353,7 +421,7 @@ def _spawn_if_asked(args) -> bool:
                              "(spark.task.maxFailures); add --resume auto so that a retry continues from last.pt")
         spark.run(_worker_argv(args), args.nproc or 1, args.spark_master, spark.parse_conf(args.spark_conf))
         return True
-    if args.nproc and args.nproc > 1 and "RANK" not in os.environ:
+    if args.nproc > 1:
         from chexnet.launch.local import spawn
 
         spawn(args.nproc, _worker_argv(args), max_restarts=getattr(args, "max_restarts", 0))
@@ -433,7 +501,7 @@ def cmd_synth(args) -> int:
 
 
 def cmd_prepare(args) -> int:
-    from chexnet.data.cache import prepare
+    from chexnet.data.prepare import prepare
 
     prepare(args.data, args.out, size=args.size, workers=args.workers, view=args.view, seed=args.seed,
             val_fraction=args.val_fraction, overwrite=args.overwrite)
@@ -492,7 +560,7 @@ def main(argv: list[str] | None = None) -> int:
         print("chexnet: interrupted", file=sys.stderr)
         return 130
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
-        if os.environ.get("CHEXNET_DEBUG", "") not in ("", "0"):
+        if debug_enabled():
             raise
         print(f"chexnet {args.command}: error: {exc}", file=sys.stderr)
         return 2

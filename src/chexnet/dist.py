@@ -1,4 +1,8 @@
-"""The ONLY module that reads launcher environment variables or calls ``torch.distributed`` directly.
+"""The ONLY module that reads launcher environment variables or uses ``torch.distributed`` process groups.
+
+``chexnet.launch`` starts processes (torch elastic's launcher, Spark's TorchDistributor) and reads none of
+these variables: whether a launcher already started this process is ``detect().launcher != "none"``, the one
+rule the CLI applies before ``--nproc`` (which is an error under another launcher).
 
 Launchers understood (the same ``chexnet train`` command runs unchanged under each):
 
@@ -54,6 +58,16 @@ class DistInfo:
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
+
+
+# DistInfo.launcher -> how a user knows it
+LAUNCHER_NAMES = {"torchrun": "torchrun (torch elastic)", "openmpi": "Open MPI's mpirun",
+                  "mpich": "MPICH / Intel MPI (Hydra)", "slurm": "SLURM's srun"}
+
+
+def describe_launcher(info: DistInfo) -> str:
+    """``Open MPI's mpirun (rank 1 of 2)``: the launcher that started this process, as said in errors."""
+    return f"{LAUNCHER_NAMES.get(info.launcher, info.launcher)} (rank {info.rank} of {info.world_size})"
 
 
 def _first_int(env, *names, default=None):

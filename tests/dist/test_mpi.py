@@ -70,3 +70,23 @@ def test_mpirun_trains_like_nproc(tiny_cache, tmp_path, reference_run):
     assert sorted(sums) == [0, 1] and sums[0] == sums[1], output[-3000:]
     assert "all 2 ranks hold identical final weights" in output
     assert output.count("epoch 1/2:") == 1, "progress is printed by rank 0 only"
+
+
+@pytest.mark.timeout(120)
+def test_nproc_under_mpirun_is_an_error_and_starts_no_group(tiny_cache, tmp_path):
+    """``mpirun -np 2 chexnet train --nproc 2``: each MPI rank would start its own 2-process group, all writing the
+    same run directory. Each rank refuses, naming the launcher it found, before it touches the run directory."""
+    reason = _open_mpi()
+    if reason:
+        pytest.skip(reason)
+    run = tmp_path / "run"
+    env = subprocess_env()
+    cmd = mpirun_command(2, env) + [sys.executable, "-m", "chexnet", *tiny_train_args(tiny_cache, run), "--nproc", "2"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=100, env=env)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0, output[-3000:]
+    assert output.count("chexnet train: error: --nproc 2: this process was started by Open MPI's mpirun") == 2, \
+        output[-3000:]
+    assert "(rank 0 of 2)" in output and "(rank 1 of 2)" in output and "choose one launcher" in output
+    assert "x 2 (" not in output, "no training group started"
+    assert not run.exists(), "the run directory is untouched"
