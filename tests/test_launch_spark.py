@@ -1,4 +1,4 @@
-"""The Spark launcher's driver-side decisions, without starting Spark (tests/dist/test_spark.py runs it for real)."""
+"""The Spark launcher's driver-side decisions, without starting Spark (tests/multiproc/test_spark.py runs it for real)."""
 
 from __future__ import annotations
 

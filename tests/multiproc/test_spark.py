@@ -17,7 +17,7 @@ import pytest
 
 from chexnet.checkpoint import load_checkpoint
 from chexnet.runlog import read_metrics
-from tests.dist.conftest import LAUNCHER_RUN, assert_same_epochs, final_sums, subprocess_env, tiny_train_args
+from tests.helpers import LAUNCHER_RUN, assert_same_epochs, final_sums, subprocess_env, tiny_train_args
 
 FAST_JVM = ["--spark-conf", "spark.ui.enabled=false",
             "--spark-conf", "spark.driver.extraJavaOptions=-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"]

@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from PIL import Image
 
 from chexnet.labels import PATHOLOGIES
 from tests.test_imageio import IDENTIFIERS, write_dicom
+from tests.helpers import torch_threads
 
 
 def _data(tiny_cache: Path) -> Path:
@@ -42,12 +42,8 @@ def crop_run(tiny_cache, tiny_cfg, tmp_path_factory):
     from chexnet.train import train
 
     run = tmp_path_factory.mktemp("crop") / "run"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         train(tiny_cfg(input_transform="crop"), tiny_cache, run, progress=False)
-    finally:
-        torch.set_num_threads(threads)
     return run
 
 
@@ -196,7 +192,7 @@ def test_predict_onnx_runs_with_torch_unimportable(exported, tiny_cache, tmp_pat
     proc = chexnet_cli("predict", "--onnx", exported, *paths, "--format", "json", **env)
     rows = _json_lines(proc.stdout)
     assert len(rows) == 2 and all(r["error"] is None and len(r["probabilities"]) == 14 for r in rows)
-    from tests.dist.conftest import subprocess_env
+    from tests.helpers import subprocess_env
 
     hidden = subprocess.run([sys.executable, "-c", "import torch"], capture_output=True, text=True,
                             env=subprocess_env(**env))

@@ -16,19 +16,14 @@ OUTPUTS = ("predictions.csv", "metrics.json", "auroc.csv", "report.md", "roc.png
 @pytest.fixture(scope="module")
 def second_run(tiny_cache, tmp_path_factory):
     """Another tiny run (other seed): a model to compare against the session's trained_run."""
-    import torch
 
-    from tests.dist.conftest import TINY
+    from tests.helpers import TINY, torch_threads
     from chexnet.config import TrainConfig, apply_overrides
     from chexnet.train import train
 
     run = tmp_path_factory.mktemp("second") / "run_b"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         train(apply_overrides(TrainConfig(), {**TINY, "seed": 1}, "test"), tiny_cache, run, progress=False)
-    finally:
-        torch.set_num_threads(threads)
     return run
 
 

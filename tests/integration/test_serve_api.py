@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from chexnet.labels import PATHOLOGIES
-from tests.dist.serving import IDENTIFIERS, TOKEN, broken_files, dicom_bytes, good_images, png_bytes
+from tests.integration.serving import IDENTIFIERS, TOKEN, broken_files, dicom_bytes, good_images, png_bytes
 
 pytest.importorskip("fastapi", reason="chexnet serve needs chexnet[serve]")
 pytest.importorskip("httpx", reason="FastAPI's TestClient needs httpx")

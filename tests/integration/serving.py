@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.dist.conftest import free_port, subprocess_env
+from tests.helpers import free_port, subprocess_env
 from tests.test_imageio import IDENTIFIERS, write_dicom  # noqa: F401  (the serve tests import it here)
 
 TOKEN = "s3cret-token-for-tests-0123456789"

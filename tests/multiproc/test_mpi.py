@@ -16,7 +16,7 @@ import sys
 import pytest
 
 from chexnet.checkpoint import load_checkpoint
-from tests.dist.conftest import LAUNCHER_RUN, assert_same_epochs, final_sums, subprocess_env, tiny_train_args
+from tests.helpers import LAUNCHER_RUN, assert_same_epochs, final_sums, subprocess_env, tiny_train_args
 
 MPIRUN = shutil.which("mpirun")
 

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from chexnet.labels import PATHOLOGIES
-from tests.dist.serving import LiveServer, broken_files, good_images
+from tests.integration.serving import LiveServer, broken_files, good_images
 
 pytest.importorskip("fastapi", reason="chexnet serve needs chexnet[serve]")
 pytest.importorskip("uvicorn", reason="chexnet serve needs chexnet[serve]")

@@ -34,7 +34,7 @@ import pytest
 
 from chexnet.checkpoint import load_checkpoint
 from chexnet.runlog import read_metrics
-from tests.dist.conftest import LAUNCHER_RUN, assert_same_epochs, final_sums, subprocess_env, tiny_train_args
+from tests.helpers import LAUNCHER_RUN, assert_same_epochs, final_sums, subprocess_env, tiny_train_args
 
 ADDRS = ("10.203.0.1", "10.203.0.2")
 RDZV_PORT = 29400

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,15 +24,10 @@ import torch
 
 from chexnet.checkpoint import load_checkpoint
 from chexnet.runlog import read_metrics
+from tests.helpers import free_port
 
 WORLD = 2
 pytestmark = pytest.mark.timeout(400)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _train_worker(rank: int, port: int, cache: str, run: str, cfg_dict: dict, out: str) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-import torch
+from tests.helpers import torch_threads
 
 pytest.importorskip("captum", reason="Grad-CAM needs captum (pip install 'chexnet[cam]')")
 
@@ -32,13 +32,9 @@ def localized(tmp_path_factory):
     cfg = apply_overrides(TrainConfig(), dict(arch="resnet18", weights="none", input_size=112, batch_size=32, epochs=4,
                                               workers=0, lr=2e-3, lr_reference_batch=32, schedule="cosine",
                                               labels=FINDINGS, select="val_auroc", log_every=50), "test")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)  # the whole machine: this is the slowest fixture of the suite
-    try:
+    with torch_threads(2):  # the whole machine: this is the slowest fixture of the suite
         train(cfg, root / "cache", root / "run", progress=False)
         table = localize_run(root / "run", split="all", examples=2, progress=False)
-    finally:
-        torch.set_num_threads(threads)
     return root / "run", table
 
 

@@ -1,7 +1,7 @@
 """chexnet tune (issue 10): trials are normal runs, pruning from the training loop, resumable and shared studies,
 failed trials, search-space errors; and the training loop's epoch callback that pruning stands on.
 
-Every trial is the tiny config (see tests/dist/conftest.py: 32 px, 3 steps per epoch). Deterministic pruning and failures use trials
+Every trial is the tiny config (see tests/conftest.py: 32 px, 3 steps per epoch). Deterministic pruning and failures use trials
 enqueued in the study's storage before ``chexnet tune`` runs (Optuna runs enqueued trials first).
 """
 
@@ -23,7 +23,7 @@ from chexnet import cli
 from chexnet.checkpoint import load_checkpoint
 from chexnet.config import config_from_dict
 from chexnet.runlog import read_metrics
-from tests.dist.conftest import TINY, subprocess_env
+from tests.helpers import TINY, subprocess_env, torch_threads
 
 pytestmark = pytest.mark.timeout(300)
 needs_optuna = pytest.mark.skipif(importlib.util.find_spec("optuna") is None,
@@ -109,12 +109,8 @@ def study3(tiny_cache, tmp_path_factory):
     """A finished 3-trial study (read it; copy it before adding to it)."""
     root = tmp_path_factory.mktemp("tune")
     space = write_space(root / "space.yaml")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         assert cli.main(tune_args(tiny_cache, root / "study", space, 3, "--seed", 0)) == 0
-    finally:
-        torch.set_num_threads(threads)
     return root / "study", space
 
 

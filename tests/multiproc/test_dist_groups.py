@@ -21,19 +21,13 @@ import os
 import traceback
 from pathlib import Path
 
-import socket
 
 import numpy as np
 import pytest
 import torch
+from tests.helpers import free_port
 
 WORLD = 2
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _checksum(module: torch.nn.Module, buffers: bool = False) -> list[float]:

@@ -24,7 +24,7 @@ from chexnet.config import config_from_dict
 from chexnet.engine import NonFiniteLossError
 from chexnet.labels import PATHOLOGIES
 from chexnet.runlog import read_metrics
-from tests.dist.conftest import TINY
+from tests.helpers import TINY, torch_threads
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -61,14 +61,12 @@ def straight(tiny_cache, tiny_cfg, tmp_path_factory):
         copies.append((Path(path).name, state["epoch"], state["step_in_epoch"], dest))
 
     cfg = tiny_cfg(epochs=2, checkpoint_every=2)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     C.save_checkpoint = keep_copies
     try:
-        T.train(cfg, tiny_cache, base / "run", progress=False)
+        with torch_threads(1):
+            T.train(cfg, tiny_cache, base / "run", progress=False)
     finally:
         C.save_checkpoint = real
-        torch.set_num_threads(threads)
     return cfg, base / "run", copies
 
 

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from tests.dist.conftest import free_port, subprocess_env, tiny_train_args
+from tests.helpers import free_port, subprocess_env, tiny_train_args
 
 LAUNCHERS = {
     "openmpi": lambda rank, port: {"OMPI_COMM_WORLD_RANK": rank, "OMPI_COMM_WORLD_SIZE": 2,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.dist.serving import LiveServer, good_images
+from tests.integration.serving import LiveServer, good_images
 
 pytest.importorskip("fastapi", reason="chexnet serve needs chexnet[serve]")
 pytest.importorskip("captum", reason="heatmaps need chexnet[cam]")

@@ -1,6 +1,6 @@
 """A rank that dies mid-collective: the survivor's error names it (real 2-process gloo groups on loopback).
 
-The portable half of the two-host fault tests (tests/dist/test_two_nodes.py needs root for network namespaces):
+The portable half of the two-host fault tests (tests/multiproc/test_two_nodes.py needs root for network namespaces):
 two processes join through ``chexnet.dist.init`` with torchrun's environment, all-reduce in a loop, and one of
 them exits abruptly. The other gets ``PeerLostError`` from ``dist.naming_lost_peers`` naming the lost rank, found
 by the liveness check through the rendezvous store; when the lost rank hosted that store (rank 0), the survivor
@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from tests.dist.conftest import free_port, subprocess_env
+from tests.helpers import free_port, subprocess_env
 
 SCRIPT = textwrap.dedent("""
     import os, sys, torch
