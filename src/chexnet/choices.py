@@ -64,6 +64,21 @@ PRUNERS = {
 }
 
 
+# the config fields that take one of a set of values (TrainConfig validation, train's flags, search spaces)
+CONFIG_CHOICES = {
+    "head_bias_init": ("zeros", "ones"),
+    "input_transform": tuple(INPUT_TRANSFORMS),
+    "loss_weighting": tuple(LOSS_WEIGHTINGS),
+    "select": tuple(SELECT_RULES),
+    "train_crop": ("random", "random_resized"),
+    "optimizer": ("adam", "adamw", "sgd", "adadelta"),
+    "lr_scaling": ("linear", "sqrt", "none", "auto"),
+    "schedule": ("plateau", "cosine", "step", "none"),
+    "precision": ("fp32", "bf16", "fp16"),
+    "grad_compression": ("none", "bf16", "fp16"),
+}
+
+
 def help_text(choices: dict, names=None) -> str:
     """``a: text | b: text`` for ``--help`` (``names``: a subset, in this order)."""
     names = list(choices) if names is None else list(names)

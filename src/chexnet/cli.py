@@ -8,6 +8,7 @@ import sys
 
 from chexnet import __version__
 from chexnet.choices import (
+    CONFIG_CHOICES,
     FILE_TTA_MODES,
     INPUT_TRANSFORMS,
     LOSS_WEIGHTINGS,
@@ -18,7 +19,6 @@ from chexnet.choices import (
     TTA_MODES,
     help_text,
 )
-from chexnet.config import CHOICES
 from chexnet.data.imageio import DEFAULT_MAX_PIXELS
 from chexnet.environment import debug_enabled
 
@@ -39,7 +39,7 @@ examples:
 """
 
 # config fields exposed as flags, in --help's sections: (name, type, help); everything else via --set KEY=VALUE.
-# A field with a set of choices (config.CHOICES, from chexnet.choices) gets them as the flag's choices.
+# A field with a set of choices (chexnet.choices.CONFIG_CHOICES) gets them as the flag's choices.
 TRAIN_FLAGS = {
     "data and input": [
         ("input_size", int, "network input side in pixels (the cached image is resized to it, or cropped: --input-transform)"),
@@ -109,7 +109,7 @@ def _add_train(sub) -> None:
     for title, flags in TRAIN_FLAGS.items():
         for name, typ, text in flags:
             groups[title].add_argument("--" + name.replace("_", "-"), dest=name, type=typ, default=None,
-                                       choices=CHOICES.get(name), help=text)
+                                       choices=CONFIG_CHOICES.get(name), help=text)
     for title, switches in TRAIN_SWITCHES.items():
         for name, text in switches:
             groups[title].add_argument("--" + name.replace("_", "-"), dest=name, action=argparse.BooleanOptionalAction,

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from chexnet.choices import INPUT_TRANSFORMS, LOSS_WEIGHTINGS, SELECT_RULES
+from chexnet.choices import CONFIG_CHOICES
 from chexnet.labels import PATHOLOGIES
 
 
@@ -75,18 +75,7 @@ class TrainConfig:
         return d
 
 
-CHOICES = {
-    "head_bias_init": ("zeros", "ones"),
-    "input_transform": tuple(INPUT_TRANSFORMS),
-    "loss_weighting": tuple(LOSS_WEIGHTINGS),
-    "select": tuple(SELECT_RULES),
-    "train_crop": ("random", "random_resized"),
-    "optimizer": ("adam", "adamw", "sgd", "adadelta"),
-    "lr_scaling": ("linear", "sqrt", "none", "auto"),
-    "schedule": ("plateau", "cosine", "step", "none"),
-    "precision": ("fp32", "bf16", "fp16"),
-    "grad_compression": ("none", "bf16", "fp16"),
-}
+CHOICES = CONFIG_CHOICES  # chexnet.choices: each config field with a set of values
 
 
 class ConfigError(ValueError):

@@ -143,9 +143,9 @@ def localize_run(run: str | Path, bbox: str | Path | None = None, data: str | Pa
     from tqdm import tqdm
 
     from chexnet.checkpoint import read_run_info
-    from chexnet.runs import load_run_model, resolve_cache
     from chexnet.explain import cam_on_cache, gradcam
     from chexnet.preprocess import input_transform
+    from chexnet.runs import load_run_model, resolve_cache
 
     if not 0 < cam_threshold < 1:
         raise ValueError(f"--cam-threshold must be in (0, 1), got {cam_threshold}")
