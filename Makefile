@@ -30,7 +30,7 @@ test: $(VENV)/.installed-dev
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit 5)"; exit 0; fi; exit $$rc
 
 # CPU benchmarks (minutes): loader, inference (torch vs onnxruntime), the server under load (with and without
-# batching), 1 vs 2 processes and the scaling model.
+# batching), 1 vs 2 processes and the scaling model, Grad-CAM localization of a small trained model.
 # Tables on stdout, JSON and the scaling chart in $(BENCH_OUT); record numbers in benchmarks/RESULTS.md.
 BENCH_OUT ?= bench-out
 bench: $(VENV)/.installed-dev
@@ -41,6 +41,7 @@ bench: $(VENV)/.installed-dev
 	$(PY) benchmarks/bench_scaling.py --steps 5 --json $(BENCH_OUT)/scaling.json
 	$(PY) benchmarks/scaling_model.py --measured $(BENCH_OUT)/scaling.json --json $(BENCH_OUT)/scaling_model.json \
 		--png $(BENCH_OUT)/scaling.png
+	$(PY) benchmarks/bench_localize.py --json $(BENCH_OUT)/localize.json
 
 # chexnet vs the Keras + Horovod report's model, alternating in one run; TensorFlow lives in its own venv
 KERAS_VENV ?= .venv-keras

@@ -67,9 +67,16 @@ def test_routes_and_predict_parity_with_the_cli(trained_run, copy_run, tiny_cach
             assert got.status_code == 200, got.text
             body = got.json()
             want = expected[path.name]
-            assert body["path"] == path.name and body["error"] is None and body["findings"] == want["findings"]
+            assert body["path"] == path.name and body["error"] is None
             worst = max(abs(body["probabilities"][n] - want["probabilities"][n]) for n in PATHOLOGIES)
             assert worst <= 1e-5, worst
+            # the server's findings are its own probabilities at or above the thresholds it describes, exactly
+            thresholds = info["thresholds"]
+            assert body["findings"] == [n for n in PATHOLOGIES if body["probabilities"][n] >= thresholds[n]]
+            # and the CLI's, except where a probability is within the engines' 1e-5 of its threshold (a threshold
+            # is one of the validation images' own probabilities: p == t can fall either way across batch shapes)
+            clear = [n for n in PATHOLOGIES if abs(want["probabilities"][n] - thresholds[n]) > 1e-5]
+            assert [n for n in body["findings"] if n in clear] == [n for n in want["findings"] if n in clear]
             assert body["model"]["checkpoint"] == "best.pt" and body["model"]["labels"] == list(PATHOLOGIES)
             assert body["model"]["trained"].startswith("best.pt (epoch ")
             assert set(body["timing_ms"]) >= {"decode", "queue", "inference", "total", "batch_size"}

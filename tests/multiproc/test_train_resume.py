@@ -305,12 +305,44 @@ def test_nonfinite_loss_stops_the_cli_with_a_clear_error(nan_weights, tiny_cache
     assert rc == 2 and "non-finite" in err and re.search(r"epoch 1\b.*step 1\b", err), err
 
 
-def test_huge_lr_stops_the_run(tiny_cache, train_args, tmp_path, capsys):
-    """The issue's example: an absurd LR (via --set) blows the loss up; the run stops naming epoch and step."""
-    rc = cli.main(train_args(tiny_cache, tmp_path / "run", optimizer="sgd", max_steps_per_epoch=6)
-                  + ["--set", "lr=1e30", "--set", "lr_scaling=none"])
+def _loss_blows_up_at(monkeypatch, step: int) -> None:
+    """The training criterion's loss becomes NaN (and so do its gradients) at optimizer step ``step`` (1-based;
+    one criterion call per step with accum_steps 1), as a diverging run's would: when is known, not left to
+    where a huge LR happens to take a trajectory."""
+    real_build = T.build_criterion
+
+    def build(*args, **kwargs):
+        criterion = real_build(*args, **kwargs)
+        forward, calls = criterion.forward, []
+
+        def scripted(logits, targets):
+            calls.append(None)
+            loss = forward(logits, targets)
+            return loss * float("nan") if len(calls) == step else loss
+
+        criterion.forward = scripted
+        return criterion
+
+    monkeypatch.setattr(T, "build_criterion", build)
+
+
+def test_a_diverging_loss_stops_the_run_naming_its_epoch_and_step(tiny_cache, train_args, tmp_path, capsys,
+                                                                  monkeypatch):
+    """The issue's example (an absurd LR blows the loss up), scripted: the loss turns NaN at step 4 of 6."""
+    _loss_blows_up_at(monkeypatch, 4)
+    rc = cli.main(train_args(tiny_cache, tmp_path / "run", optimizer="sgd", max_steps_per_epoch=6))
     err = capsys.readouterr().err
-    assert rc == 2 and "non-finite" in err and re.search(r"epoch 1\b.*step [1-6]\b", err), err
+    assert rc == 2 and "non-finite" in err and re.search(r"epoch 1, global step 4 \(step 4 of the epoch\)", err), err
+    assert "--skip-nonfinite" in err
+    assert not (tmp_path / "run" / "checkpoints" / "last.pt").exists(), "a non-finite state must never be saved"
+    capsys.readouterr()
+    rc = cli.main(train_args(tiny_cache, tmp_path / "skipped", optimizer="sgd", max_steps_per_epoch=6)
+                  + ["--skip-nonfinite"])
+    assert rc == 0, capsys.readouterr().err
+    train = [r for r in read_metrics(tmp_path / "skipped") if r["kind"] == "train"]
+    assert [r["step"] for r in train] == [1, 2, 3, 4, 5, 6] and [r["skipped"] for r in train] == [0, 0, 0, 1, 1, 1]
+    ckpt = load_checkpoint(tmp_path / "skipped" / "checkpoints" / "last.pt")
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
 
 
 def test_skip_nonfinite_lets_the_run_continue(nan_weights, tiny_cache, tiny_cfg, tmp_path):
