@@ -112,7 +112,7 @@ def ckpt_scaler_state(ckpt: dict) -> dict:
 
 def ckpt_cache_size(ckpt: dict) -> int | None:
     """The cached image size (px) the checkpoint was trained on (None: not recorded)."""
-    return (ckpt.get("preprocessing") or {}).get("cache_size")
+    return (ckpt_preprocessing(ckpt) or {}).get("cache_size")
 
 
 def ckpt_rng_state(ckpt: dict, rank: int, world_size: int) -> dict:
@@ -120,6 +120,16 @@ def ckpt_rng_state(ckpt: dict, rank: int, world_size: int) -> dict:
     otherwise rank 0's (also for checkpoints from before per-rank states)."""
     per_rank = ckpt.get("rng_per_rank") or []
     return per_rank[rank] if len(per_rank) == world_size else ckpt["rng"]
+
+
+def ckpt_preprocessing(ckpt: dict) -> dict | None:
+    """The :class:`~chexnet.preprocess.Preprocessing` dict (None: saved before checkpoints carried it)."""
+    return ckpt.get("preprocessing") or None
+
+
+def ckpt_position(ckpt: dict) -> tuple[int, int]:
+    """(epoch, global step) of the state saved (0, 0 where a hand-made checkpoint lacks them)."""
+    return int(ckpt.get("epoch", 0)), int(ckpt.get("global_step", 0))
 
 
 def ckpt_batch_layout(ckpt: dict) -> tuple[int | None, int, int]:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from chexnet.checkpoint import load_checkpoint, resolve_checkpoint
+from chexnet.checkpoint import ckpt_position, ckpt_preprocessing, load_checkpoint, resolve_checkpoint
 from chexnet.config import config_from_dict
 from chexnet.data.cache import load_cache
 from chexnet.fileio import atomic_write
@@ -51,15 +51,16 @@ def load_run_model(run: str | Path, checkpoint: str = "best", require_spec: bool
     run = Path(run)
     path = resolve_checkpoint(run, checkpoint)
     state = load_checkpoint(path)
-    if require_spec and not state.get("preprocessing"):
+    preprocessing = ckpt_preprocessing(state)
+    if require_spec and not preprocessing:
         raise ValueError(f"{path}: saved before checkpoints carried their preprocessing; evaluate it with its cache, "
                          f"or retrain")
-    cfg_dict = state.get("config") or yaml.safe_load((run / "config.yaml").read_text())
+    cfg_dict = state.get("config") or yaml.safe_load((run / "config.yaml").read_text())  # old: only config.yaml
     cfg = config_from_dict(cfg_dict)
     model = create_model(cfg.arch, "none", len(cfg.labels), cfg.head_bias_init)
     model.load_state_dict(state["model"])
-    spec = Preprocessing.from_dict(state["preprocessing"]) if state.get("preprocessing") else None
-    return LoadedRun(model.eval(), cfg, path, spec, int(state.get("epoch", 0)), int(state.get("global_step", 0)))
+    spec = Preprocessing.from_dict(preprocessing) if preprocessing else None
+    return LoadedRun(model.eval(), cfg, path, spec, *ckpt_position(state))
 
 
 def resolve_cache(run: Path, run_info: dict, cache: str | Path | None, spec: Preprocessing | None):
