@@ -60,11 +60,14 @@ def test_prepare_rows_equal_direct_decode_and_index_matches_metadata(tiny_nih, t
     images, index, loaded = load_cache(tmp_path / "c", size=SIZE)
     assert loaded == meta and not images.flags.writeable
     assert list(index.columns) == INDEX_COLUMNS
-    assert meta["count"] == 24 and meta["failed"] == [] and meta["pathologies"] == list(PATHOLOGIES)
+    assert meta["count"] == 24 and meta["failed"] == [] and meta["labels"] == list(PATHOLOGIES)
+    assert meta["format_version"] == 2 and index["patient_id"].map(type).eq(str).all()
+    train_counts = meta["label_counts"]["train"].values()
+    assert sum(c["positive"] + c["negative"] for c in train_counts) == 14 * meta["splits"]["train"]["images"]
 
     md = read_metadata(tiny_nih / "Data_Entry_2017.csv").set_index("image").loc[index["image"]]
     np.testing.assert_array_equal(index[list(PATHOLOGIES)].to_numpy(), md[list(PATHOLOGIES)].to_numpy())
-    np.testing.assert_array_equal(index["patient_id"], md["patient_id"])
+    np.testing.assert_array_equal(index["patient_id"], md["patient_id"].astype(str))  # text in the cache
     np.testing.assert_array_equal(index["view"], md["view"])
     np.testing.assert_array_equal(index["age"], md["age"])
 
@@ -236,6 +239,61 @@ def test_cache_from_before_the_dataset_argument_still_loads_and_reruns(tiny_nih,
     with pytest.raises(ValueError, match="unknown dataset 'nope'; known: nih"):
         prepare(tiny_nih, tmp_path / "d", dataset="nope", progress=False)
     assert not (tmp_path / "d").exists()
+
+
+def test_a_version_1_cache_still_loads(tiny_nih, tmp_path):
+    """Version 1 (before labels could be missing): 'pathologies' instead of 'labels', integer patient ids."""
+    out = tmp_path / "c"
+    prepare(tiny_nih, out, size=SIZE, workers=1, progress=False)
+    _, new_index, _ = load_cache(out)
+    meta = json.loads((out / "meta.json").read_text())
+    meta["format_version"] = 1
+    meta["pathologies"] = meta.pop("labels")
+    del meta["label_counts"]
+    (out / "meta.json").write_text(json.dumps(meta))
+    _, index, loaded = load_cache(out)
+    assert loaded["format_version"] == 1 and index["patient_id"].dtype == np.int64
+    assert index["patient_id"].astype(str).tolist() == new_index["patient_id"].tolist()
+    pd.testing.assert_frame_equal(index.drop(columns="patient_id"), new_index.drop(columns="patient_id"))
+    meta["format_version"] = 3
+    (out / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(CacheError, match=r"version 3; this chexnet reads 'chexnet-cache' versions \(1, 2\)"):
+        load_cache(out)
+
+
+def test_missing_labels_are_empty_cells_on_disk_and_nan_in_memory(tiny_nih, tmp_path, monkeypatch, capsys):
+    """A source whose labels may be missing: a label it lacks and one with unknown values; counts per split."""
+    from chexnet.data import sources
+    from chexnet.data.dataset import open_split
+    from chexnet.data.sources.nih import read_source
+
+    def partial(data_dir, **options):
+        table = read_source(data_dir, **options).drop(columns=["Hernia"])
+        table["Edema"] = table["Edema"].astype(np.float64)
+        table.loc[table.index[::2], "Edema"] = np.nan  # every other image: Edema unknown
+        return table
+
+    monkeypatch.setitem(sources.SOURCES, "partial", partial)
+    meta = prepare(tiny_nih, tmp_path / "c", size=SIZE, workers=1, progress=True, dataset="partial")
+    assert meta["labels"] == [n for n in PATHOLOGIES if n != "Hernia"]
+    text = (tmp_path / "c" / "index.csv").read_text().splitlines()
+    header, first = text[0].split(","), text[1].split(",")
+    assert "Hernia" not in header and first[header.index("Edema")] == "" and first[header.index("Effusion")] in "01"
+    _, index, _ = load_cache(tmp_path / "c")
+    assert index["Edema"].isna().sum() == 12 and index["Effusion"].notna().all()
+    counts = meta["label_counts"]
+    assert sum(counts[s]["Edema"]["missing"] for s in counts) == 12
+    for s in counts:
+        n = meta["splits"][s]["images"]
+        assert all(c["positive"] + c["negative"] + c["missing"] == n for c in counts[s].values())
+    assert "labels (positive / negative / missing per split):" in capsys.readouterr().out
+    ds = open_split(tmp_path / "c", index, meta, "train", "eval", SIZE, labels=["Edema", "Hernia", "Effusion"])
+    assert np.isnan(ds.labels[:, 1]).all() and np.isfinite(ds.labels[:, 2]).all()  # no Hernia: missing
+    assert np.isnan(ds.labels[:, 0]).any() and np.isfinite(ds.labels[:, 0]).any()
+    bad = (tmp_path / "c" / "index.csv").read_text().replace(",,", ",7,", 1)
+    (tmp_path / "c" / "index.csv").write_text(bad)
+    with pytest.raises(CacheError, match=r"row 2, column 'Edema': 7 is not 1, 0 or empty \(missing\)"):
+        load_cache(tmp_path / "c")
 
 
 def test_resume_with_other_arguments_is_refused(make_nih, tmp_path, monkeypatch):

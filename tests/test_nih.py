@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from chexnet.data.cache import INDEX_COLUMNS
 from chexnet.data.sources.nih import assign_splits, find_images, read_metadata
 from chexnet.data.splits import MetadataError, check_patient_disjoint
 from chexnet.labels import PATHOLOGIES, LabelError, format_findings, parse_findings
@@ -153,10 +154,43 @@ def test_nih_source_keeps_the_registry_contract(tiny_nih):
 
     assert sources.SOURCES["nih"] is read_source and sources.DEFAULT_SOURCE == "nih"
     table = sources.read_source("nih", tiny_nih, view="PA", seed=0, val_fraction=0.1)
-    assert list(table.columns) == sources.COLUMNS and set(table["view"]) == {"PA"}
+    assert list(table.columns) == [*INDEX_COLUMNS, "path"] and set(table["view"]) == {"PA"}
     assert all(table["path"].map(lambda p: Path(p).is_file()))
     summary = table.attrs["source"]
     assert summary["split_mode"] == "official" and summary["metadata_rows"] == 24
     assert summary["excluded_by_view"] == 24 - len(table)
     with pytest.raises(ValueError, match="unknown dataset 'nope'; known: nih"):
         sources.get_source("nope")
+
+
+def test_a_source_table_that_breaks_the_contract_is_refused(tiny_nih, monkeypatch):
+    """Labels are the columns between view and age; their values 1, 0 or NaN (missing), nothing else."""
+    from chexnet.data import sources
+    from chexnet.data.sources.nih import read_source
+
+    def with_labels(change):
+        def read(data_dir, **options):
+            table = read_source(data_dir, **options)
+            change(table)
+            return table
+        return read
+
+    def bad_value(t):
+        t["Hernia"] = t["Hernia"].astype(float)
+        t.loc[0, "Hernia"] = 0.5
+
+    def missing_ok(t):
+        t["Hernia"] = t["Hernia"].astype(float)
+        t.loc[0, "Hernia"] = np.nan
+
+    def no_labels(t):
+        for label in PATHOLOGIES:
+            del t[label]
+
+    for name, change, error in [("half", bad_value, "label 'Hernia' has values other than 1, 0 and NaN"),
+                                ("nolabels", no_labels, "columns")]:
+        monkeypatch.setitem(sources.SOURCES, name, with_labels(change))
+        with pytest.raises(TypeError, match=error):
+            sources.read_source(name, tiny_nih)
+    monkeypatch.setitem(sources.SOURCES, "missing", with_labels(missing_ok))
+    assert np.isnan(sources.read_source("missing", tiny_nih)["Hernia"].iat[0])

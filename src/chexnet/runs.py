@@ -20,7 +20,7 @@ import yaml
 
 from chexnet.checkpoint import ckpt_position, ckpt_preprocessing, load_checkpoint, resolve_checkpoint
 from chexnet.config import config_from_dict
-from chexnet.data.cache import load_cache
+from chexnet.data.cache import cache_labels, load_cache
 from chexnet.fileio import atomic_write
 from chexnet.labels import PATHOLOGIES
 from chexnet.models import create_model
@@ -80,7 +80,7 @@ def resolve_cache(run: Path, run_info: dict, cache: str | Path | None, spec: Pre
         problems.append(f"its images are {meta['size']} px, the run was trained on {want_size} px "
                         f"(prepare one with --size {want_size})")
     labels = run_info.get("labels") or list(PATHOLOGIES)
-    missing = [n for n in labels if n not in meta.get("pathologies", [])]
+    missing = [n for n in labels if n not in cache_labels(meta)]
     if missing:
         problems.append(f"it has no labels for {missing}, which the run was trained on")
     if problems:

@@ -58,7 +58,7 @@ from chexnet.checkpoint import (
     weights_sha256,
 )
 from chexnet.config import TrainConfig, build_config, config_from_dict, save_config
-from chexnet.data.cache import load_cache
+from chexnet.data.cache import cache_labels, load_cache
 from chexnet.data.dataset import SkipSampler, open_split
 from chexnet.engine import StepContext, predict_distributed, train_one_epoch
 from chexnet.fileio import atomic_write
@@ -161,6 +161,7 @@ def _ask_callback(callback: EpochCallback | None, record: dict, info: dist.DistI
 def _train(cfg, cache, run, resume, progress, info, device, epoch_callback=None) -> dict:
     t_start = time.time()
     _, index, meta = load_cache(cache)
+    check_trainable_labels(cache, index, meta, cfg.labels)
     spec = Preprocessing(cache_size=int(meta["size"]), input_size=cfg.input_size, input_transform=cfg.input_transform)
     resume_path = _resume_path(run, resume, info)
     ckpt = load_checkpoint(resume_path) if resume_path else None
@@ -270,6 +271,17 @@ def _open_splits(cache, index, meta, cfg):
     if len(train_set) == 0:
         raise ValueError(f"{cache}: the train split is empty")
     return train_set, val_set
+
+
+def check_trainable_labels(cache, index, meta, labels) -> None:
+    """Every model label needs a known value somewhere in the train split (missing ones are masked out of the
+    loss, but a label never known cannot be learned): an error naming those that have none."""
+    train = index["split"].to_numpy() == "train"
+    unknown = [n for n in labels if n not in index.columns or not index.loc[train, n].notna().any()]
+    if unknown:
+        raise ValueError(f"{cache}: label(s) {', '.join(unknown)} have no known value in the train split (the cache "
+                         f"has {', '.join(cache_labels(meta))}): train on a cache that has them, or leave them out "
+                         f"of the config's labels")
 
 
 def _train_sampler(train_set, cfg, info) -> tuple[DistributedSampler, int]:

@@ -146,3 +146,10 @@ def test_plain_train_in_a_slurm_batch_script_runs_as_one_process(tiny_cache, tmp
                        SLURM_JOB_ID=42)
     info = json.loads((tmp_path / "run" / "run.json").read_text())
     assert info["world_size"] == 1 and info["launcher"] == "none", proc.stderr
+
+
+def test_a_label_without_any_known_value_in_training_is_an_error_naming_it(tiny_cache, tiny_cfg, tmp_path):
+    """NIH has no Fracture: a model label the training split never knows cannot be trained; nothing is written."""
+    with pytest.raises(ValueError, match=r"label\(s\) Fracture have no known value in the train split"):
+        T.train(tiny_cfg(labels=("Atelectasis", "Fracture")), tiny_cache, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()

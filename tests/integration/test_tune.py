@@ -258,7 +258,7 @@ def test_weights_no_trial_can_load_stop_the_study_before_it_starts(space_text, m
 @pytest.mark.parametrize("case, named", [
     ("no cache", "not a chexnet cache"),
     ("empty val", "the val split is empty"),
-    ("unknown label", "label(s) 'Pneumonitis' are not in the cache"),
+    ("unknown label", "label(s) Pneumonitis have no known value in the train split"),
 ])
 def test_a_cache_that_does_not_fit_the_config_stops_the_study_before_it_starts(case, named, tiny_cache, tmp_path,
                                                                                capsys):

@@ -3,7 +3,7 @@
 :mod:`chexnet.data.prepare` (``chexnet prepare``) writes it: every image decoded and resized once into a
 tool-agnostic uint8 array, from any data source of :mod:`chexnet.data.sources`.
 
-Cache format (version 1)
+Cache format (version 2)
 ========================
 A cache is a folder with three files::
 
@@ -11,14 +11,22 @@ A cache is a folder with three files::
                        the index. Read it with numpy.memmap(path, np.uint8, "r", shape=(N, S, S)),
                        or any tool that reads raw bytes: image i starts at byte i * S * S.
     CACHE/index.csv    one row per image, same order, columns:
-                       image, patient_id, split (train|val|test), view,
-                       the 14 pathologies in NIH order (0/1; see chexnet.labels.PATHOLOGIES), age, sex
-    CACHE/meta.json    format, format_version, size (S), count (N), shape, dtype, pathologies,
+                       image, patient_id (text), split (train|val|test), view,
+                       one column per label of meta.json's ``labels``, in that order: 1, 0, or an empty
+                       cell for *missing* (the data set lacks the label, or its value is unknown),
+                       age, sex
+    CACHE/meta.json    format, format_version, size (S), count (N), shape, dtype,
+                       labels (names of chexnet.labels.VOCABULARY, or a source's own),
+                       label_counts ({split: {label: {positive, negative, missing}}}),
                        arguments (data_dir, size, view, seed, val_fraction, dataset: the source of
                        chexnet.data.sources; absent = nih), source (metadata file,
                        split mode official|random, rows excluded by the view filter or the split lists),
                        splits ({train|val|test: {images, patients}}), failed ([{row, image, path,
                        reason}]: images left out), created (start/finish time, runs, workers, versions)
+
+:func:`read_index` gives labels as float32 (1.0, 0.0, NaN for missing) and patient ids as text. Version 1
+(until chexnet 0.1's structure change) had ``pathologies`` instead of ``labels`` (always NIH's 14, every
+value 0 or 1, integer patient ids); it is still read, with the same in-memory types.
 
 ``meta.json`` is written **last**, atomically (temporary file + fsync + rename): a folder without it
 is an incomplete cache and :func:`load_cache` refuses it. Images are stretched to S x S with area
@@ -65,14 +73,32 @@ from chexnet.data.splits import SPLITS
 from chexnet.labels import PATHOLOGIES
 
 FORMAT = "chexnet-cache"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 IMAGES, INDEX, META, WORK, LOCK = "images.u8", "index.csv", "meta.json", "work", ".lock"
-INDEX_COLUMNS = ["image", "patient_id", "split", "view", *PATHOLOGIES, "age", "sex"]
+HEAD_COLUMNS, TAIL_COLUMNS = ["image", "patient_id", "split", "view"], ["age", "sex"]
+INDEX_COLUMNS = [*HEAD_COLUMNS, *PATHOLOGIES, *TAIL_COLUMNS]  # NIH's (and every version-1 cache's)
 ARGUMENT_DEFAULTS = {"dataset": "nih"}  # arguments added after format version 1: what their absence means
 
 
 class CacheError(RuntimeError):
     """A cache that cannot be built, resumed or loaded; the message says why and what to do."""
+
+
+def index_columns(labels) -> list[str]:
+    """``index.csv``'s columns for a cache with ``labels``."""
+    return [*HEAD_COLUMNS, *labels, *TAIL_COLUMNS]
+
+
+def label_columns(columns) -> list[str]:
+    """The label columns of an index (or a source's table): those between ``view`` and ``age``."""
+    columns = list(columns)
+    return columns[columns.index("view") + 1:columns.index("age")]
+
+
+def cache_labels(meta: dict) -> list[str]:
+    """The labels a cache holds, in column order (version 1: NIH's 14)."""
+    return list(meta["labels"]) if "labels" in meta else list(meta.get("pathologies", PATHOLOGIES))
 
 
 def load_cache(cache_dir: str | os.PathLike, size: int | None = None) -> tuple[np.ndarray, pd.DataFrame, dict]:
@@ -92,16 +118,20 @@ def load_cache(cache_dir: str | os.PathLike, size: int | None = None) -> tuple[n
         meta = json.loads(meta_path.read_text())
     except (OSError, ValueError) as exc:
         raise CacheError(f"{meta_path}: unreadable ({exc}); re-run chexnet prepare with --overwrite") from None
-    if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
+    if meta.get("format") != FORMAT or meta.get("format_version") not in READABLE_VERSIONS:
         raise CacheError(f"{meta_path}: format {meta.get('format')!r} version {meta.get('format_version')!r}; "
-                         f"this chexnet reads {FORMAT!r} version {FORMAT_VERSION}: re-run chexnet prepare")
+                         f"this chexnet reads {FORMAT!r} versions {READABLE_VERSIONS}: re-run chexnet prepare")
     count, s = int(meta["count"]), int(meta["size"])
     if size is not None and int(size) != s:
         raise CacheError(f"{cache_dir}: cache images are {s}x{s} but size {size} was requested; "
                          f"prepare a cache with --size {size}")
-    if list(meta.get("pathologies", [])) != list(PATHOLOGIES):
+    version = meta["format_version"]
+    if version == 1 and list(meta.get("pathologies", [])) != list(PATHOLOGIES):
         raise CacheError(f"{meta_path}: pathology order {meta.get('pathologies')} differs from {list(PATHOLOGIES)}")
-    index = read_index(cache_dir / INDEX)
+    labels = cache_labels(meta)
+    if not labels or len(set(labels)) != len(labels) or not all(isinstance(n, str) and n for n in labels):
+        raise CacheError(f"{meta_path}: 'labels' must be distinct non-empty names, got {labels!r}")
+    index = read_index(cache_dir / INDEX, labels, version)
     if len(index) != count:
         raise CacheError(f"{cache_dir / INDEX}: {len(index)} rows but {META} says count {count}")
     images_path = cache_dir / IMAGES
@@ -118,17 +148,28 @@ def load_cache(cache_dir: str | os.PathLike, size: int | None = None) -> tuple[n
     return images, index, meta
 
 
-def read_index(path: str | os.PathLike) -> pd.DataFrame:
-    """Read a cache ``index.csv`` with its dtypes (pathologies uint8, age float, strings kept as '')."""
+def read_index(path: str | os.PathLike, labels=PATHOLOGIES, version: int = FORMAT_VERSION) -> pd.DataFrame:
+    """Read a cache ``index.csv`` with its dtypes: labels float32 (NaN for an empty cell: missing), age float
+    (NaN when unknown), patient ids text (version 1: int64), other strings kept as ''."""
     path = Path(path)
-    dtypes = {"image": str, "patient_id": np.int64, "split": str, "view": str, "sex": str, "age": np.float64}
-    dtypes.update({name: np.uint8 for name in PATHOLOGIES})
+    labels = list(labels)
+    dtypes = {"image": str, "patient_id": np.int64 if version == 1 else str, "split": str, "view": str, "sex": str,
+              "age": np.float64}
+    dtypes.update({name: np.float32 for name in labels})
     try:
-        index = pd.read_csv(path, dtype=dtypes, keep_default_na=False, na_values={"age": [""]})
+        index = pd.read_csv(path, dtype=dtypes, keep_default_na=False,
+                            na_values={"age": [""], **{name: [""] for name in labels}})
     except (OSError, ValueError) as exc:
         raise CacheError(f"{path}: unreadable index ({exc})") from None
-    if list(index.columns) != INDEX_COLUMNS:
-        raise CacheError(f"{path}: columns {list(index.columns)}, expected {INDEX_COLUMNS}")
+    expected = index_columns(labels)
+    if list(index.columns) != expected:
+        raise CacheError(f"{path}: columns {list(index.columns)}, expected {expected}")
+    for name in labels:
+        values = index[name].to_numpy()
+        bad = ~(np.isnan(values) | (values == 0) | (values == 1))
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise CacheError(f"{path} row {row + 2}, column {name!r}: {float(values[row]):g} is not 1, 0 or empty (missing)")
     bad = ~index["split"].isin(SPLITS)
     if bad.any():
         row = int(np.flatnonzero(bad.to_numpy())[0])

@@ -159,11 +159,18 @@ class SkipSampler(Sampler):
 def open_split(cache_dir: str | os.PathLike, index, meta: dict, split: str, mode: str, input_size: int,
                input_transform: str = "resize", seed: int = 0, train_crop: str = "random", hflip: bool = True,
                labels=None) -> CacheDataset:
-    """A :class:`CacheDataset` for one split (``train``/``val``/``test``) of a prepared cache."""
-    from chexnet.labels import PATHOLOGIES
+    """A :class:`CacheDataset` for one split (``train``/``val``/``test``) of a prepared cache.
 
-    names = list(labels or PATHOLOGIES)
+    ``labels``: the model's labels, in its output order (default: the cache's). A label the cache does not have
+    is missing (NaN) in every row, as an empty cell is: training masks it out, evaluation does not score it.
+    """
+    from chexnet.data.cache import cache_labels
+
+    names = list(labels or cache_labels(meta))
     rows = np.flatnonzero(index["split"].to_numpy() == split)
-    return CacheDataset(Path(cache_dir) / "images.u8", meta["count"], meta["size"],
-                        index[names].to_numpy(np.float32)[rows], rows, input_size=input_size,
+    y = np.full((len(rows), len(names)), np.nan, dtype=np.float32)
+    for j, name in enumerate(names):
+        if name in index.columns:
+            y[:, j] = index[name].to_numpy(np.float32)[rows]
+    return CacheDataset(Path(cache_dir) / "images.u8", meta["count"], meta["size"], y, rows, input_size=input_size,
                         input_transform=input_transform, mode=mode, seed=seed, train_crop=train_crop, hflip=hflip)

@@ -32,17 +32,17 @@ from chexnet.data.cache import (
     FORMAT_VERSION,
     IMAGES,
     INDEX,
-    INDEX_COLUMNS,
     LOCK,
     META,
     WORK,
     CacheError,
+    index_columns,
+    label_columns,
 )
 from chexnet.data.imageio import ImageReadError
 from chexnet.data.splits import SPLITS, check_patient_disjoint
 from chexnet.environment import library_versions, usable_cpus
 from chexnet.fileio import atomic_write, fsync_dir
-from chexnet.labels import PATHOLOGIES
 from chexnet.preprocess import read_cache_row
 
 VIEWS = ("PA", "AP")
@@ -142,7 +142,7 @@ def _make_plan(args: dict) -> tuple[pd.DataFrame, dict]:
     plan = sources.read_source(args["dataset"], Path(args["data_dir"]), view=args["view"], seed=args["seed"],
                                val_fraction=args["val_fraction"])
     source = {**plan.attrs["source"], "planned": len(plan)}
-    plan = plan[INDEX_COLUMNS + ["path"]].reset_index(drop=True)
+    plan = plan[[*index_columns(label_columns(plan.columns)), "path"]].reset_index(drop=True)
     plan.attrs = {}
     return plan, source
 
@@ -389,9 +389,10 @@ def _finalize(out_dir: Path, work: _Work, plan: pd.DataFrame, args: dict, source
     if not ok.any():
         first = "; ".join(f"{f['image']}: {f['reason']}" for f in list(work.failures.values())[:3])
         raise CacheError(f"none of the {work.rows} images could be read (e.g. {first}); nothing cached")
-    index = plan.loc[ok, INDEX_COLUMNS].reset_index(drop=True)
+    labels = label_columns(plan.columns)
+    index = plan.loc[ok, index_columns(labels)].reset_index(drop=True)
     check_patient_disjoint(index["patient_id"], index["split"])
-    atomic_write(out_dir / INDEX, index.to_csv(index=False).encode())
+    atomic_write(out_dir / INDEX, _index_csv(index, labels).encode())
     _write_images(out_dir / IMAGES, work, ok)
     meta = {
         "format": FORMAT,
@@ -401,7 +402,8 @@ def _finalize(out_dir: Path, work: _Work, plan: pd.DataFrame, args: dict, source
         "shape": [int(ok.sum()), args["size"], args["size"]],
         "dtype": "uint8",
         "files": {"images": IMAGES, "index": INDEX},
-        "pathologies": list(PATHOLOGIES),
+        "labels": labels,
+        "label_counts": _label_counts(index, labels),
         "arguments": args,
         "source": source,
         "splits": _split_counts(index),
@@ -447,6 +449,25 @@ def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(edges[::2].tolist(), edges[1::2].tolist()))
 
 
+def _index_csv(index: pd.DataFrame, labels: list[str]) -> str:
+    """index.csv's text: labels as 1 / 0 / an empty cell (missing)."""
+    out = index.copy()
+    for name in labels:
+        if out[name].dtype.kind == "f":
+            out[name] = out[name].astype("Int8")  # NaN -> <NA>, written as an empty cell
+    return out.to_csv(index=False)
+
+
+def _label_counts(index: pd.DataFrame, labels: list[str]) -> dict:
+    """{split: {label: {positive, negative, missing}}}."""
+    counts = {}
+    for s in SPLITS:
+        part = index.loc[index["split"] == s, labels].to_numpy(np.float64)
+        counts[s] = {name: {"positive": int((part[:, j] == 1).sum()), "negative": int((part[:, j] == 0).sum()),
+                            "missing": int(np.isnan(part[:, j]).sum())} for j, name in enumerate(labels)}
+    return counts
+
+
 def _split_counts(index: pd.DataFrame) -> dict:
     return {s: {"images": int((index["split"] == s).sum()),
                 "patients": int(index.loc[index["split"] == s, "patient_id"].nunique())} for s in SPLITS}
@@ -461,6 +482,12 @@ def _print_summary(meta: dict, out_dir: Path, say, processed: int, seconds: floa
     say(f"cache {out_dir}: {meta['count']} images of {s}x{s} ({volume}), split mode {meta['source']['split_mode']}")
     for name, c in meta["splits"].items():
         say(f"  {name:5s} {c['images']:7d} images  {c['patients']:6d} patients")
+    say("labels (positive / negative / missing per split):")
+    width = max(len(n) for n in meta["labels"])
+    for label in meta["labels"]:
+        cells = [f"{s} {c[label]['positive']}/{c[label]['negative']}/{c[label]['missing']}"
+                 for s, c in meta["label_counts"].items()]
+        say(f"  {label:{width}s}  " + "   ".join(cells))
     if meta["failed"]:
         missing = sum(1 for f in meta["failed"] if not f["path"])
         also = f", {missing} of them not found on disk" if missing else ""

@@ -61,12 +61,10 @@ def check_trials_can_start(base: TrainConfig, space: SearchSpace, cache: str | o
     """
     from chexnet.data.cache import load_cache
     from chexnet.preprocess import Preprocessing
+    from chexnet.train import check_trainable_labels
 
     _, index, meta = load_cache(cache)
-    missing = [name for name in base.labels if name not in index.columns]
-    if missing:
-        raise ValueError(f"{cache}: the config's label(s) {', '.join(map(repr, missing))} are not in the cache "
-                         f"(it has {', '.join(meta['pathologies'])})")
+    check_trainable_labels(cache, index, meta, base.labels)
     counts = index["split"].value_counts()
     if not counts.get("train", 0):
         raise ValueError(f"{cache}: the train split is empty")

@@ -16,19 +16,22 @@ A reader is ``read_source(data_dir, *, view=None, seed=0, val_fraction=0.1) -> p
                   validation split of its own.
 
 It returns one row per planned image, in a deterministic order (the order of the cache's rows), with
-exactly these columns (``COLUMNS``), in this order:
+exactly these columns, in this order:
 
 ``image``         str, unique: the image's name (relative to ``data_dir`` where names would repeat)
-``patient_id``    int64: patients never straddle splits (:func:`chexnet.data.splits.check_patient_disjoint`)
+``patient_id``    int64 or str: patients never straddle splits (:func:`chexnet.data.splits.check_patient_disjoint`)
 ``split``         ``train``, ``val`` or ``test`` (:data:`chexnet.data.splits.SPLITS`)
 ``view``          str, e.g. ``PA``, ``AP``; '' when unknown
-the labels        one uint8 0/1 column per pathology of :data:`chexnet.labels.PATHOLOGIES`, in that order
+the labels        one column per label the data set has (names of :data:`chexnet.labels.VOCABULARY` where one
+                  fits, else the source's own), in the source's order: uint8 0/1 where every value is
+                  known, float 1.0 / 0.0 / NaN (missing: not read, uncertain under the chosen policy)
+                  otherwise. NIH: the 14 :data:`chexnet.labels.PATHOLOGIES`, all known
 ``age``           float64 years; NaN when unknown
 ``sex``           str (``M``, ``F``); '' when unknown
 ``path``          str: the image file (PNG, JPEG or DICOM, see :mod:`chexnet.data.imageio`); '' when it is
                   not on disk (the writer records it as failed instead of stopping)
 
-(``COLUMNS`` is the cache's ``index.csv`` columns, :data:`chexnet.data.cache.INDEX_COLUMNS`, plus ``path``.)
+(That is the cache's ``index.csv`` columns, :func:`chexnet.data.cache.index_columns`, plus ``path``.)
 ``attrs["source"]`` is a JSON-serializable dict describing what was read and left out (the metadata file,
 the split mode, rows excluded and why); the writer stores it as meta.json's ``source`` block, adding
 ``planned`` (the row count). Malformed metadata raises :class:`chexnet.data.splits.MetadataError`; a
@@ -42,11 +45,11 @@ from typing import Callable
 
 import pandas as pd
 
-from chexnet.data.cache import INDEX_COLUMNS
+import numpy as np
+
+from chexnet.data.cache import index_columns, label_columns
 from chexnet.data.sources import nih
 from chexnet.data.splits import SPLITS
-
-COLUMNS = [*INDEX_COLUMNS, "path"]
 
 SOURCES: dict[str, Callable[..., pd.DataFrame]] = {
     "nih": nih.read_source,  # NIH ChestX-ray14 (Data_Entry_2017*.csv, images_*/images/, official split lists)
@@ -65,8 +68,15 @@ def get_source(name: str) -> Callable[..., pd.DataFrame]:
 def read_source(name: str, data_dir: str | os.PathLike, **options) -> pd.DataFrame:
     """Call source ``name`` on ``data_dir`` and check that its table keeps the contract above."""
     table = get_source(name)(data_dir, **options)
-    if list(table.columns) != COLUMNS:
-        raise TypeError(f"source {name!r} returned columns {list(table.columns)}, expected {COLUMNS}")
+    columns = list(table.columns)
+    labels = label_columns(columns) if "view" in columns and "age" in columns else []
+    if not labels or columns != [*index_columns(labels), "path"] or len(set(labels)) != len(labels):
+        raise TypeError(f"source {name!r} returned columns {columns}, expected image, patient_id, split, view, "
+                        f"its (distinct) labels, age, sex, path")
+    for label in labels:
+        values = table[label].to_numpy(np.float64)
+        if not (np.isnan(values) | (values == 0) | (values == 1)).all():
+            raise TypeError(f"source {name!r}: label {label!r} has values other than 1, 0 and NaN (missing)")
     if not isinstance(table.attrs.get("source"), dict):
         raise TypeError(f"source {name!r} returned no attrs['source'] summary")
     bad = ~table["split"].isin(SPLITS)
