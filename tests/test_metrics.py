@@ -256,3 +256,104 @@ def test_paired_bootstrap_identical_models_and_undefined_classes():
     assert same.z[0] == 0 and same.p_value[0] == 1.0
     flat = metrics.paired_bootstrap_test(np.zeros_like(y), a, a, patients)
     assert np.isnan(flat.p_value[0])
+
+
+# --------------------------------------------------------------------------- missing labels (NaN)
+
+
+def with_missing(n, k=6, seed=11, frac=0.3, decimals=2):
+    """Float labels with NaN (missing) in about ``frac`` of the cells; column 0 is complete, the last all missing."""
+    y, p = make_data(n, k=k, seed=seed, prevalence=0.3, decimals=decimals)
+    y = y.astype(np.float64)
+    y[np.random.default_rng(seed + 1).random(y.shape) < frac] = np.nan
+    y[:, 0] = make_data(n, k=k, seed=seed, prevalence=0.3)[0][:, 0]
+    y[:, -1] = np.nan
+    return y, p
+
+
+def test_auroc_with_missing_labels_is_sklearn_on_the_known_rows():
+    y, p = with_missing(300)
+    got = metrics.auroc(y, p)
+    for c in range(y.shape[1] - 1):
+        rows = ~np.isnan(y[:, c])
+        assert got[c] == pytest.approx(roc_auc_score(y[rows, c], p[rows, c]), abs=1e-12)
+    assert np.isnan(got[-1])  # no known row
+    rows = ~np.isnan(y[:, 2])
+    assert metrics.auroc(y[:, 2], p[:, 2]) == pytest.approx(roc_auc_score(y[rows, 2], p[rows, 2]), abs=1e-12)
+    assert metrics.defined_classes(y).tolist() == [True] * 5 + [False]
+
+
+def test_a_class_without_positives_among_its_known_rows_is_nan_not_half():
+    y, p = with_missing(200)
+    y[y[:, 1] == 1, 1] = np.nan  # the positives of class 1 become missing: its known rows are all negative
+    y[y[:, 2] == 0, 2] = np.nan  # class 2: known rows all positive
+    out = metrics.auroc(y, p)
+    assert np.isnan(out[1]) and np.isnan(out[2]) and np.isfinite(out[[0, 3, 4]]).all() and np.isnan(out[5])
+    assert metrics.defined_classes(y).tolist() == [True, False, False, True, True, False]
+    ap = metrics.auprc(y, p)
+    assert np.isnan(ap[1]) and np.isnan(ap[5]) and ap[2] == pytest.approx(1.0)  # AP: NaN without positives only
+    ci = metrics.bootstrap_auroc_ci(y, p, n_resamples=20)
+    assert np.isnan(ci.low[[1, 2, 5]]).all() and (ci.n_valid[[1, 2, 5]] == 0).all()
+
+
+def test_auprc_weighted_auroc_thresholds_and_binary_metrics_use_the_known_rows():
+    y, p = with_missing(300, k=4)
+    w = np.random.default_rng(4).integers(0, 4, size=(3, 300))
+    weighted = metrics.weighted_auroc(y, p, w)
+    thr = {m: metrics.choose_thresholds(y, p, method=m) for m in ("f1", "youden")}
+    binary = metrics.binary_metrics(y, p, thr["f1"])
+    ap = metrics.auprc(y, p)
+    for c in range(3):
+        rows = ~np.isnan(y[:, c])
+        yc, pc = y[rows, c], p[rows, c]
+        assert ap[c] == pytest.approx(average_precision_score(yc, pc), abs=1e-12)
+        np.testing.assert_allclose(weighted[:, c], [roc_auc_score(yc, pc, sample_weight=r[rows]) for r in w], atol=1e-12)
+        for m in ("f1", "youden"):
+            assert thr[m][c] == metrics.choose_thresholds(yc, pc, method=m)
+        tn, fp, fn, tp = confusion_matrix(yc, pc >= thr["f1"][c], labels=[0, 1]).ravel()
+        assert binary["sensitivity"][c] == pytest.approx(tp / (tp + fn))
+        assert binary["specificity"][c] == pytest.approx(tn / (tn + fp))
+        assert binary["ppv"][c] == pytest.approx(tp / (tp + fp))
+    assert np.isnan(ap[3]) and np.isnan(thr["f1"][3]) and np.isnan(thr["youden"][3]) and np.isnan(weighted[:, 3]).all()
+    assert all(np.isnan(v[3]) for v in binary.values())
+
+
+def test_bootstrap_ci_with_missing_labels():
+    y, p = with_missing(900, seed=3)
+    patients = np.arange(900) // 3
+    ci = metrics.bootstrap_auroc_ci(y, p, groups=patients, n_resamples=200, seed=1)
+    point = metrics.auroc(y, p)
+    scoreable = [0, 1, 2, 3, 4]
+    assert np.isfinite(ci.low[scoreable]).all() and np.isfinite(ci.high[scoreable]).all()
+    assert np.all(ci.low[scoreable] < point[scoreable]) and np.all(point[scoreable] < ci.high[scoreable])
+    assert np.isnan(ci.low[5]) and np.isnan(ci.high[5]) and ci.n_valid[5] == 0
+    assert np.isfinite(ci.samples[:, scoreable]).all()
+    assert ci.mean_low < np.nanmean(point) < ci.mean_high  # the mean over the 5 scoreable classes
+    # a resample's AUROC of a class is the weighted AUROC of its known rows under the patient multiplicities
+    rng = np.random.default_rng(1)
+    counts = rng.multinomial(300, np.full(300, 1 / 300), size=1)[0]
+    np.testing.assert_allclose(ci.samples[0], metrics.weighted_auroc(y, p, counts[patients])[0], atol=1e-12)
+
+
+def test_delong_and_paired_tests_with_missing_labels():
+    y, a, b, patients = clustered_pair(300, 1, seed=0)
+    y = y.astype(np.float64)
+    y[np.random.default_rng(0).random(len(y)) < 0.25] = np.nan
+    rows = ~np.isnan(y)
+    got = metrics.delong_test(y, a, b)
+    np.testing.assert_allclose(tuple(got), tuple(metrics.delong_test(y[rows].astype(int), a[rows], b[rows])), rtol=1e-12)
+    assert all(math.isnan(v) for v in metrics.delong_test(np.full(len(y), np.nan), a, b))
+    y2 = np.column_stack([y, np.full(len(y), np.nan)])
+    a2, b2 = np.column_stack([a, a]), np.column_stack([b, b])
+    chosen = metrics.paired_auroc_test(y2, a2, b2, patients)
+    assert chosen.method.startswith("DeLong") and chosen.p_value[0] == pytest.approx(got.p_value)
+    assert np.isnan(chosen.p_value[1]) and np.isnan(chosen.auc_a[1])
+    boot = metrics.paired_bootstrap_test(y2, a2, b2, np.arange(len(y)) // 2, n_resamples=200)
+    assert boot.auc_a[0] == pytest.approx(roc_auc_score(y[rows], a[rows]))
+    assert 0 <= boot.p_value[0] <= 1 and np.isnan(boot.p_value[1])
+    assert "bootstrap" in metrics.paired_auroc_test(y2, a2, b2, np.arange(len(y)) // 2, n_resamples=50).method
+
+
+def test_labels_other_than_0_1_or_nan_are_still_refused():
+    with pytest.raises(ValueError, match="row 1, column 0"):
+        metrics.auroc(np.array([[np.nan], [0.5], [1.0]]), np.array([[0.1], [0.2], [0.3]]))

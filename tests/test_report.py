@@ -168,3 +168,81 @@ def test_compare_refuses_different_image_sets():
     relabeled.loc[3, "label_Mass"] = 1 - relabeled.loc[3, "label_Mass"]
     with pytest.raises(ValueError, match="different labels"):
         report.compare_runs([("A", a), ("B", relabeled)])
+
+
+# --------------------------------------------------------------------------- missing labels (NaN / empty cells)
+
+
+def predictions_with_missing(n=300, seed=0):
+    """Hernia missing in every row (not in this dataset), Mass missing in about a third of the rows."""
+    df = make_predictions(n, seed=seed)
+    images, patients, p, y = report.prediction_arrays(df)
+    y = y.astype(np.float64)
+    y[:, PATHOLOGIES.index("Hernia")] = np.nan
+    y[np.random.default_rng(seed).random(n) < 0.33, PATHOLOGIES.index("Mass")] = np.nan
+    return report.predictions_frame(images, patients, p, y), y, p
+
+
+def test_predictions_with_missing_labels_round_trip_as_empty_cells(tmp_path):
+    df, y, p = predictions_with_missing(40)
+    path = tmp_path / "predictions.csv"
+    report.write_predictions(df, path)
+    header, first = path.read_text().splitlines()[:2]
+    assert first.split(",")[header.split(",").index("label_Hernia")] == ""  # an empty cell
+    back = report.read_predictions(path)
+    assert back["label_Hernia"].isna().all() and back["label_Mass"].isna().sum() == np.isnan(y[:, 4]).sum()
+    _, _, p_back, y_back = report.prediction_arrays(back)
+    np.testing.assert_array_equal(y_back, y)  # NaN where missing, 0/1 elsewhere
+    np.testing.assert_array_equal(p_back, p)
+    assert report.prediction_arrays(make_predictions(5))[3].dtype == np.uint8  # nothing missing: as before
+
+
+def test_write_evaluation_does_not_score_a_label_missing_everywhere(tmp_path):
+    df, y, p = predictions_with_missing()
+    val, _, _ = predictions_with_missing(300, seed=1)
+    table = report.write_evaluation(tmp_path, df, val, n_resamples=50)
+
+    def no_nan(token):
+        raise AssertionError(f"non-standard JSON constant {token}")
+
+    data = json.loads((tmp_path / "metrics.json").read_text(), parse_constant=no_nan)
+    assert data["labels_not_scored"] == ["Hernia"]
+    assert data["per_pathology"]["Hernia"]["auroc"] is None and data["per_pathology"]["Hernia"]["n_pos"] is None
+    assert data["per_pathology"]["Hernia"]["note"] == "not in this dataset"
+
+    raw = pd.read_csv(tmp_path / "auroc.csv", index_col="pathology", keep_default_na=False)
+    assert raw.loc["Hernia", "auroc"] == "" and raw.loc["Hernia", "auroc_ci_low"] == ""  # empty cells
+    assert raw.loc["Hernia", "note"] == "not in this dataset"
+
+    mass = PATHOLOGIES.index("Mass")
+    known = ~np.isnan(y[:, mass])
+    assert table.loc["Mass", "auroc"] == pytest.approx(auroc(y[known, mass], p[known, mass]), abs=1e-12)
+    assert table.loc["Mass", "n_pos"] == y[known, mass].sum()
+    assert table.loc["Mass", "prevalence"] == pytest.approx(y[known, mass].mean())
+    assert table.loc["Mass", "auroc_ci_low"] < table.loc["Mass", "auroc"] < table.loc["Mass", "auroc_ci_high"]
+    assert np.isfinite(table.loc["Mass", ["threshold", "sensitivity", "specificity", "f1"]].astype(float)).all()
+    scored = [n for n in PATHOLOGIES if n != "Hernia"]
+    assert table.loc["Mean", "auroc"] == pytest.approx(table.loc[scored, "auroc"].mean())
+    assert table.loc["Mean", "note"] == "mean over 13 of 14"
+    assert any("Not scored" in n and "Hernia" in n for n in table.attrs["notes"])
+    assert not any("single class" in n for n in table.attrs["notes"])
+    md = (tmp_path / "report.md").read_text()
+    assert "not in this dataset" in md
+    for name in ("roc.png", "pr.png", "auroc_vs_published.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_compare_runs_reads_missing_labels_back_as_nan(tmp_path):
+    a, y, p_a = predictions_with_missing()
+    b = a.copy()
+    b[list(report.PROB_COLUMNS)] = make_predictions(300, seed=5, noise=2.0)[list(report.PROB_COLUMNS)] * 0.3 + 0.7 * b[
+        list(report.PROB_COLUMNS)]
+    report.write_predictions(a, tmp_path / "a.csv")
+    report.write_predictions(b.sample(frac=1.0, random_state=0), tmp_path / "b.csv")
+    table, text = report.compare_runs([("A", tmp_path / "a.csv"), ("B", tmp_path / "b.csv")], n_resamples=100)
+    mass = PATHOLOGIES.index("Mass")
+    known = ~np.isnan(y[:, mass])
+    assert table.loc["Mass", "AUROC A"] == pytest.approx(auroc(y[known, mass], p_a[known, mass]), abs=1e-12)
+    assert np.isnan(table.loc["Hernia", "AUROC A"]) and np.isnan(table.loc["Hernia", "p B"])
+    assert 0 <= table.loc["Mass", "p B"] <= 1
+    assert "of 13 pathologies" in text and "not scored" in text and "Hernia" in text

@@ -54,3 +54,21 @@ def test_write_evaluation_writes_subgroups_csv_and_a_report_section(tmp_path):
     assert list(sub.columns) == subgroups.COLUMNS and set(sub.group) == {"sex", "age", "view"}
     text = (tmp_path / "report.md").read_text()
     assert "## Subgroups" in text and "view AP" in text and "age 81+" in text and "sex F" in text
+
+
+def test_subgroup_table_with_missing_labels_uses_the_known_rows():
+    y, p, patients, attrs = data()
+    y = y.astype(np.float64)
+    c = PATHOLOGIES.index("Effusion")
+    y[np.random.default_rng(2).random(len(y)) < 0.3, c] = np.nan
+    y[:, PATHOLOGIES.index("Mass")] = np.nan  # not in this dataset
+    table = subgroups.subgroup_table(y, p, patients, attrs, n_resamples=50)
+    male = (attrs["sex"] == "M").to_numpy()
+    rows = male & ~np.isnan(y[:, c])
+    row = table[(table.group == "sex") & (table.subgroup == "M") & (table.pathology == "Effusion")].iloc[0]
+    assert row.n == male.sum() and row.n_pos == y[rows, c].sum()
+    assert row.auroc == pytest.approx(auroc(y[rows, c], p[rows, c]))
+    assert row.auroc_ci_low < row.auroc < row.auroc_ci_high
+    mass = table[table.pathology == "Mass"]
+    assert (mass["n_pos"] == 0).all() and mass["auroc"].isna().all() and mass["auroc_ci_low"].isna().all()
+    assert "Mass" in subgroups.subgroup_markdown(table)

@@ -4,6 +4,13 @@ Everything works on plain arrays: labels ``y`` (n, k) of 0/1 and scores ``p`` (n
 1-D inputs are treated as one class. A class with no positive or no negative case
 has an undefined AUROC: it is NaN here, reported as n/a and left out of means.
 
+Missing labels: a label may be NaN (float labels), meaning unknown for that image (the dataset
+lacks the label, or its value is uncertain). Every per-class number uses only the rows whose
+label for that class is known; a class with no known row, or with no positive or no negative
+among its known rows, has NaN AUROC (never 0.5, never an error). Scores must be finite on every
+row, known or not. Without any NaN label the code takes exactly the paths it took before (one
+``isnan`` check per call).
+
 - :func:`auroc` is rank based (midranks), so ties count one half exactly like
   ``sklearn.metrics.roc_auc_score``; all classes at once.
 - :func:`bootstrap_auroc_ci` resamples *patients* (clusters) with replacement. A
@@ -32,8 +39,11 @@ from sklearn.metrics import average_precision_score, precision_recall_curve, roc
 THRESHOLD_METHODS = ("f1", "youden")
 
 
-def _as_2d(y, p) -> tuple[np.ndarray, np.ndarray]:
-    """Validate labels/scores and return them as (n, k) bool / float64 arrays."""
+def _as_2d_known(y, p) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """Validate labels/scores: (n, k) bool labels (missing -> False), the known mask and float64 scores.
+
+    The known mask (n, k) is None when no label is missing (NaN), so callers keep their fast paths.
+    """
     y = np.asarray(y)
     p = np.asarray(p, dtype=np.float64)
     if y.ndim == 1:
@@ -42,13 +52,39 @@ def _as_2d(y, p) -> tuple[np.ndarray, np.ndarray]:
         p = p[:, None]
     if y.shape != p.shape or y.ndim != 2:
         raise ValueError(f"labels and scores must have the same (n,) or (n, k) shape; got {y.shape} and {p.shape}")
+    known = None
     if y.dtype != bool:
+        if y.dtype.kind == "f":
+            missing = np.isnan(y)
+            if missing.any():
+                known = ~missing
+                y = np.where(known, y, 0)
         bad = ~np.isin(y, (0, 1))
         if bad.any():
             row, col = np.argwhere(bad)[0]
-            raise ValueError(f"labels must be 0/1; row {row}, column {col} is {y[row, col]!r}")
+            raise ValueError(f"labels must be 0/1 (or NaN: missing); row {row}, column {col} is {y[row, col]!r}")
         y = y.astype(bool)
-    return y, p
+    return y, known, p
+
+
+def _as_2d(y, p) -> tuple[np.ndarray, np.ndarray]:
+    """Validate labels/scores and return them as (n, k) bool / float64 arrays; missing (NaN) labels refused."""
+    yy, known, pp = _as_2d_known(y, p)
+    if known is not None:
+        row, col = np.argwhere(~known)[0]
+        raise ValueError(f"labels must be 0/1 here; row {row}, column {col} is missing (NaN)")
+    return yy, pp
+
+
+def _with_missing(yy: np.ndarray, known: np.ndarray | None) -> np.ndarray:
+    """Bool labels back to a label array metrics accept: as they are, or float with NaN where unknown."""
+    return yy if known is None else np.where(known, yy.astype(np.float64), np.nan)
+
+
+def _defined(yy: np.ndarray, known: np.ndarray | None) -> np.ndarray:
+    if known is None:
+        return yy.any(axis=0) & (~yy).any(axis=0)
+    return yy.any(axis=0) & (~yy & known).any(axis=0)
 
 
 def _squeeze(values: np.ndarray, like) -> np.ndarray | float:
@@ -57,10 +93,17 @@ def _squeeze(values: np.ndarray, like) -> np.ndarray | float:
 
 
 def defined_classes(y) -> np.ndarray:
-    """Boolean mask (k,) of classes with at least one positive and one negative case."""
-    y = np.asarray(y).astype(bool)
+    """Boolean mask (k,) of classes with at least one positive and one negative case among their known labels.
+
+    NaN labels are missing (neither positive nor negative); a class with no known label is not defined.
+    """
+    y = np.asarray(y)
     if y.ndim == 1:
         y = y[:, None]
+    if y.dtype.kind == "f" and np.isnan(y).any():
+        known = ~np.isnan(y)
+        return _defined(np.where(known, y, 0).astype(bool), known)
+    y = y.astype(bool)
     return y.any(axis=0) & (~y).any(axis=0)
 
 
@@ -86,9 +129,31 @@ def auroc(y, p) -> np.ndarray | float:
     """Area under the ROC curve per class, equal to ``roc_auc_score`` (ties count 1/2).
 
     Returns an array (k,) for 2-D input (a float for 1-D); NaN where a class has no
-    positive or no negative case.
+    positive or no negative case. NaN labels are missing: each class is scored on its
+    known rows only (``roc_auc_score`` on those rows), and a class with no known row,
+    or no positive or no negative among them, is NaN.
     """
-    yy, pp = _as_2d(y, p)
+    yy, known, pp = _as_2d_known(y, p)
+    return _squeeze(_auroc(yy, known, pp), y)
+
+
+def _auroc(yy: np.ndarray, known: np.ndarray | None, pp: np.ndarray) -> np.ndarray:
+    """AUROC (k,) of validated labels; columns with missing labels are ranked on their known rows."""
+    if known is None:
+        return _auroc_complete(yy, pp)
+    out = np.full(yy.shape[1], np.nan)
+    full = known.all(axis=0)
+    if full.any():
+        out[full] = _auroc_complete(yy[:, full], pp[:, full])
+    for c in np.flatnonzero(~full):
+        rows = known[:, c]
+        if rows.any():
+            out[c] = _auroc_complete(yy[rows, c : c + 1], pp[rows, c : c + 1])[0]
+    return out
+
+
+def _auroc_complete(yy: np.ndarray, pp: np.ndarray) -> np.ndarray:
+    """Vectorised midrank AUROC (k,) of bool labels without missing values."""
     n_pos = yy.sum(axis=0).astype(np.float64)
     n_neg = len(yy) - n_pos
     ranks = rankdata(pp, method="average", axis=0)  # midranks: ties share their mean rank
@@ -96,16 +161,29 @@ def auroc(y, p) -> np.ndarray | float:
     with np.errstate(divide="ignore", invalid="ignore"):
         out = (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
     out[(n_pos == 0) | (n_neg == 0)] = np.nan
-    return _squeeze(out, y)
+    return out
+
+
+def _known_column(yy: np.ndarray, known: np.ndarray | None, pp: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and scores of class ``c`` on its known rows (all rows when nothing is missing)."""
+    if known is None:
+        return yy[:, c], pp[:, c]
+    rows = known[:, c]
+    return yy[rows, c], pp[rows, c]
 
 
 def auprc(y, p) -> np.ndarray | float:
-    """Average precision per class (``sklearn.metrics.average_precision_score``); NaN without positives."""
-    yy, pp = _as_2d(y, p)
+    """Average precision per class (``sklearn.metrics.average_precision_score``) on the class's known rows.
+
+    NaN without a positive among the known rows (so also for a class with no known row). A class whose
+    known rows are all positive has AP 1, as sklearn gives (precision is 1 everywhere).
+    """
+    yy, known, pp = _as_2d_known(y, p)
     out = np.full(yy.shape[1], np.nan)
     for c in range(yy.shape[1]):
-        if yy[:, c].any():
-            out[c] = average_precision_score(yy[:, c], pp[:, c])
+        t, s = _known_column(yy, known, pp, c)
+        if t.any():
+            out[c] = average_precision_score(t, s)
     return _squeeze(out, y)
 
 
@@ -119,7 +197,9 @@ class BootstrapCI:
     ``samples`` (n_resamples, k) holds every resample's AUROC (NaN where a resample
     drew no positive or no negative case of a class); ``n_valid`` counts the resamples
     each interval is based on. ``mean_*`` bound the mean over the classes defined in
-    the full sample.
+    the full sample. With missing labels a class counts its known rows only; a class
+    with no known row, or no positive or negative among them, has NaN bounds and
+    ``n_valid`` 0.
     """
 
     low: np.ndarray
@@ -134,26 +214,30 @@ class BootstrapCI:
     alpha: float
 
 
-def _class_plans(y: np.ndarray, p: np.ndarray, gid: np.ndarray) -> list:
+def _class_plans(y: np.ndarray, p: np.ndarray, gid: np.ndarray, known: np.ndarray | None = None) -> list:
     """Per class: cluster ids of negatives sorted by score, and of positives with their tie window.
 
     For positive i, ``lo[i]``/``hi[i]`` are the numbers of negatives scoring strictly
     below / at most p_i, so its weighted win count is C[lo] + (C[hi] - C[lo]) / 2 with C
-    the cumulative negative weight. Returns None for classes with one label only.
+    the cumulative negative weight. Only a class's known rows (``known``, None: all) enter
+    its plan. Returns None for classes with one label only (or no known row).
     """
     plans = []
     for c in range(y.shape[1]):
-        pos = y[:, c]
+        pos, score, g = y[:, c], p[:, c], gid
+        if known is not None and not known[:, c].all():
+            rows = known[:, c]
+            pos, score, g = pos[rows], score[rows], gid[rows]
         if pos.all() or not pos.any():
             plans.append(None)
             continue
         neg_idx = np.flatnonzero(~pos)
-        neg_idx = neg_idx[np.argsort(p[neg_idx, c], kind="stable")]
-        neg_scores = p[neg_idx, c]
-        pos_scores = p[pos, c]
+        neg_idx = neg_idx[np.argsort(score[neg_idx], kind="stable")]
+        neg_scores = score[neg_idx]
+        pos_scores = score[pos]
         lo = np.searchsorted(neg_scores, pos_scores, side="left")
         hi = np.searchsorted(neg_scores, pos_scores, side="right")
-        plans.append((gid[neg_idx], gid[pos], lo, hi))
+        plans.append((g[neg_idx], g[pos], lo, hi))
     return plans
 
 
@@ -183,13 +267,14 @@ def weighted_auroc(y, p, weights) -> np.ndarray:
     """AUROC per class with non-negative integer weights per image.
 
     ``weights`` is (n,) or (b, n) (one row per weighting); returns (b, k) — the same
-    number ``roc_auc_score(..., sample_weight=w)`` gives, ties included.
+    number ``roc_auc_score(..., sample_weight=w)`` gives, ties included. NaN labels are
+    missing: a class uses its known rows only.
     """
-    yy, pp = _as_2d(y, p)
+    yy, known, pp = _as_2d_known(y, p)
     w = np.atleast_2d(np.asarray(weights))
     if w.shape[1] != len(yy) or not np.issubdtype(w.dtype, np.integer) or (w < 0).any():
         raise ValueError(f"weights must be non-negative integers of shape (n,) or (b, n) with n={len(yy)}")
-    return _auroc_from_counts(_class_plans(yy, pp, np.arange(len(yy))), w, len(yy))
+    return _auroc_from_counts(_class_plans(yy, pp, np.arange(len(yy)), known), w, len(yy))
 
 
 def bootstrap_auroc_ci(
@@ -208,8 +293,12 @@ def bootstrap_auroc_ci(
     ``np.random.default_rng(seed)``; an image's weight is its patient's multiplicity.
     Resamples are processed ``block`` at a time (memory ~ 4 * block * n bytes per array);
     the draws depend on ``seed`` and ``n_resamples`` only, not on ``block``.
+
+    NaN labels are missing: all patients are drawn, and each class's AUROC is computed on
+    the drawn copies of its known rows. A class with no known row, or no positive or no
+    negative among them, has NaN bounds (and is left out of the mean).
     """
-    yy, pp = _as_2d(y, p)
+    yy, known, pp = _as_2d_known(y, p)
     check_finite(pp)
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1); got {alpha}")
@@ -225,7 +314,7 @@ def bootstrap_auroc_ci(
     if len(gid) == 0:
         raise ValueError("no predictions to bootstrap")
     n_groups = int(gid.max()) + 1
-    plans = _class_plans(yy, pp, gid)
+    plans = _class_plans(yy, pp, gid, known)
     rng = np.random.default_rng(seed)
     uniform = np.full(n_groups, 1.0 / n_groups)
     samples = np.empty((n_resamples, yy.shape[1]))
@@ -241,7 +330,7 @@ def bootstrap_auroc_ci(
     ok = n_valid > 0
     if ok.any():
         low[ok], high[ok] = np.nanpercentile(samples[:, ok], q, axis=0)
-    defined = defined_classes(yy)
+    defined = _defined(yy, known)
     mean_low = mean_high = float("nan")
     if defined.any():
         with warnings.catch_warnings():  # "Mean of empty slice" for resamples without a defined class
@@ -260,14 +349,15 @@ def choose_thresholds(y_val, p_val, method: str = "f1") -> np.ndarray:
 
     ``"f1"`` maximizes F1 over the precision-recall curve; ``"youden"`` maximizes
     sensitivity + specificity - 1 over the ROC curve. NaN where a class has no
-    positive (f1, youden) or no negative (youden) validation case.
+    positive (f1, youden) or no negative (youden) validation case. NaN labels are
+    missing: a class is chosen on its known rows only (NaN with no known row).
     """
     if method not in THRESHOLD_METHODS:
         raise ValueError(f"threshold method must be one of {THRESHOLD_METHODS}; got {method!r}")
-    yy, pp = _as_2d(y_val, p_val)
+    yy, known, pp = _as_2d_known(y_val, p_val)
     out = np.full(yy.shape[1], np.nan)
     for c in range(yy.shape[1]):
-        t, s = yy[:, c], pp[:, c]
+        t, s = _known_column(yy, known, pp, c)
         if not t.any() or (method == "youden" and t.all()):
             continue
         if method == "f1":
@@ -284,15 +374,20 @@ def choose_thresholds(y_val, p_val, method: str = "f1") -> np.ndarray:
 def binary_metrics(y, p, thresholds) -> dict[str, np.ndarray]:
     """Sensitivity, specificity, F1 and PPV per class at ``thresholds`` (predict positive if p >= t).
 
-    A ratio with an empty denominator (or a NaN threshold) is NaN.
+    A ratio with an empty denominator (or a NaN threshold) is NaN. NaN labels are missing:
+    the counts are over each class's known rows (all NaN for a class with no known row).
     """
-    yy, pp = _as_2d(y, p)
+    yy, known, pp = _as_2d_known(y, p)
     thr = np.broadcast_to(np.asarray(thresholds, dtype=np.float64), (yy.shape[1],))
     pred = pp >= thr
-    tp = (pred & yy).sum(axis=0).astype(np.float64)
-    fp = (pred & ~yy).sum(axis=0).astype(np.float64)
+    tp = (pred & yy).sum(axis=0).astype(np.float64)  # an unknown label is False in yy: never a positive
     fn = (~pred & yy).sum(axis=0).astype(np.float64)
-    tn = (~pred & ~yy).sum(axis=0).astype(np.float64)
+    if known is None:
+        fp = (pred & ~yy).sum(axis=0).astype(np.float64)
+        tn = (~pred & ~yy).sum(axis=0).astype(np.float64)
+    else:  # ... nor, with ``& known``, a negative
+        fp = (pred & ~yy & known).sum(axis=0).astype(np.float64)
+        tn = (~pred & ~yy & known).sum(axis=0).astype(np.float64)
 
     def ratio(a, b):
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -349,14 +444,17 @@ def delong_test(y, p_a, p_b) -> DeLongResult:
     negatives. Identical rankings (zero variance, equal AUCs) give z = 0, p = 1; zero
     variance with different AUCs gives z = +-inf, p = 0 (as pROC). NaN AUCs when the
     labels have a single class; NaN z and p with fewer than 2 positives or negatives.
+    NaN labels are missing: the test runs on the known rows only (all NaN when none is known).
     """
     if np.ndim(y) != 1 or np.ndim(p_a) != 1 or np.ndim(p_b) != 1:
         raise ValueError("delong_test takes one class at a time (1-D labels and scores)")
-    yy, pa = _as_2d(y, p_a)
-    _, pb = _as_2d(y, p_b)
+    yy, known, pa = _as_2d_known(y, p_a)
+    pb = _as_2d_known(y, p_b)[2]
     scores = np.concatenate([pa, pb], axis=1).T  # (2, N)
     check_finite(scores.T)
     yy = yy[:, 0]
+    if known is not None:
+        yy, scores = yy[known[:, 0]], scores[:, known[:, 0]]
     m, n = int(yy.sum()), int((~yy).sum())
     if m == 0 or n == 0:
         return DeLongResult(math.nan, math.nan, math.nan, math.nan)
@@ -406,16 +504,18 @@ def paired_bootstrap_test(y, p_a, p_b, groups=None, n_resamples: int = 2000, see
     error of the difference is the resamples' standard deviation; ``z = (AUC_a - AUC_b) / se`` and
     ``p = 2 (1 - Phi(|z|))`` (pROC's bootstrap test). Seeded: the same inputs give the same p-values.
     A zero standard error gives p = 1 for equal AUROCs and p = 0 otherwise; NaN for an undefined class.
+    NaN labels are missing: a class uses its known rows only (NaN with no known row, or no positive or no
+    negative among them).
     """
-    yy, pa = _as_2d(y, p_a)
-    _, pb = _as_2d(y, p_b)
+    yy, known, pa = _as_2d_known(y, p_a)
+    pb = _as_2d_known(y, p_b)[2]
     if pa.shape != pb.shape:
         raise ValueError(f"the two models' scores differ in shape: {pa.shape} vs {pb.shape}")
     check_finite(pa)
     check_finite(pb)
     gid = _group_ids(groups, len(yy))
     n_groups = int(gid.max()) + 1 if len(gid) else 0
-    plans_a, plans_b = _class_plans(yy, pa, gid), _class_plans(yy, pb, gid)
+    plans_a, plans_b = _class_plans(yy, pa, gid, known), _class_plans(yy, pb, gid, known)
     rng = np.random.default_rng(seed)
     uniform = np.full(n_groups, 1.0 / max(n_groups, 1))
     diffs = np.empty((n_resamples, yy.shape[1]))
@@ -424,7 +524,7 @@ def paired_bootstrap_test(y, p_a, p_b, groups=None, n_resamples: int = 2000, see
         counts = rng.multinomial(n_groups, uniform, size=b)
         diffs[start:start + b] = (_auroc_from_counts(plans_a, counts, len(yy))
                                   - _auroc_from_counts(plans_b, counts, len(yy)))
-    auc_a, auc_b = np.atleast_1d(auroc(yy, pa)), np.atleast_1d(auroc(yy, pb))
+    auc_a, auc_b = _auroc(yy, known, pa), _auroc(yy, known, pb)
     delta = auc_a - auc_b
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -447,11 +547,15 @@ def one_image_per_patient(groups) -> bool:
 
 
 def paired_auroc_test(y, p_a, p_b, groups=None, n_resamples: int = 2000, seed: int = 0) -> PairedTest:
-    """DeLong (exact, per class) when each patient has one image; the paired patient bootstrap otherwise."""
-    yy, pa = _as_2d(y, p_a)
-    _, pb = _as_2d(y, p_b)
+    """DeLong (exact, per class) when each patient has one image; the paired patient bootstrap otherwise.
+
+    NaN labels are missing: each class is tested on its known rows only.
+    """
+    yy, known, pa = _as_2d_known(y, p_a)
+    pb = _as_2d_known(y, p_b)[2]
     if groups is None or one_image_per_patient(groups):
-        tests = [delong_test(yy[:, c].astype(np.uint8), pa[:, c], pb[:, c]) for c in range(yy.shape[1])]
+        labels = yy.astype(np.uint8) if known is None else _with_missing(yy, known)
+        tests = [delong_test(labels[:, c], pa[:, c], pb[:, c]) for c in range(yy.shape[1])]
         arr = np.array([tuple(t) for t in tests], dtype=np.float64).reshape(-1, 4)
         return PairedTest(arr[:, 0], arr[:, 1], arr[:, 2], arr[:, 3], "DeLong (one image per patient)")
-    return paired_bootstrap_test(yy, pa, pb, groups, n_resamples=n_resamples, seed=seed)
+    return paired_bootstrap_test(_with_missing(yy, known), pa, pb, groups, n_resamples=n_resamples, seed=seed)

@@ -31,8 +31,15 @@ def _figure(n_panels: int, title: str):
     return fig, axes
 
 
+def _known(y: np.ndarray, p: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray]:
+    """Column ``c`` of labels and scores on the rows whose label is known (NaN: missing)."""
+    yc, pc = np.asarray(y[:, c], dtype=np.float64), np.asarray(p[:, c])
+    known = ~np.isnan(yc)
+    return yc[known], pc[known]
+
+
 def plot_roc(y: np.ndarray, p: np.ndarray, table: pd.DataFrame, path) -> None:
-    """ROC curve per pathology (4 x 4 grid, 14 panels)."""
+    """ROC curve per pathology (4 x 4 grid, 14 panels), each from the rows whose label is known."""
     from sklearn.metrics import roc_curve
 
     fig, axes = _figure(len(PATHOLOGIES), "ROC curves")
@@ -43,7 +50,7 @@ def plot_roc(y: np.ndarray, p: np.ndarray, table: pd.DataFrame, path) -> None:
             ax.set_title(f"{name}: n/a")
             ax.text(0.5, 0.5, table.loc[name, "note"], ha="center", va="center")
             continue
-        fpr, tpr, _ = roc_curve(y[:, c], p[:, c])
+        fpr, tpr, _ = roc_curve(*_known(y, p, c))
         ax.plot(fpr, tpr, lw=1.5)
         ax.set_title(f"{name}: AUROC {table.loc[name, 'auroc']:.3f}")
         sens, spec = table.loc[name, "sensitivity"], table.loc[name, "specificity"]
@@ -53,17 +60,19 @@ def plot_roc(y: np.ndarray, p: np.ndarray, table: pd.DataFrame, path) -> None:
 
 
 def plot_pr(y: np.ndarray, p: np.ndarray, table: pd.DataFrame, path) -> None:
-    """Precision-recall curve per pathology, with the prevalence (chance) line."""
+    """Precision-recall curve per pathology, with the prevalence (chance) line; known labels only."""
     from sklearn.metrics import precision_recall_curve
 
     fig, axes = _figure(len(PATHOLOGIES), "Precision-recall curves")
     for c, (ax, name) in enumerate(zip(axes, PATHOLOGIES)):
         ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="recall", ylabel="precision")
-        if not y[:, c].any():
+        yc, pc = _known(y, p, c)
+        if not (yc == 1).any():
             ax.set_title(f"{name}: n/a")
-            ax.text(0.5, 0.5, "no positive cases", ha="center", va="center")
+            ax.text(0.5, 0.5, "not in this dataset" if len(yc) == 0 else "no positive cases", ha="center",
+                    va="center")
             continue
-        precision, recall, _ = precision_recall_curve(y[:, c], p[:, c])
+        precision, recall, _ = precision_recall_curve(yc, pc)
         ax.step(recall, precision, where="post", lw=1.5)
         ax.axhline(table.loc[name, "prevalence"], color="0.7", lw=0.8, ls="--")
         ax.set_title(f"{name}: AUPRC {table.loc[name, 'auprc']:.3f}")

@@ -8,6 +8,12 @@ and everything here (which reads it)::
 one row per image, pathologies in NIH order (:data:`chexnet.labels.PATHOLOGIES`).
 Use :func:`predictions_frame` / :func:`write_predictions` / :func:`read_predictions`.
 
+A label cell is 1, 0 or empty: missing (the dataset lacks the label, or its value is uncertain);
+in arrays a missing label is NaN. Every per-pathology number counts the rows whose label is
+known; a pathology with no known label in the evaluated split is *not scored*: its AUROC is NaN
+(an empty cell in auroc.csv, ``null`` in metrics.json), its note says "not in this dataset", and
+metrics.json lists it under ``labels_not_scored``.
+
 The plots are drawn by :mod:`chexnet.plots`.
 """
 
@@ -43,6 +49,7 @@ COMPARABILITY_NOTE = (
     "train/test lists, and that official test list is harder (models score lower on it). "
     "Read them as context for the order of magnitude, not as a head-to-head benchmark."
 )
+NOT_SCORED_NOTE = "not in this dataset"
 THRESHOLD_NOTES = {
     "f1": "the threshold that maximizes F1 on the validation predictions",
     "youden": "the threshold that maximizes Youden's J (sensitivity + specificity - 1) on the validation predictions",
@@ -53,7 +60,11 @@ THRESHOLD_NOTES = {
 
 
 def predictions_frame(images, patient_ids, probs, labels) -> pd.DataFrame:
-    """Build the predictions table (see module doc) from arrays: probs/labels are (n, 14)."""
+    """Build the predictions table (see module doc) from arrays: probs/labels are (n, 14).
+
+    Labels are 0/1 (int8 columns); when any is NaN (missing) the label columns are nullable ``Int8``,
+    missing cells ``<NA>`` (written as empty CSV cells).
+    """
     probs = np.asarray(probs, dtype=np.float64)
     labels = np.asarray(labels)
     n = len(images)
@@ -63,10 +74,11 @@ def predictions_frame(images, patient_ids, probs, labels) -> pd.DataFrame:
             f"got {len(patient_ids)} patient ids, probs {probs.shape}, labels {labels.shape}"
         )
     df = pd.DataFrame({"image": list(images), "patient_id": list(patient_ids)})
-    df = pd.concat(
-        [df, pd.DataFrame(probs, columns=PROB_COLUMNS), pd.DataFrame(labels.astype(np.int8), columns=LABEL_COLUMNS)],
-        axis=1,
-    )
+    if labels.dtype.kind == "f" and np.isnan(labels).any():
+        label_frame = pd.DataFrame(labels, columns=LABEL_COLUMNS).astype("Int8")
+    else:
+        label_frame = pd.DataFrame(labels.astype(np.int8), columns=LABEL_COLUMNS)
+    df = pd.concat([df, pd.DataFrame(probs, columns=PROB_COLUMNS), label_frame], axis=1)
     return df
 
 
@@ -83,27 +95,38 @@ def _validate_predictions(df: pd.DataFrame, where: str) -> pd.DataFrame:
     if dup.any():
         raise ValueError(f"{where}: duplicate image rows: {sorted(set(df.loc[dup, 'image']))[:10]}")
     labels = df.loc[:, list(LABEL_COLUMNS)].to_numpy()
+    missing = pd.isna(labels)
+    if missing.any():  # missing labels (NaN / <NA>, an empty CSV cell) are allowed
+        labels = np.where(missing, 0, labels.astype(object))
     bad = ~np.isin(labels, (0, 1))
     if bad.any():
         rows = np.flatnonzero(bad.any(axis=1))
         names = ", ".join(f"{df['image'].iloc[i]} (row {i})" for i in rows[:10])
-        raise ValueError(f"{where}: labels must be 0/1; {rows.size} rows are not: {names}")
+        raise ValueError(f"{where}: labels must be 0/1 (or empty: missing); {rows.size} rows are not: {names}")
     return df
 
 
 def read_predictions(path) -> pd.DataFrame:
-    """Read and validate a predictions CSV (columns, unique images, 0/1 labels)."""
+    """Read and validate a predictions CSV (columns, unique images, 0/1 labels; an empty label cell is NaN)."""
     df = pd.read_csv(path, dtype={"image": str})
     return _validate_predictions(df, str(path))
 
 
 def prediction_arrays(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(images, patient_ids, probs (n, 14) float64, labels (n, 14) uint8) from a predictions table."""
+    """(images, patient_ids, probs (n, 14) float64, labels (n, 14)) from a predictions table.
+
+    Labels are uint8 0/1, or float64 with NaN where missing when any label is missing.
+    """
+    label_block = df.loc[:, list(LABEL_COLUMNS)]
+    if label_block.isna().to_numpy().any():
+        labels = label_block.to_numpy(dtype=np.float64, na_value=np.nan)
+    else:
+        labels = label_block.to_numpy(dtype=np.uint8)
     return (
         df["image"].to_numpy(),
         df["patient_id"].to_numpy(),
         df.loc[:, list(PROB_COLUMNS)].to_numpy(dtype=np.float64),
-        df.loc[:, list(LABEL_COLUMNS)].to_numpy(dtype=np.uint8),
+        labels,
     )
 
 
@@ -157,17 +180,31 @@ def evaluation_table(
     and is left out of every mean; the published means use the same pathologies.
     Without validation predictions the thresholded metrics are NaN. ``df.attrs`` keeps
     the settings and notes.
+
+    Labels may be NaN (missing): prevalence and n_pos count the known rows, every metric uses
+    a pathology's known rows only, and a pathology with no known label is not scored (NaN
+    metrics, n_pos <NA>, note "not in this dataset", listed in ``attrs["labels_not_scored"]``).
     """
-    y, p = metrics._as_2d(y, p)
-    if y.shape[1] != len(PATHOLOGIES):
-        raise ValueError(f"expected {len(PATHOLOGIES)} classes; got {y.shape[1]}")
+    yy, known, p = metrics._as_2d_known(y, p)
+    if yy.shape[1] != len(PATHOLOGIES):
+        raise ValueError(f"expected {len(PATHOLOGIES)} classes; got {yy.shape[1]}")
     metrics.check_finite(p)
     patient_ids = np.asarray(patient_ids)
+    y = metrics._with_missing(yy, known)  # bool, or float with NaN where missing: what the metrics take
+    known_all = np.ones_like(yy) if known is None else known
+    n_known = known_all.sum(axis=0)
+    scored = n_known > 0
     defined = metrics.defined_classes(y)
 
     table = pd.DataFrame(index=pd.Index(list(PATHOLOGIES), name="pathology"))
-    table["prevalence"] = y.mean(axis=0)
-    table["n_pos"] = pd.array(y.sum(axis=0), dtype="Int64")
+    if known is None:
+        table["prevalence"] = yy.mean(axis=0)
+        table["n_pos"] = pd.array(yy.sum(axis=0), dtype="Int64")
+    else:
+        n_pos = yy.sum(axis=0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            table["prevalence"] = np.where(scored, n_pos / n_known, np.nan)
+        table["n_pos"] = pd.array([int(v) if s else pd.NA for v, s in zip(n_pos, scored)], dtype="Int64")
     table["auroc"] = metrics.auroc(y, p)
     ci = metrics.bootstrap_auroc_ci(y, p, groups=patient_ids, n_resamples=n_resamples, seed=seed, alpha=alpha)
     table["auroc_ci_low"], table["auroc_ci_high"] = ci.low, ci.high
@@ -194,13 +231,18 @@ def evaluation_table(
         table[col] = published[col]
 
     table["note"] = ""
-    for name, has_pos, has_neg in zip(PATHOLOGIES, y.any(axis=0), (~y).any(axis=0)):
-        if not has_pos:
+    for name, is_scored, has_pos, has_neg in zip(PATHOLOGIES, scored, yy.any(axis=0), (~yy & known_all).any(axis=0)):
+        if not is_scored:
+            table.loc[name, "note"] = NOT_SCORED_NOTE
+        elif not has_pos:
             table.loc[name, "note"] = "n/a: no positive cases"
         elif not has_neg:
             table.loc[name, "note"] = "n/a: no negative cases"
-    if not defined.all():
-        skipped = ", ".join(np.array(PATHOLOGIES)[~defined])
+    not_scored = [str(n) for n in np.array(PATHOLOGIES)[~scored]]
+    if not_scored:
+        notes.append(f"Not scored (no known label in this split): {', '.join(not_scored)}; left out of all means.")
+    if not (defined | ~scored).all():
+        skipped = ", ".join(np.array(PATHOLOGIES)[~defined & scored])
         notes.append(f"AUROC is n/a for {skipped} (a single class in this split); left out of all means.")
     if threshold_source and np.isnan(thresholds).any():
         skipped = ", ".join(np.array(PATHOLOGIES)[np.isnan(thresholds)])
@@ -225,6 +267,7 @@ def evaluation_table(
         threshold_method=threshold_method,
         threshold_source=threshold_source,
         notes=notes,
+        labels_not_scored=not_scored,
     )
     return table
 
@@ -340,6 +383,9 @@ def write_evaluation(
     checkpoint, split, tta) is recorded in metrics.json and report.md. ``attributes`` (columns
     sex, age, view; one row per prediction, same order) adds ``subgroups.csv`` and a subgroup
     section to report.md (:mod:`chexnet.subgroups`). Returns the table.
+
+    Missing labels (see the module doc): metrics.json's ``labels_not_scored`` lists the pathologies
+    without any known label in the split (their AUROC is ``null``); the curves use the known rows.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -365,6 +411,7 @@ def write_evaluation(
                                                   "threshold_method", "threshold_source")},
         "per_pathology": table.drop(index=MEAN_ROW).to_dict(orient="index"),
         "mean": table.loc[MEAN_ROW].to_dict(),
+        "labels_not_scored": list(table.attrs["labels_not_scored"]),
         "notes": table.attrs["notes"] + [COMPARABILITY_NOTE],
         "published_sources": citations,
     }
@@ -429,7 +476,10 @@ def _align(frames: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
                 "Evaluate both on the same split (same cache and split file) before comparing."
             )
         aligned = df.set_index("image").loc[ref_images].reset_index()
-        mismatch = (aligned.loc[:, list(LABEL_COLUMNS)].to_numpy() != ref.loc[:, list(LABEL_COLUMNS)].to_numpy()).any(axis=1)
+        this_labels = aligned.loc[:, list(LABEL_COLUMNS)].to_numpy(dtype=np.float64, na_value=np.nan)
+        ref_labels = ref.loc[:, list(LABEL_COLUMNS)].to_numpy(dtype=np.float64, na_value=np.nan)
+        both_missing = np.isnan(this_labels) & np.isnan(ref_labels)  # missing in both runs: the same label
+        mismatch = ((this_labels != ref_labels) & ~both_missing).any(axis=1)
         if mismatch.any():
             raise ValueError(
                 f"runs {ref_name!r} and {name!r} have different labels for {int(mismatch.sum())} of the same images "
@@ -451,7 +501,8 @@ def compare_runs(prediction_csvs, out_dir=None, alpha: float = 0.05, n_resamples
     the exact DeLong test only when every patient has one image. The text and ``compare.md`` name the
     method (``table.attrs["method"]``). Runs on different image sets are refused; the same set in a
     different order is aligned by image name. With ``out_dir``, writes ``compare.csv``, ``compare.md``
-    and ``compare.png``. Returns (table, text summary).
+    and ``compare.png``. Returns (table, text summary). Missing labels (empty cells, NaN) are left out
+    per pathology; a pathology with no known label is not scored (NaN AUROC, left out of counts and means).
     """
     if len(prediction_csvs) < 2:
         raise ValueError("compare needs at least two runs")
@@ -487,9 +538,13 @@ def compare_runs(prediction_csvs, out_dir=None, alpha: float = 0.05, n_resamples
             f"(worse on {worse}); p < {alpha:g} (unadjusted): {int((sig & (delta > 0)).sum())} better, "
             f"{int((sig & (delta < 0)).sum())} worse."
         )
-    if not defined.all():
+    scored = ~np.isnan(y).all(axis=0) if y.dtype.kind == "f" else np.ones(y.shape[1], dtype=bool)
+    if not (defined | ~scored).all():
         lines.append(f"n/a (single class in this split, left out of counts and means): "
-                     f"{', '.join(np.array(PATHOLOGIES)[~defined])}.")
+                     f"{', '.join(np.array(PATHOLOGIES)[~defined & scored])}.")
+    if not scored.all():
+        lines.append(f"not scored (no known label in this split, left out of counts and means): "
+                     f"{', '.join(np.array(PATHOLOGIES)[~scored])}.")
     lines.append(f"p-values: {method}, two-sided.")
     mean = table.loc[defined].mean()
     for b_name in names[1:]:

@@ -9,6 +9,9 @@ section of ``report.md``. One row per (group, subgroup, pathology)::
 ``n`` images of the subgroup, ``n_pos`` of them positive for the pathology. The AUROC and its 95% CI
 (percentile bootstrap over the subgroup's patients) are left blank where a cell has fewer than
 :data:`MIN_POSITIVES` positives (or no negative): too few to say anything.
+
+Labels may be NaN (missing): ``n_pos`` counts known positives, "no negative" means no known negative,
+and the AUROC and CI use the cell's known rows only; a pathology missing for the whole subgroup is blank.
 """
 
 from __future__ import annotations
@@ -48,16 +51,18 @@ def subgroup_masks(attributes: pd.DataFrame) -> list[tuple[str, str, np.ndarray]
 
 def subgroup_table(y, p, patient_ids, attributes: pd.DataFrame, n_resamples: int = 1000, seed: int = 0,
                    alpha: float = 0.05) -> pd.DataFrame:
-    """The long table described in the module docstring (labels ``y`` and scores ``p`` are (n, 14))."""
-    y, p = metrics._as_2d(y, p)
+    """The long table described in the module docstring (labels ``y`` (NaN: missing) and scores ``p`` are (n, 14))."""
+    yy, known, p = metrics._as_2d_known(y, p)
+    y = metrics._with_missing(yy, known)  # bool, or float with NaN where missing
     patient_ids = np.asarray(patient_ids)
     if len(attributes) != len(y):
         raise ValueError(f"subgroup attributes have {len(attributes)} rows for {len(y)} predictions")
     rows = []
     for group, sub, mask in subgroup_masks(attributes.reset_index(drop=True)):
         ys, ps = y[mask], p[mask]
-        n_pos = ys.sum(axis=0)
-        enough = (n_pos >= MIN_POSITIVES) & (n_pos < len(ys))
+        n_pos = yy[mask].sum(axis=0)
+        n_known = len(ys) if known is None else known[mask].sum(axis=0)
+        enough = (n_pos >= MIN_POSITIVES) & (n_pos < n_known)
         auc = np.full(y.shape[1], np.nan)
         low, high = auc.copy(), auc.copy()
         if enough.any():
