@@ -10,6 +10,7 @@ import re
 import socket
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 TINY = dict(arch="mobilenet_v3_small", weights="none", input_size=32, batch_size=4, epochs=1, workers=0,
@@ -98,3 +99,41 @@ def final_sums(text: str) -> dict[int, str]:
     """{rank: checksum} from training's per-rank "final weights sha256" lines (a rank of a 1-process group names
     no host)."""
     return {int(r): s for r, s in re.findall(r"rank (\d+)/\d+(?: \([^)]*\))?: final weights sha256 ([0-9a-f]{64})", text)}
+
+
+# ------------------------------------------------------------- CheXpert's real metadata with generated images
+
+CHEXPERT_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "chexpert" / "train.csv.gz"
+
+
+def make_chexpert_folder(root: Path, size: int = 40) -> Path:
+    """A CheXpert v1.0 small download in ``root`` made of real rows of its train.csv (``CHEXPERT_CSV``, the
+    project's shared data): whole patients from the first 600 rows as ``train.csv`` (about 300 rows, laterals
+    included), 40 rows of 12 other patients renamed into ``valid/`` as ``valid.csv``, and a generated JPEG of
+    ``size`` px at every path. Returns ``root`` (it holds ``CheXpert-v1.0-small/``)."""
+    import gzip
+    import io
+
+    import pandas as pd
+    from PIL import Image
+
+    from tests.conftest import xray_like
+
+    with gzip.open(CHEXPERT_CSV, "rt") as f:
+        raw = pd.read_csv(io.StringIO("".join(next(f) for _ in range(600))), dtype=str, keep_default_na=False)
+    patients = raw["Path"].str.extract(r"(patient\d+)")[0]
+    first = patients.unique()
+    train = raw[patients.isin(first[:-12])].head(300)
+    train = raw[patients.isin(patients[train.index].unique())]  # whole patients
+    valid = raw[patients.isin(first[-12:]) & ~patients.isin(patients[train.index])].head(40).copy()
+    valid["Path"] = valid["Path"].str.replace("/train/", "/valid/", regex=False)
+    folder = root / "CheXpert-v1.0-small"
+    folder.mkdir(parents=True)
+    train.to_csv(folder / "train.csv", index=False)
+    valid.to_csv(folder / "valid.csv", index=False)
+    rng = np.random.default_rng(0)
+    for path in pd.concat([train, valid])["Path"]:
+        dest = root / path
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(xray_like(rng, size)).save(dest, quality=90)
+    return root

@@ -56,6 +56,13 @@ TTA_HELP = {
 FILE_TTA_MODES = ("none", "hflip")
 
 
+# chexnet prepare --dataset: the sources of chexnet.data.sources (a test holds the registry to this)
+DATASETS = {
+    "nih": "NIH ChestX-ray14: Data_Entry_2017*.csv, images_*/images/ (or images/), official split lists if present",
+    "chexpert": "CheXpert v1.0 (small or full): train.csv and valid.csv (the test split), in DATA or its "
+                "CheXpert-v1.0-small/ or CheXpert-v1.0/ folder; frontal images unless --view",
+}
+
 # tune's --pruner
 PRUNERS = {
     "median": "stop a trial worse than the median of earlier trials at the same epoch",

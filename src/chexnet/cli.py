@@ -9,6 +9,7 @@ import sys
 from chexnet import __version__
 from chexnet.choices import (
     CONFIG_CHOICES,
+    DATASETS,
     FILE_TTA_MODES,
     INPUT_TRANSFORMS,
     LOSS_WEIGHTINGS,
@@ -210,10 +211,13 @@ def _add_synth(sub) -> None:
 
 def _add_prepare(sub) -> None:
     p = sub.add_parser("prepare", help="decode + resize all images once into a uint8 cache with patient-wise splits",
-                       description="Read NIH metadata and images (PNG/JPEG/DICOM), assign patient-wise splits "
-                       "(official lists when present, else 70/10/20), and write CACHE/images.u8, index.csv, meta.json. "
-                       "Resumable; bad images are reported and skipped.")
-    p.add_argument("--data", required=True, help="NIH data folder (Data_Entry_2017*.csv, images_*/images/ or images/)")
+                       description="Read a data set's metadata and images (PNG/JPEG/DICOM), assign patient-wise "
+                       "splits (the data set's own where it has them, else seeded by patient), and write "
+                       "CACHE/images.u8, index.csv (labels 1, 0 or empty: missing), meta.json. Prints positives, "
+                       "negatives and missing per label and split. Resumable; bad images are reported and skipped.")
+    p.add_argument("--dataset", choices=list(DATASETS), default="nih", help="the data set's layout: "
+                   + help_text(DATASETS) + " (default nih)")
+    p.add_argument("--data", required=True, help="the data set's folder (see --dataset)")
     p.add_argument("--out", required=True, help="cache folder to write")
     p.add_argument("--size", type=int, default=256, help="cached image side (default 256)")
     p.add_argument("--workers", type=int, default=None, help="decoder processes (default: all cores)")
@@ -221,6 +225,14 @@ def _add_prepare(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
     p.add_argument("--val-fraction", type=float, default=0.1, help="fraction of train_val patients used for validation with the official lists")
     p.add_argument("--overwrite", action="store_true", help="rebuild OUT even if it holds a cache made with other arguments")
+    g = p.add_argument_group("label policies (chexpert)")
+    g.add_argument("--uncertain", default=None, metavar="POLICY",
+                   help="what an uncertain label (-1) becomes: ignore (missing; default) | zeros | ones | mixed (the "
+                   "CheXpert paper's per-label choice: ones for Atelectasis and Edema, zeros for Cardiomegaly, "
+                   "Consolidation and Effusion), then per-label overrides, e.g. ignore,Edema=ones")
+    g.add_argument("--blank", choices=["negative", "missing"], default=None,
+                   help="what a blank (not mentioned) label becomes: negative (default, the CheXpert authors' "
+                   "reading) | missing (torchxrayvision's)")
 
 
 def _add_evaluate(sub) -> None:
@@ -503,8 +515,12 @@ def cmd_synth(args) -> int:
 def cmd_prepare(args) -> int:
     from chexnet.data.prepare import prepare
 
+    options = {k: getattr(args, k) for k in ("uncertain", "blank") if getattr(args, k) is not None}
+    if args.dataset == "chexpert":
+        options = {"uncertain": "ignore", "blank": "negative", **options}  # recorded, and printed below
+        print(f"chexpert labels: uncertain (-1) -> {options['uncertain']}, blank -> {options['blank']}")
     prepare(args.data, args.out, size=args.size, workers=args.workers, view=args.view, seed=args.seed,
-            val_fraction=args.val_fraction, overwrite=args.overwrite)
+            val_fraction=args.val_fraction, overwrite=args.overwrite, dataset=args.dataset, options=options)
     return 0
 
 

@@ -1,6 +1,61 @@
-"""The 14 ChestX-ray14 pathologies in NIH's canonical order, and parsing of "Finding Labels"."""
+"""Label names: NIH's 14 pathologies, the label vocabulary shared by all sources, and each source's name table.
+
+``PATHOLOGIES`` are the 14 ChestX-ray14 pathologies in NIH's canonical order (the model's outputs today);
+:func:`parse_findings` reads NIH's "Finding Labels".
+
+``VOCABULARY`` is every label a source can provide: NIH's 14 first (same order, same spellings, so index
+``i < 14`` means the same thing in both), then the other findings that CheXpert, MIMIC-CXR, PadChest, VinDr-CXR
+and RSNA report. A label value is 1, 0 or missing (NaN in memory).
+
+``SOURCE_NAMES[source]`` says, for each label name a source's files use, what it is in the vocabulary: one
+label, several labels (a tuple: the source lumps them together), or none: :data:`KEEP_OWN` (kept as an extra
+column under the source's own name) or :data:`DROP` (left out). Names are matched exactly, never by substring.
+:func:`map_source_labels` applies a table to the names found in a file and says what was kept and dropped.
+
+CheXpert (``chexpert``; MIMIC-CXR's CheXpert/NegBio label files use the same 14 names):
+
+| CheXpert name              | vocabulary                 |
+|----------------------------|----------------------------|
+| No Finding                 | No Finding                 |
+| Enlarged Cardiomediastinum | Enlarged Cardiomediastinum |
+| Cardiomegaly               | Cardiomegaly               |
+| Lung Opacity               | Lung Opacity               |
+| Lung Lesion                | Lung Lesion                |
+| Edema                      | Edema                      |
+| Consolidation              | Consolidation              |
+| Pneumonia                  | Pneumonia                  |
+| Atelectasis                | Atelectasis                |
+| Pneumothorax               | Pneumothorax               |
+| Pleural Effusion           | Effusion                   |
+| Pleural Other              | Pleural Other              |
+| Fracture                   | Fracture                   |
+| Support Devices            | Support Devices            |
+
+VinDr-CXR (``vindr``; its ``class_name`` values):
+
+| VinDr-CXR name     | vocabulary                                       |
+|--------------------|--------------------------------------------------|
+| Aortic enlargement | (kept as its own name: no vocabulary label)      |
+| Atelectasis        | Atelectasis                                      |
+| Calcification      | (kept as its own name)                           |
+| Cardiomegaly       | Cardiomegaly                                     |
+| Consolidation      | Consolidation                                    |
+| ILD                | (kept as its own name)                           |
+| Infiltration       | Infiltration                                     |
+| Lung Opacity       | Lung Opacity                                     |
+| Nodule/Mass        | Nodule and Mass (both set from the one finding)  |
+| Other lesion       | (dropped: a catch-all of lesions of any kind)    |
+| Pleural effusion   | Effusion                                         |
+| Pleural thickening | Pleural_Thickening                               |
+| Pneumothorax       | Pneumothorax                                     |
+| Pulmonary fibrosis | Fibrosis                                         |
+| No finding         | No Finding                                       |
+"""
 
 from __future__ import annotations
+
+import enum
+from typing import Iterable, NamedTuple, Union
 
 import numpy as np
 
@@ -52,3 +107,134 @@ def format_findings(vec) -> str:
     """Inverse of :func:`parse_findings`."""
     names = [PATHOLOGIES[i] for i, v in enumerate(vec) if v]
     return "|".join(names) if names else NO_FINDING
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The vocabulary shared by all sources, and each source's names in it.
+
+VOCABULARY: tuple[str, ...] = (
+    *PATHOLOGIES,  # NIH ChestX-ray14's 14, first and unchanged (the current model's outputs keep their indices)
+    "Lung Opacity",  # CheXpert, MIMIC-CXR, VinDr-CXR, RSNA Pneumonia (its positive class is "Lung Opacity")
+    "Lung Lesion",  # CheXpert, MIMIC-CXR (nodule or mass when the report does not say which)
+    "Enlarged Cardiomediastinum",  # CheXpert, MIMIC-CXR
+    "Fracture",  # CheXpert, MIMIC-CXR, PadChest
+    "Support Devices",  # CheXpert, MIMIC-CXR, PadChest (tubes, lines, pacemakers)
+    "Pleural Other",  # CheXpert, MIMIC-CXR (pleural findings other than effusion)
+    NO_FINDING,  # CheXpert, MIMIC-CXR, VinDr-CXR ("No finding"), NIH (as the absence of all 14)
+)
+# Nothing else is needed for the core labels: PadChest's core findings are NIH's 14 plus Fracture and Support
+# Devices; VinDr-CXR's Aortic enlargement, Calcification and ILD have no counterpart in any other source here
+# and are kept under their own names instead (see SOURCE_NAMES["vindr"]).
+VOCABULARY_INDEX = {name: i for i, name in enumerate(VOCABULARY)}
+
+
+class Unmapped(enum.Enum):
+    """A source label with no vocabulary label: kept under its own name, or dropped."""
+
+    KEEP_OWN = "keep_own"
+    DROP = "drop"
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+KEEP_OWN = Unmapped.KEEP_OWN  # no vocabulary label; kept as an extra column under the source's own name
+DROP = Unmapped.DROP  # no vocabulary label; left out
+
+Target = Union[str, tuple[str, ...], Unmapped]  # one label, several labels, or KEEP_OWN / DROP
+
+SOURCE_NAMES: dict[str, dict[str, Target]] = {
+    "chexpert": {  # CheXpert's 14 observations (train.csv / valid.csv columns), in the file's order
+        "No Finding": NO_FINDING,
+        "Enlarged Cardiomediastinum": "Enlarged Cardiomediastinum",
+        "Cardiomegaly": "Cardiomegaly",
+        "Lung Opacity": "Lung Opacity",
+        "Lung Lesion": "Lung Lesion",
+        "Edema": "Edema",
+        "Consolidation": "Consolidation",
+        "Pneumonia": "Pneumonia",
+        "Atelectasis": "Atelectasis",
+        "Pneumothorax": "Pneumothorax",
+        "Pleural Effusion": "Effusion",  # NIH's name for the same finding
+        "Pleural Other": "Pleural Other",
+        "Fracture": "Fracture",
+        "Support Devices": "Support Devices",
+    },
+    "vindr": {  # VinDr-CXR's 14 classes (class_id 0-13) and No finding (14), as spelled in its class_name
+        "Aortic enlargement": KEEP_OWN,  # not "Enlarged Cardiomediastinum" (that is wider); no other source has it
+        "Atelectasis": "Atelectasis",
+        "Calcification": KEEP_OWN,  # any calcification (vascular, nodal, pleural): no vocabulary label
+        "Cardiomegaly": "Cardiomegaly",
+        "Consolidation": "Consolidation",
+        "ILD": KEEP_OWN,  # interstitial lung disease: wider than Fibrosis, not Infiltration
+        "Infiltration": "Infiltration",
+        "Lung Opacity": "Lung Opacity",
+        "Nodule/Mass": ("Nodule", "Mass"),  # one class for both: a positive sets both (read: nodule or mass)
+        "Other lesion": DROP,  # a catch-all for any other lesion (bone, soft tissue, ...); not one finding
+        "Pleural effusion": "Effusion",
+        "Pleural thickening": "Pleural_Thickening",
+        "Pneumothorax": "Pneumothorax",
+        "Pulmonary fibrosis": "Fibrosis",
+        "No finding": NO_FINDING,
+    },
+}
+
+
+class LabelMapping(NamedTuple):
+    """What :func:`map_source_labels` found: unpacks as ``(mapping, kept_own, dropped)``."""
+
+    mapping: dict[str, tuple[str, ...]]  # source name -> its vocabulary label(s), in the names' order
+    kept_own: list[str]  # source names with no vocabulary label, kept under their own name
+    dropped: list[str]  # source names with no vocabulary label, left out
+
+    def labels(self) -> list[str]:
+        """The vocabulary labels the mapped names provide, in vocabulary order."""
+        found = {label for targets in self.mapping.values() for label in targets}
+        return [name for name in VOCABULARY if name in found]
+
+    def summary(self) -> dict:
+        """A JSON-serializable description (for meta.json and printing)."""
+        return {"mapped": {name: list(t) for name, t in self.mapping.items()},
+                "kept_own": list(self.kept_own), "dropped": list(self.dropped)}
+
+    def describe(self) -> list[str]:
+        """One line per source name, e.g. ``Pleural Effusion -> Effusion``, for ``prepare`` to print."""
+        lines = [f"{name} -> {' + '.join(t)}" for name, t in self.mapping.items()]
+        lines += [f"{name} -> (kept as {name!r}: not in the vocabulary)" for name in self.kept_own]
+        lines += [f"{name} -> (dropped: not in the vocabulary)" for name in self.dropped]
+        return lines
+
+
+def map_source_labels(source: str, names: Iterable[str]) -> LabelMapping:
+    """Map the label ``names`` a ``source``'s file uses through ``SOURCE_NAMES[source]``.
+
+    Returns ``(mapping, kept_own, dropped)`` (a :class:`LabelMapping`): ``mapping`` is source name -> tuple of
+    vocabulary labels (one, or several where the source lumps findings together, e.g. VinDr's ``Nodule/Mass``);
+    ``kept_own`` and ``dropped`` list the names with no vocabulary label. Every name lands in exactly one of
+    the three, in the order given (repeats are counted once). Several source names may map to one vocabulary
+    label; a source then combines them (1 if any is 1, else 0 if any is 0, else missing).
+
+    Names are matched exactly. An unknown ``source``, or a name not in its table, raises :class:`LabelError`
+    (a ValueError) naming it and the known ones.
+    """
+    table = SOURCE_NAMES.get(source)
+    if table is None:
+        raise LabelError(f"no label table for source {source!r}; known: {', '.join(sorted(SOURCE_NAMES))}")
+    mapping: dict[str, tuple[str, ...]] = {}
+    kept_own: list[str] = []
+    dropped: list[str] = []
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            continue
+        seen.add(name)
+        if name not in table:
+            raise LabelError(f"source {source!r}: unknown label name {name!r}; known: {', '.join(table)}")
+        target = table[name]
+        if target is KEEP_OWN:
+            kept_own.append(name)
+        elif target is DROP:
+            dropped.append(name)
+        else:
+            mapping[name] = (target,) if isinstance(target, str) else tuple(target)
+    return LabelMapping(mapping, kept_own, dropped)

@@ -65,7 +65,8 @@ def load_run_model(run: str | Path, checkpoint: str = "best", require_spec: bool
 
 def resolve_cache(run: Path, run_info: dict, cache: str | Path | None, spec: Preprocessing | None):
     """(path, images, index, meta) of the cache to evaluate on: ``cache`` if given, else the one recorded in run.json;
-    checked against the run (image size, labels; other split sizes only warn)."""
+    checked against the run (image size; at least one of its labels). The run's labels the cache lacks are missing
+    in every row (reported as not in this dataset, never scored) and said on stderr; other split sizes only warn."""
     if cache is None:
         cache = Path(run_info["cache"])
         if not (cache / "meta.json").is_file():
@@ -81,10 +82,13 @@ def resolve_cache(run: Path, run_info: dict, cache: str | Path | None, spec: Pre
                         f"(prepare one with --size {want_size})")
     labels = run_info.get("labels") or list(PATHOLOGIES)
     missing = [n for n in labels if n not in cache_labels(meta)]
-    if missing:
-        problems.append(f"it has no labels for {missing}, which the run was trained on")
+    if len(missing) == len(labels):
+        problems.append(f"it has none of the run's labels ({', '.join(labels)}; it has {', '.join(cache_labels(meta))})")
     if problems:
         raise ValueError(f"{cache} does not match run {run}: " + "; ".join(problems))
+    if missing:
+        print(f"note: {cache} has no {', '.join(missing)} (labels of the run): not in this dataset, not scored",
+              file=sys.stderr)
     splits = run_info.get("cache_splits")
     if splits and {k: v.get("images") for k, v in splits.items()} != {k: v.get("images") for k, v in meta["splits"].items()}:
         print(f"warning: {cache} has other split sizes than the run's training cache "

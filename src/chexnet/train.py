@@ -190,7 +190,7 @@ def _train(cfg, cache, run, resume, progress, info, device, epoch_callback=None)
 
     sampler, steps = _train_sampler(train_set, cfg, info)
     lr, global_batch, rule = scaled_lr(cfg, info.world_size)
-    criterion = build_criterion(train_set.labels, cfg.loss_weighting).to(device)
+    criterion = build_criterion(train_set.labels, cfg.loss_weighting, names=cfg.labels).to(device)
     saver = CheckpointSaver(run, cfg.select)
     _say(info, f"chexnet train: {cfg.arch} on {device} x {info.world_size} ({info.launcher}), {torch.get_num_threads()} "
                f"thread(s) + {cfg.workers} loader process(es) per rank; "

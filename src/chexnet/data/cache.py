@@ -19,7 +19,8 @@ A cache is a folder with three files::
                        labels (names of chexnet.labels.VOCABULARY, or a source's own),
                        label_counts ({split: {label: {positive, negative, missing}}}),
                        arguments (data_dir, size, view, seed, val_fraction, dataset: the source of
-                       chexnet.data.sources; absent = nih), source (metadata file,
+                       chexnet.data.sources, absent = nih; options: the source's own, e.g. chexpert's
+                       uncertain and blank label policies), source (metadata file(s),
                        split mode official|random, rows excluded by the view filter or the split lists),
                        splits ({train|val|test: {images, patients}}), failed ([{row, image, path,
                        reason}]: images left out), created (start/finish time, runs, workers, versions)
@@ -78,7 +79,7 @@ READABLE_VERSIONS = (1, 2)
 IMAGES, INDEX, META, WORK, LOCK = "images.u8", "index.csv", "meta.json", "work", ".lock"
 HEAD_COLUMNS, TAIL_COLUMNS = ["image", "patient_id", "split", "view"], ["age", "sex"]
 INDEX_COLUMNS = [*HEAD_COLUMNS, *PATHOLOGIES, *TAIL_COLUMNS]  # NIH's (and every version-1 cache's)
-ARGUMENT_DEFAULTS = {"dataset": "nih"}  # arguments added after format version 1: what their absence means
+ARGUMENT_DEFAULTS = {"dataset": "nih", "options": {}}  # arguments added since version 1: what their absence means
 
 
 class CacheError(RuntimeError):

@@ -66,10 +66,12 @@ def prepare(
     progress: bool = True,
     overwrite: bool = False,
     dataset: str = sources.DEFAULT_SOURCE,
+    options: dict | None = None,
 ) -> dict:
     """Build (or finish, or confirm) the cache of ``data_dir`` in ``out_dir``; return its meta dict.
 
-    ``dataset`` names the source that reads ``data_dir`` (a key of :data:`chexnet.data.sources.SOURCES`).
+    ``dataset`` names the source that reads ``data_dir`` (a key of :data:`chexnet.data.sources.SOURCES`);
+    ``options`` are that source's own (chexpert: ``uncertain``, ``blank``), recorded with the arguments.
     ``workers`` processes decode images (default: all usable cores; 1 runs in this process).
     ``view`` keeps only PA or AP images. ``seed`` and ``val_fraction`` go to the source's patient-wise
     split (nih: :func:`chexnet.data.sources.nih.assign_splits`). ``progress`` shows a progress bar and
@@ -78,7 +80,7 @@ def prepare(
     arguments.
     """
     say = _printer(progress)
-    args = _arguments(data_dir, size, view, seed, val_fraction, dataset)
+    args = _arguments(data_dir, size, view, seed, val_fraction, dataset, options or {})
     workers = usable_cpus() if workers is None else max(1, int(workers))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -112,8 +114,8 @@ def _existing_cache(out_dir: Path, args: dict, say) -> dict:
 # =========================================================================== planning
 
 
-def _arguments(data_dir, size, view, seed, val_fraction, dataset) -> dict:
-    sources.get_source(dataset)  # an unknown name fails before anything is touched
+def _arguments(data_dir, size, view, seed, val_fraction, dataset, options) -> dict:
+    sources.check_options(dataset, options)  # an unknown name or option fails before anything is touched
     size = int(size)
     if size < 1:
         raise ValueError(f"size must be a positive number of pixels, got {size}")
@@ -128,7 +130,7 @@ def _arguments(data_dir, size, view, seed, val_fraction, dataset) -> dict:
     if not data_dir.is_dir():
         raise CacheError(f"{data_dir}: data folder not found")
     return {"data_dir": str(data_dir.resolve()), "size": size, "view": view, "seed": int(seed),
-            "val_fraction": val_fraction, "dataset": dataset}
+            "val_fraction": val_fraction, "dataset": dataset, "options": dict(sorted(options.items()))}
 
 
 def _differences(old: dict, new: dict) -> str:
@@ -140,7 +142,7 @@ def _differences(old: dict, new: dict) -> str:
 def _make_plan(args: dict) -> tuple[pd.DataFrame, dict]:
     """Planned rows (index columns + ``path``, '' when the file is missing) and the source summary."""
     plan = sources.read_source(args["dataset"], Path(args["data_dir"]), view=args["view"], seed=args["seed"],
-                               val_fraction=args["val_fraction"])
+                               val_fraction=args["val_fraction"], **args.get("options", {}))
     source = {**plan.attrs["source"], "planned": len(plan)}
     plan = plan[[*index_columns(label_columns(plan.columns)), "path"]].reset_index(drop=True)
     plan.attrs = {}

@@ -6,7 +6,8 @@ calls the reader through :func:`read_source` and needs nothing else from it.
 
 The contract
 ============
-A reader is ``read_source(data_dir, *, view=None, seed=0, val_fraction=0.1) -> pandas.DataFrame``:
+A reader is ``read_source(data_dir, *, view=None, seed=0, val_fraction=0.1, **own) -> pandas.DataFrame``
+(``own``: the source's options, :data:`OPTIONS`):
 
 ``data_dir``      the data set's folder (an existing directory, absolute).
 ``view``          None (all images), ``"PA"`` or ``"AP"`` (upper case): keep only images of that view,
@@ -48,12 +49,15 @@ import pandas as pd
 import numpy as np
 
 from chexnet.data.cache import index_columns, label_columns
-from chexnet.data.sources import nih
+from chexnet.data.sources import chexpert, nih
 from chexnet.data.splits import SPLITS
 
 SOURCES: dict[str, Callable[..., pd.DataFrame]] = {
     "nih": nih.read_source,  # NIH ChestX-ray14 (Data_Entry_2017*.csv, images_*/images/, official split lists)
+    "chexpert": chexpert.read_source,  # CheXpert v1.0 (train.csv, valid.csv; uncertain / blank label policies)
 }
+# each source's own options (prepare(..., options=...), chexnet prepare's flags)
+OPTIONS: dict[str, tuple[str, ...]] = {"nih": (), "chexpert": ("uncertain", "blank")}
 DEFAULT_SOURCE = "nih"
 
 
@@ -63,6 +67,15 @@ def get_source(name: str) -> Callable[..., pd.DataFrame]:
         return SOURCES[name]
     except KeyError:
         raise ValueError(f"unknown dataset {name!r}; known: {', '.join(sorted(SOURCES))}") from None
+
+
+def check_options(name: str, options: dict) -> None:
+    """ValueError for an unknown source or an option the source does not take."""
+    get_source(name)
+    extra = sorted(set(options) - set(OPTIONS.get(name, ())))
+    if extra:
+        takes = ", ".join(OPTIONS.get(name, ())) or "none"
+        raise ValueError(f"dataset {name!r} takes no option {', '.join(extra)} (its options: {takes})")
 
 
 def read_source(name: str, data_dir: str | os.PathLike, **options) -> pd.DataFrame:

@@ -1,0 +1,64 @@
+"""Missing labels end to end: training on CheXpert (uncertain labels missing) masks them out of the loss; a
+NIH-trained run evaluated on a CheXpert cache scores the labels CheXpert has and reports the others as not in
+this dataset, never as a number."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+import pytest
+
+from chexnet.labels import PATHOLOGIES
+from tests.helpers import CHEXPERT_CSV, make_chexpert_folder
+
+pytestmark = pytest.mark.skipif(not CHEXPERT_CSV.is_file(), reason=f"{CHEXPERT_CSV} not found (the shared data)")
+
+NOT_IN_CHEXPERT = ["Infiltration", "Mass", "Nodule", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia"]
+
+
+@pytest.fixture(scope="module")
+def chexpert_cache(tmp_path_factory):
+    from chexnet.data.prepare import prepare
+
+    root = tmp_path_factory.mktemp("chexpert")
+    make_chexpert_folder(root / "data", size=64)
+    prepare(root / "data", root / "cache", size=48, workers=1, progress=False, dataset="chexpert",
+            options={"uncertain": "ignore", "blank": "missing"})
+    return root / "cache"
+
+
+def test_training_masks_missing_labels_out_of_the_loss(chexpert_cache, tiny_cfg, tmp_path):
+    from chexnet import train as T
+    from chexnet.data.cache import load_cache
+    from chexnet.runlog import read_metrics
+
+    labels = ("Atelectasis", "Effusion", "Edema", "Lung Opacity", "Support Devices")
+    _, index, _ = load_cache(chexpert_cache)
+    assert index.loc[index["split"] == "train", list(labels)].isna().any().all()  # every label has missing values
+    T.train(tiny_cfg(labels=labels, loss_weighting="balanced"), chexpert_cache, tmp_path / "run", progress=False)
+    epochs = [r for r in read_metrics(tmp_path / "run") if r["kind"] == "epoch"]
+    assert math.isfinite(epochs[0]["train_loss"]) and math.isfinite(epochs[0]["val_loss"])
+    assert set(epochs[0]["auroc"]) == set(labels)
+
+
+def test_an_nih_run_on_a_chexpert_cache_scores_only_the_labels_chexpert_has(trained_run, copy_run, chexpert_cache,
+                                                                            chexnet_main):
+    from chexnet.data.cache import load_cache
+
+    run = copy_run(trained_run)
+    proc = chexnet_main("evaluate", run, "--cache", chexpert_cache, "--bootstrap", "20")
+    assert "not in this dataset, not scored" in proc.stderr and "Hernia" in proc.stderr
+    _, index, _ = load_cache(chexpert_cache)
+    test = index[index["split"] == "test"]
+    never_known = [n for n in PATHOLOGIES if n in test.columns and test[n].isna().all()]  # blank=missing: Pneumonia
+    metrics = json.loads((run / "eval" / "test" / "metrics.json").read_text())
+    assert sorted(metrics["labels_not_scored"]) == sorted(NOT_IN_CHEXPERT + never_known)
+    table = pd.read_csv(run / "eval" / "test" / "auroc.csv", index_col=0)
+    assert table.loc[NOT_IN_CHEXPERT + never_known, "auroc"].isna().all()
+    both = [n for n in PATHOLOGIES if n in test.columns and {0, 1} <= set(test[n].dropna())]
+    assert both and table.loc[both, "auroc"].notna().all()  # scored wherever the known rows have both classes
+    predictions = (run / "eval" / "test" / "predictions.csv").read_text().splitlines()
+    header = predictions[0].split(",")
+    assert predictions[1].split(",")[header.index("label_Hernia")] == ""  # missing, not 0
