@@ -61,6 +61,8 @@ DATASETS = {
     "nih": "NIH ChestX-ray14: Data_Entry_2017*.csv, images_*/images/ (or images/), official split lists if present",
     "chexpert": "CheXpert v1.0 (small or full): train.csv and valid.csv (the test split), in DATA or its "
                 "CheXpert-v1.0-small/ or CheXpert-v1.0/ folder; frontal images unless --view",
+    "vindr": "VinDr-CXR: PhysioNet's annotations/annotations_{train,test}.csv or Kaggle's train.csv, with "
+             "train/ and test/ *.dicom; image labels from the readers' boxes",
 }
 
 # tune's --pruner

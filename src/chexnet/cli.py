@@ -225,7 +225,7 @@ def _add_prepare(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
     p.add_argument("--val-fraction", type=float, default=0.1, help="fraction of train_val patients used for validation with the official lists")
     p.add_argument("--overwrite", action="store_true", help="rebuild OUT even if it holds a cache made with other arguments")
-    g = p.add_argument_group("label policies (chexpert)")
+    g = p.add_argument_group("label policies (chexpert, vindr)")
     g.add_argument("--uncertain", default=None, metavar="POLICY",
                    help="what an uncertain label (-1) becomes: ignore (missing; default) | zeros | ones | mixed (the "
                    "CheXpert paper's per-label choice: ones for Atelectasis and Edema, zeros for Cardiomegaly, "
@@ -233,6 +233,9 @@ def _add_prepare(sub) -> None:
     g.add_argument("--blank", choices=["negative", "missing"], default=None,
                    help="what a blank (not mentioned) label becomes: negative (default, the CheXpert authors' "
                    "reading) | missing (torchxrayvision's)")
+    g.add_argument("--readers", choices=["any", "majority"], default=None,
+                   help="vindr: a finding is positive when any reader marked it (default) | when more than half of "
+                   "the image's readers did")
 
 
 def _add_evaluate(sub) -> None:
@@ -515,10 +518,14 @@ def cmd_synth(args) -> int:
 def cmd_prepare(args) -> int:
     from chexnet.data.prepare import prepare
 
-    options = {k: getattr(args, k) for k in ("uncertain", "blank") if getattr(args, k) is not None}
+    options = {k: getattr(args, k) for k in ("uncertain", "blank", "readers") if getattr(args, k) is not None}
     if args.dataset == "chexpert":
         options = {"uncertain": "ignore", "blank": "negative", **options}  # recorded, and printed below
         print(f"chexpert labels: uncertain (-1) -> {options['uncertain']}, blank -> {options['blank']}")
+    elif args.dataset == "vindr":
+        options = {"readers": "any", **options}
+        rule = "any reader" if options["readers"] == "any" else "more than half of the image's readers"
+        print(f"vindr labels (--readers {options['readers']}): a finding is positive when {rule} marked it")
     prepare(args.data, args.out, size=args.size, workers=args.workers, view=args.view, seed=args.seed,
             val_fraction=args.val_fraction, overwrite=args.overwrite, dataset=args.dataset, options=options)
     return 0

@@ -49,15 +49,16 @@ import pandas as pd
 import numpy as np
 
 from chexnet.data.cache import index_columns, label_columns
-from chexnet.data.sources import chexpert, nih
+from chexnet.data.sources import chexpert, nih, vindr
 from chexnet.data.splits import SPLITS
 
 SOURCES: dict[str, Callable[..., pd.DataFrame]] = {
     "nih": nih.read_source,  # NIH ChestX-ray14 (Data_Entry_2017*.csv, images_*/images/, official split lists)
     "chexpert": chexpert.read_source,  # CheXpert v1.0 (train.csv, valid.csv; uncertain / blank label policies)
+    "vindr": vindr.read_source,  # VinDr-CXR (PhysioNet or Kaggle layout; per-reader boxes -> readers rule)
 }
 # each source's own options (prepare(..., options=...), chexnet prepare's flags)
-OPTIONS: dict[str, tuple[str, ...]] = {"nih": (), "chexpert": ("uncertain", "blank")}
+OPTIONS: dict[str, tuple[str, ...]] = {"nih": (), "chexpert": ("uncertain", "blank"), "vindr": ("readers",)}
 DEFAULT_SOURCE = "nih"
 
 

@@ -414,11 +414,11 @@ def read_source(data_dir: str | os.PathLike, *, view: str | None = None, seed: i
     if valid_csv is not None:
         split[in_valid] = "test"
         _, val_p = split_patients(patients[~in_valid], (1 - val_fraction, val_fraction), seed)
-        split[~in_valid] = np.where(np.isin(patients[~in_valid], val_p), "val", "train")
+        split[~in_valid] = np.where(pd.Series(patients[~in_valid]).isin(val_p).to_numpy(), "val", "train")
         mode = "official test (valid.csv) + random val"
     else:
         for name, pats in zip(("train", "val", "test"), split_patients(patients, RANDOM_FRACTIONS, seed)):
-            split[np.isin(patients, pats)] = name
+            split[pd.Series(patients).isin(pats).to_numpy()] = name
         mode = "random"
     df["split"] = split
     check_patient_disjoint(df["patient_id"], df["split"])
