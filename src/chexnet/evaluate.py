@@ -18,7 +18,7 @@ from chexnet.data.dataset import open_split
 from chexnet.engine import StepContext, predict_distributed
 from chexnet.labels import PATHOLOGIES
 from chexnet.preprocess import Preprocessing, input_transform
-from chexnet.runs import load_run_model, resolve_cache, save_thresholds
+from chexnet.runs import is_other_data, load_run_model, resolve_cache, save_thresholds
 
 def predict_split(model, cfg, cache: Path, index, meta, split: str, tta: str, info, ctx, batch_size: int):
     dataset = open_split(cache, index, meta, split, TTA_MODES[tta], cfg.input_size, cfg.input_transform,
@@ -36,8 +36,10 @@ def evaluate_run(run: str | Path, checkpoint: str = "best", split: str = "test",
                  cache: str | Path | None = None):
     """Evaluate ``run`` on ``split``; rank 0 writes RUN/eval/<split>/ and returns the table (others None).
 
-    ``cache``: evaluate on this cache instead of the one recorded in run.json (a moved or copied run); it must
-    match the run's image size and labels.
+    ``cache``: evaluate on this cache instead of the one recorded in run.json: the run's own data moved or copied
+    (same index.csv: results in RUN/eval/<split>/ as usual), or other data (another data set, external
+    validation: RUN/eval/external/<cache folder name>/<split>/, and the run's thresholds.json is left as it is).
+    Its image size must be the run's; the run's labels it lacks are not scored.
     """
     from chexnet import report
 
@@ -51,6 +53,8 @@ def evaluate_run(run: str | Path, checkpoint: str = "best", split: str = "test",
             raise ValueError(f"{run}: trained on {len(cfg.labels)} labels ({', '.join(cfg.labels)}); evaluation and "
                              f"its reports cover the 14 NIH pathologies only (predict and localize work on any set)")
         cache, _, index, meta = resolve_cache(run, run_info, cache, spec)
+        external = is_other_data(run_info, cache, meta)
+        out = run / "eval" / "external" / cache.resolve().name if external else run / "eval"
         if spec is None:  # a run saved before checkpoints carried their preprocessing
             spec = Preprocessing(int(meta["size"]), cfg.input_size, cfg.input_transform)
         model.to(device)
@@ -66,20 +70,22 @@ def evaluate_run(run: str | Path, checkpoint: str = "best", split: str = "test",
         if not info.is_main:
             return None
         for name, frame in frames.items():
-            (run / "eval" / name).mkdir(parents=True, exist_ok=True)
-            report.write_predictions(frame, run / "eval" / name / "predictions.csv")
+            (out / name).mkdir(parents=True, exist_ok=True)
+            report.write_predictions(frame, out / name / "predictions.csv")
         selection = _selection_note(cfg, path, checkpoint)
         context = {"run": str(run), "checkpoint": str(path), "selected by": selection, "split": split, "tta": tta,
                    "arch": cfg.arch, "input": f"{spec.input_transform} {spec.cache_size} -> {spec.input_size} px",
-                   "processes": info.world_size, "cache": str(cache)}
-        table = report.write_evaluation(run / "eval" / split, frames[split], frames.get("val"),
+                   "processes": info.world_size, "cache": str(cache),
+                   "data": (f"external: {meta.get('arguments', {}).get('dataset', 'nih')} cache {cache}, not the "
+                            f"run's training data" if external else "the run's own cache")}
+        table = report.write_evaluation(out / split, frames[split], frames.get("val"),
                                         threshold_method=threshold_method, n_resamples=n_resamples, context=context,
                                         attributes=attributes)
-        if table.attrs.get("threshold_source") == "validation":
+        if table.attrs.get("threshold_source") == "validation" and not external:
             save_thresholds(run, loaded, table, threshold_method)
         print(f"{run} [{split}, checkpoint {path.name} ({selection}), tta {tta}]")
         print(report.format_table(table))
-        print(f"wrote {run / 'eval' / split}/ (predictions.csv, metrics.json, auroc.csv, subgroups.csv, report.md, "
+        print(f"wrote {out / split}/ (predictions.csv, metrics.json, auroc.csv, subgroups.csv, report.md, "
               f"roc.png, pr.png, auroc_vs_published.png)", file=sys.stderr)
         return table
     finally:

@@ -20,7 +20,7 @@ import yaml
 
 from chexnet.checkpoint import ckpt_position, ckpt_preprocessing, load_checkpoint, resolve_checkpoint
 from chexnet.config import config_from_dict
-from chexnet.data.cache import cache_labels, load_cache
+from chexnet.data.cache import cache_labels, index_sha256, load_cache
 from chexnet.fileio import atomic_write
 from chexnet.labels import PATHOLOGIES
 from chexnet.models import create_model
@@ -95,6 +95,17 @@ def resolve_cache(run: Path, run_info: dict, cache: str | Path | None, spec: Pre
               f"({_split_sizes(meta['splits'])} now, {_split_sizes(splits)} then): another split or data set",
               file=sys.stderr)
     return cache, images, index, meta
+
+
+def is_other_data(run_info: dict, cache: Path, meta: dict) -> bool:
+    """True when ``cache`` holds other data than the run was trained on (another data set or another preparation),
+    not the run's own cache moved or copied: by the index digest run.json records (runs from before it: by split
+    sizes)."""
+    if run_info.get("cache_index_sha256"):
+        return index_sha256(cache) != run_info["cache_index_sha256"]
+    splits = run_info.get("cache_splits")
+    return bool(splits) and ({k: v.get("images") for k, v in splits.items()}
+                             != {k: v.get("images") for k, v in meta["splits"].items()})
 
 
 def _split_sizes(splits: dict) -> str:

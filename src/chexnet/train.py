@@ -58,7 +58,7 @@ from chexnet.checkpoint import (
     weights_sha256,
 )
 from chexnet.config import TrainConfig, build_config, config_from_dict, save_config
-from chexnet.data.cache import cache_labels, load_cache
+from chexnet.data.cache import cache_labels, index_sha256, load_cache
 from chexnet.data.dataset import SkipSampler, open_split
 from chexnet.engine import StepContext, predict_distributed, train_one_epoch
 from chexnet.fileio import atomic_write
@@ -338,7 +338,9 @@ def _compare_weights(model, info, logger, epoch: int, global_step: int) -> list[
 
 def _run_info(cfg, cache, meta, spec, info, device) -> dict:
     """run.json: what a moved run needs to be evaluated elsewhere and to check a cache against."""
-    return {"cache": str(Path(cache).resolve()), "cache_size": spec.cache_size, "cache_count": int(meta["count"]),
+    return {"cache": str(Path(cache).resolve()), "cache_index_sha256": index_sha256(cache),
+            "cache_dataset": (meta.get("arguments") or {}).get("dataset", "nih"),
+            "cache_size": spec.cache_size, "cache_count": int(meta["count"]),
             "cache_splits": meta.get("splits"), "labels": list(cfg.labels), "preprocessing": spec.to_dict(),
             "select": cfg.select, "loss_weighting": cfg.loss_weighting, "world_size": info.world_size,
             "launcher": info.launcher, "elastic_run_id": dist.elastic_run_id(), "device": str(device),

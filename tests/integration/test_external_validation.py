@@ -24,9 +24,9 @@ def chexpert_cache(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("chexpert")
     make_chexpert_folder(root / "data", size=64)
-    prepare(root / "data", root / "cache", size=48, workers=1, progress=False, dataset="chexpert",
+    prepare(root / "data", root / "chexpert-48", size=48, workers=1, progress=False, dataset="chexpert",
             options={"uncertain": "ignore", "blank": "missing"})
-    return root / "cache"
+    return root / "chexpert-48"
 
 
 def test_training_masks_missing_labels_out_of_the_loss(chexpert_cache, tiny_cfg, tmp_path):
@@ -48,17 +48,22 @@ def test_an_nih_run_on_a_chexpert_cache_scores_only_the_labels_chexpert_has(trai
     from chexnet.data.cache import load_cache
 
     run = copy_run(trained_run)
+    thresholds = (run / "thresholds.json").read_bytes() if (run / "thresholds.json").exists() else None
     proc = chexnet_main("evaluate", run, "--cache", chexpert_cache, "--bootstrap", "20")
     assert "not in this dataset, not scored" in proc.stderr and "Hernia" in proc.stderr
+    out = run / "eval" / "external" / "chexpert-48"  # never the run's own eval/test
+    assert not (run / "eval" / "test").exists() and (out / "val" / "predictions.csv").is_file()
+    assert ((run / "thresholds.json").read_bytes() if (run / "thresholds.json").exists() else None) == thresholds
+    assert "external: chexpert cache" in (out / "test" / "report.md").read_text()
     _, index, _ = load_cache(chexpert_cache)
     test = index[index["split"] == "test"]
     never_known = [n for n in PATHOLOGIES if n in test.columns and test[n].isna().all()]  # blank=missing: Pneumonia
-    metrics = json.loads((run / "eval" / "test" / "metrics.json").read_text())
+    metrics = json.loads((out / "test" / "metrics.json").read_text())
     assert sorted(metrics["labels_not_scored"]) == sorted(NOT_IN_CHEXPERT + never_known)
-    table = pd.read_csv(run / "eval" / "test" / "auroc.csv", index_col=0)
+    table = pd.read_csv(out / "test" / "auroc.csv", index_col=0)
     assert table.loc[NOT_IN_CHEXPERT + never_known, "auroc"].isna().all()
     both = [n for n in PATHOLOGIES if n in test.columns and {0, 1} <= set(test[n].dropna())]
     assert both and table.loc[both, "auroc"].notna().all()  # scored wherever the known rows have both classes
-    predictions = (run / "eval" / "test" / "predictions.csv").read_text().splitlines()
+    predictions = (out / "test" / "predictions.csv").read_text().splitlines()
     header = predictions[0].split(",")
     assert predictions[1].split(",")[header.index("label_Hernia")] == ""  # missing, not 0

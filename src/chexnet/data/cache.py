@@ -149,6 +149,18 @@ def load_cache(cache_dir: str | os.PathLike, size: int | None = None) -> tuple[n
     return images, index, meta
 
 
+def index_sha256(cache_dir: str | os.PathLike) -> str:
+    """SHA-256 of a cache's ``index.csv``: which images with which labels and splits (a run records it, so that an
+    evaluation can tell the run's own data, wherever it was copied, from another data set)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(Path(cache_dir) / INDEX, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def read_index(path: str | os.PathLike, labels=PATHOLOGIES, version: int = FORMAT_VERSION) -> pd.DataFrame:
     """Read a cache ``index.csv`` with its dtypes: labels float32 (NaN for an empty cell: missing), age float
     (NaN when unknown), patient ids text (version 1: int64), other strings kept as ''."""
