@@ -56,7 +56,7 @@ def test_the_cli_prints_and_records_the_label_policies(chexpert_folder, tmp_path
     assert cli.main(["prepare", "--dataset", "chexpert", "--data", str(chexpert_folder), "--out", str(tmp_path / "c"),
                      "--size", "32", "--workers", "1", "--uncertain", "ones"]) == 0
     out = capsys.readouterr().out
-    assert "chexpert labels: uncertain (-1) -> ones, blank -> negative" in out
+    assert "chexpert options: --uncertain ones, --blank negative" in out
     assert "labels (positive / negative / missing per split):" in out and "Effusion" in out
     assert load_cache(tmp_path / "c")[2]["arguments"]["options"] == {"blank": "negative", "uncertain": "ones"}
     assert cli.main(["prepare", "--data", str(chexpert_folder), "--out", str(tmp_path / "n"), "--blank", "missing"]) == 2
@@ -68,4 +68,10 @@ def test_the_dataset_choices_are_the_registered_sources():
     from chexnet.choices import DATASETS
     from chexnet.data import sources
 
+    from chexnet.cli import build_parser
+
     assert list(DATASETS) == list(sources.SOURCES) == list(sources.OPTIONS)
+    args = build_parser().parse_args(["prepare", "--data", "d", "--out", "o"])
+    for name, options in sources.OPTIONS.items():
+        for option in options:  # each source's option is a prepare flag, default None (the source's default)
+            assert getattr(args, option) is None, (name, option)

@@ -225,13 +225,14 @@ def _add_prepare(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
     p.add_argument("--val-fraction", type=float, default=0.1, help="fraction of train_val patients used for validation with the official lists")
     p.add_argument("--overwrite", action="store_true", help="rebuild OUT even if it holds a cache made with other arguments")
-    g = p.add_argument_group("label policies (chexpert, vindr)")
+    # each flag here is one source's option (chexnet.data.sources.OPTIONS, where its default is): dest = the option
+    g = p.add_argument_group("data set options (each for the data sets named)")
     g.add_argument("--uncertain", default=None, metavar="POLICY",
-                   help="what an uncertain label (-1) becomes: ignore (missing; default) | zeros | ones | mixed (the "
+                   help="chexpert: what an uncertain label (-1) becomes: ignore (missing; default) | zeros | ones | mixed (the "
                    "CheXpert paper's per-label choice: ones for Atelectasis and Edema, zeros for Cardiomegaly, "
                    "Consolidation and Effusion), then per-label overrides, e.g. ignore,Edema=ones")
     g.add_argument("--blank", choices=["negative", "missing"], default=None,
-                   help="what a blank (not mentioned) label becomes: negative (default, the CheXpert authors' "
+                   help="chexpert: what a blank (not mentioned) label becomes: negative (default, the CheXpert authors' "
                    "reading) | missing (torchxrayvision's)")
     g.add_argument("--readers", choices=["any", "majority"], default=None,
                    help="vindr: a finding is positive when any reader marked it (default) | when more than half of "
@@ -518,14 +519,13 @@ def cmd_synth(args) -> int:
 def cmd_prepare(args) -> int:
     from chexnet.data.prepare import prepare
 
-    options = {k: getattr(args, k) for k in ("uncertain", "blank", "readers") if getattr(args, k) is not None}
-    if args.dataset == "chexpert":
-        options = {"uncertain": "ignore", "blank": "negative", **options}  # recorded, and printed below
-        print(f"chexpert labels: uncertain (-1) -> {options['uncertain']}, blank -> {options['blank']}")
-    elif args.dataset == "vindr":
-        options = {"readers": "any", **options}
-        rule = "any reader" if options["readers"] == "any" else "more than half of the image's readers"
-        print(f"vindr labels (--readers {options['readers']}): a finding is positive when {rule} marked it")
+    from chexnet.data.sources import OPTIONS
+
+    names = dict.fromkeys(k for opts in OPTIONS.values() for k in opts)  # every source's options: prepare's flags
+    given = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
+    options = {**OPTIONS.get(args.dataset, {}), **given}  # recorded in meta.json, and said here
+    if options:
+        print(f"{args.dataset} options: " + ", ".join(f"--{k} {v}" for k, v in options.items()))
     prepare(args.data, args.out, size=args.size, workers=args.workers, view=args.view, seed=args.seed,
             val_fraction=args.val_fraction, overwrite=args.overwrite, dataset=args.dataset, options=options)
     return 0

@@ -58,7 +58,12 @@ SOURCES: dict[str, Callable[..., pd.DataFrame]] = {
     "vindr": vindr.read_source,  # VinDr-CXR (PhysioNet or Kaggle layout; per-reader boxes -> readers rule)
 }
 # each source's own options (prepare(..., options=...), chexnet prepare's flags)
-OPTIONS: dict[str, tuple[str, ...]] = {"nih": (), "chexpert": ("uncertain", "blank"), "vindr": ("readers",)}
+# each source's own options and their defaults (prepare(..., options=...); chexnet prepare's "data set options")
+OPTIONS: dict[str, dict[str, str]] = {
+    "nih": {},
+    "chexpert": {"uncertain": "ignore", "blank": "negative"},
+    "vindr": {"readers": "any"},
+}
 DEFAULT_SOURCE = "nih"
 
 
@@ -73,9 +78,9 @@ def get_source(name: str) -> Callable[..., pd.DataFrame]:
 def check_options(name: str, options: dict) -> None:
     """ValueError for an unknown source or an option the source does not take."""
     get_source(name)
-    extra = sorted(set(options) - set(OPTIONS.get(name, ())))
+    extra = sorted(set(options) - set(OPTIONS.get(name, {})))
     if extra:
-        takes = ", ".join(OPTIONS.get(name, ())) or "none"
+        takes = ", ".join(OPTIONS.get(name, {})) or "none"
         raise ValueError(f"dataset {name!r} takes no option {', '.join(extra)} (its options: {takes})")
 
 
