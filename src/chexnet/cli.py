@@ -228,12 +228,15 @@ def _add_prepare(sub) -> None:
     # each flag here is one source's option (chexnet.data.sources.OPTIONS, where its default is): dest = the option
     g = p.add_argument_group("data set options (each for the data sets named)")
     g.add_argument("--uncertain", default=None, metavar="POLICY",
-                   help="chexpert: what an uncertain label (-1) becomes: ignore (missing; default) | zeros | ones | mixed (the "
+                   help="chexpert, mimic: what an uncertain label (-1) becomes: ignore (missing; default) | zeros | ones | mixed (the "
                    "CheXpert paper's per-label choice: ones for Atelectasis and Edema, zeros for Cardiomegaly, "
                    "Consolidation and Effusion), then per-label overrides, e.g. ignore,Edema=ones")
     g.add_argument("--blank", choices=["negative", "missing"], default=None,
-                   help="chexpert: what a blank (not mentioned) label becomes: negative (default, the CheXpert authors' "
+                   help="chexpert, mimic: what a blank (not mentioned) label becomes: negative (default, the CheXpert authors' "
                    "reading) | missing (torchxrayvision's)")
+    g.add_argument("--labeler", choices=["chexpert", "negbio"], default=None,
+                   help="mimic: whose study labels to read: chexpert (default; mimic-cxr-2.0.0-chexpert.csv.gz) | "
+                   "negbio (mimic-cxr-2.0.0-negbio.csv.gz)")
     g.add_argument("--readers", choices=["any", "majority"], default=None,
                    help="vindr: a finding is positive when any reader marked it (default) | when more than half of "
                    "the image's readers did")
@@ -249,8 +252,12 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--checkpoint", default="best", help="best | last | PATH (default best: the epoch the run's "
                    "selection rule chose; an error, never last.pt, if there is none)")
     p.add_argument("--split", choices=["test", "val"], default="test")
-    p.add_argument("--cache", default=None, help="evaluate on this cache instead of the one recorded in RUN/run.json "
-                   "(a run moved or copied to another machine); it must match the run's image size and labels")
+    p.add_argument("--cache", action="append", default=None, metavar="CACHE",
+                   help="evaluate on this cache instead of the one recorded in RUN/run.json: the run's own data moved "
+                   "or copied (RUN/eval/SPLIT/), or another data set (external validation: RUN/eval/external/CACHE/"
+                   "SPLIT/; the run's labels it lacks are not scored). Its images must have the run's size. "
+                   "Repeat it for several data sets: each is evaluated, then a cross-dataset table (RUN/eval/"
+                   "external/cross_dataset.csv, .md, .png)")
     p.add_argument("--tta", choices=list(TTA_MODES), default="none", help="test-time augmentation: " + help_text(TTA_HELP))
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs (default 1000)")
@@ -448,10 +455,15 @@ def _spawn_if_asked(args) -> bool:
 def cmd_evaluate(args) -> int:
     if _spawn_if_asked(args):
         return 0
-    from chexnet.evaluate import evaluate_run
+    from chexnet.evaluate import evaluate_across, evaluate_run
 
-    evaluate_run(args.run, args.checkpoint, args.split, args.tta, args.batch_size, args.bootstrap, args.threshold,
-                 cache=args.cache)
+    caches = args.cache or [None]
+    if len(caches) > 1:
+        evaluate_across(args.run, caches, args.checkpoint, args.split, args.tta, args.batch_size, args.bootstrap,
+                        args.threshold)
+    else:
+        evaluate_run(args.run, args.checkpoint, args.split, args.tta, args.batch_size, args.bootstrap, args.threshold,
+                     cache=caches[0])
     return 0
 
 

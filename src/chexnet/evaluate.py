@@ -92,6 +92,41 @@ def evaluate_run(run: str | Path, checkpoint: str = "best", split: str = "test",
         dist.teardown()
 
 
+def evaluate_across(run: str | Path, caches: list, checkpoint: str = "best", split: str = "test", tta: str = "none",
+                    batch_size: int = 64, n_resamples: int = 1000, threshold_method: str = "f1"):
+    """Evaluate ``run`` on each of ``caches`` (as :func:`evaluate_run` with ``cache=``), then write the
+    cross-dataset table, report and plot into RUN/eval/external/ (:mod:`chexnet.external`). Returns the long
+    table on rank 0 (None elsewhere)."""
+    from chexnet import external
+    from chexnet.data.cache import load_cache
+
+    run = Path(run)
+    names = [Path(c).resolve().name for c in caches]
+    if len(set(names)) != len(names):
+        raise ValueError(f"--cache folders must have distinct names (they name the data sets): {names}")
+    results, about = {}, {}
+    for cache, name in zip(caches, names):
+        table = evaluate_run(run, checkpoint, split, tta, batch_size, n_resamples, threshold_method, cache=cache)
+        if table is None:  # not rank 0
+            continue
+        meta = load_cache(cache)[2]
+        arguments = meta.get("arguments") or {}
+        results[name] = table
+        about[name] = {"cache": str(cache), "dataset": arguments.get("dataset", "nih"),
+                       "options": arguments.get("options") or {},
+                       "images": (meta.get("splits") or {}).get(split, {}).get("images"),
+                       "mapping": ((meta.get("source") or {}).get("labels") or {}).get("labels")}
+    if not results:
+        return None
+    labels = list(load_run_model(run, checkpoint).cfg.labels)
+    path = external.write_cross_dataset(run / "eval" / "external", results, about, labels)
+    long = external.cross_dataset_table(results, labels)
+    print(f"\n{run}: AUROC on {split} across {len(results)} data sets (n/a: not in that data set)")
+    print(external.format_cross_dataset(long))
+    print(f"wrote {path.parent}/ (cross_dataset.csv, cross_dataset.md, cross_dataset.png)", file=sys.stderr)
+    return long
+
+
 def _selection_note(cfg, path: Path, checkpoint: str) -> str:
     if checkpoint == "best":
         return f"best.pt: {SELECT_RULES[cfg.select].text}"
@@ -118,4 +153,4 @@ def compare(runs: list[str], split: str = "test", out: str | None = None, n_resa
     return table
 
 
-__all__ = ["evaluate_run", "compare"]
+__all__ = ["evaluate_run", "evaluate_across", "compare"]

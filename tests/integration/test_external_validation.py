@@ -67,3 +67,26 @@ def test_an_nih_run_on_a_chexpert_cache_scores_only_the_labels_chexpert_has(trai
     predictions = (out / "test" / "predictions.csv").read_text().splitlines()
     header = predictions[0].split(",")
     assert predictions[1].split(",")[header.index("label_Hernia")] == ""  # missing, not 0
+
+
+def test_evaluate_on_several_caches_writes_the_cross_dataset_table(trained_run, copy_run, tiny_cache, chexpert_cache,
+                                                                   chexnet_main):
+    """--cache twice: the run's own data and CheXpert's, each evaluated, then one table per label and data set."""
+    run = copy_run(trained_run)
+    proc = chexnet_main("evaluate", run, "--cache", tiny_cache, "--cache", chexpert_cache, "--bootstrap", "20")
+    assert "across 2 data sets" in proc.stdout
+    assert (run / "eval" / "test" / "metrics.json").is_file()  # the run's own cache: its usual folder
+    assert (run / "eval" / "external" / "chexpert-48" / "test" / "metrics.json").is_file()
+    long = pd.read_csv(run / "eval" / "external" / "cross_dataset.csv", keep_default_na=False, na_values=[""])
+    assert set(long["dataset"]) == {tiny_cache.name, "chexpert-48"} and len(long) == 2 * len(PATHOLOGIES)
+    chex = long[long["dataset"] == "chexpert-48"].set_index("label")
+    assert chex.loc[NOT_IN_CHEXPERT, "auroc"].isna().all()
+    assert (chex.loc[NOT_IN_CHEXPERT, "note"] == "not in this dataset").all()
+    own = long[long["dataset"] == tiny_cache.name].set_index("label")
+    per_run = pd.read_csv(run / "eval" / "test" / "auroc.csv", index_col=0)
+    for label in PATHOLOGIES:  # the table repeats each evaluation's numbers
+        a, b = own.loc[label, "auroc"], per_run.loc[label, "auroc"]
+        assert (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, abs=1e-6)
+    md = (run / "eval" / "external" / "cross_dataset.md").read_text()
+    assert "| label | " in md and "## chexpert-48" in md and "not in this dataset: " in md and '"uncertain": "ignore"' in md
+    assert (run / "eval" / "external" / "cross_dataset.png").stat().st_size > 0
