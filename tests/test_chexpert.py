@@ -434,8 +434,8 @@ def test_map_source_labels_is_exact_and_strict():
             map_source_labels("vindr", [bad])
     with pytest.raises(LabelError, match="unknown label name 'Effusion'"):
         map_source_labels("chexpert", ["Effusion"])
-    with pytest.raises(ValueError, match="no label table for source 'padchest'; known: chexpert, vindr"):
-        map_source_labels("padchest", ["Atelectasis"])
+    with pytest.raises(ValueError, match="no label table for source 'openi'; known: chexpert, .*vindr"):
+        map_source_labels("openi", ["Atelectasis"])
 
 
 @pytest.mark.skipif(not VINDR_CSV.is_file(), reason=f"{VINDR_CSV} not present")

@@ -63,6 +63,16 @@ DATASETS = {
                 "CheXpert-v1.0-small/ or CheXpert-v1.0/ folder; frontal images unless --view",
     "vindr": "VinDr-CXR: PhysioNet's annotations/annotations_{train,test}.csv or Kaggle's train.csv, with "
              "train/ and test/ *.dicom; image labels from the readers' boxes",
+    "mimic": "MIMIC-CXR-JPG 2.0/2.1: mimic-cxr-2.0.0-{metadata,split,chexpert,negbio}.csv.gz and files/pNN/pSUBJECT/"
+             "sSTUDY/*.jpg; official split, study labels per image; frontal images unless --view",
+    "rsna": "RSNA Pneumonia Detection Challenge: stage_2_train_labels.csv (+ stage_2_detailed_class_info.csv) and "
+            "stage_2_train_images/*.dcm; Pneumonia from Target, random 70/10/20 split by image",
+    "padchest": "PadChest: PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv(.gz) and its 16-bit PNGs in the "
+                "numbered folders 0/ .. 54/ (or flat); report terms matched whole; frontal images unless --view",
+    "csv": "a hospital's own export: a CSV of image paths, patient ids and label columns, described by a YAML "
+           "file (--mapping FILE); its split column, or a random 70/10/20 split by patient",
+    "nih-google": "NIH ChestX-ray14 images (DATA, as for nih) with Google's expert labels (--expert-labels): "
+                  "Fracture, Pneumothorax, Airspace opacity, Nodule or mass; the files' val / test splits",
 }
 
 # tune's --pruner

@@ -246,6 +246,15 @@ def _add_prepare(sub) -> None:
     g.add_argument("--readers", choices=["any", "majority"], default=None,
                    help="vindr: a finding is positive when any reader marked it (default) | when more than half of "
                    "the image's readers did")
+    g.add_argument("--mapping", default=None, metavar="FILE",
+                   help="csv: the YAML file naming the CSV (relative to --data), its image, patient, optional split / "
+                   "view / sex / age columns, each label column's vocabulary label and what each cell text means "
+                   "(1 / 0 / missing); required for --dataset csv (see chexnet.data.sources.csv_source)")
+    g.add_argument("--expert-labels", dest="expert_labels", default=None, metavar="FILE[,FILE]",
+                   help="nih-google: Google's expert-label CSVs (four_findings_expert_labels_validation_labels.csv, "
+                   "..._test_labels.csv), comma-separated, absolute or relative to --data; each file's images are "
+                   "the split its name says (valid -> val, test -> test), or the one given as FILE:val / FILE:test; "
+                   "required for --dataset nih-google (see chexnet.data.sources.nih_google)")
 
 
 def _add_evaluate(sub) -> None:

@@ -50,6 +50,31 @@ VinDr-CXR (``vindr``; its ``class_name`` values):
 | Pneumothorax       | Pneumothorax                                     |
 | Pulmonary fibrosis | Fibrosis                                         |
 | No finding         | No Finding                                       |
+
+PadChest (``padchest``; terms of its ``Labels`` lists, matched whole, never by substring; any term not listed
+is dropped, see :mod:`chexnet.data.sources.padchest`):
+
+| PadChest terms                                                            | vocabulary         |
+|---------------------------------------------------------------------------|--------------------|
+| normal                                                                    | No Finding         |
+| atelectasis; total, lobar, segmental, laminar, round atelectasis; atelectasis basal | Atelectasis |
+| cardiomegaly                                                              | Cardiomegaly       |
+| pleural effusion, loculated pleural effusion, loculated fissural effusion, empyema | Effusion   |
+| hydropneumothorax                                                         | Effusion and Pneumothorax |
+| infiltrates; interstitial, reticular / reticulonodular interstitial, ground glass, alveolar pattern; miliary opacities | Infiltration |
+| mass, pulmonary mass                                                      | Mass               |
+| nodule, multiple nodules                                                  | Nodule             |
+| pneumonia, atypical pneumonia                                             | Pneumonia          |
+| pneumothorax                                                              | Pneumothorax       |
+| consolidation, air bronchogram                                            | Consolidation      |
+| pulmonary edema                                                           | Edema              |
+| emphysema                                                                 | Emphysema          |
+| pulmonary fibrosis                                                        | Fibrosis           |
+| pleural thickening, apical / calcified pleural thickening                 | Pleural_Thickening |
+| hiatal hernia                                                             | Hernia             |
+| fracture; rib, callus rib, clavicle, humeral, vertebral fracture          | Fracture           |
+| endotracheal, tracheostomy, NSG, chest drain, ventriculoperitoneal drain, gastrostomy, nephrostomy tube; double J stent; catheter, central venous catheter (all kinds); electrical device, pacemaker, single / dual chamber device, dai | Support Devices |
+| soft tissue / breast / mediastinal / pleural mass, pericardial effusion, subcutaneous emphysema, pseudonodule | (dropped: listed because a substring match would take them) |
 """
 
 from __future__ import annotations
@@ -176,6 +201,89 @@ SOURCE_NAMES: dict[str, dict[str, Target]] = {
         "Pneumothorax": "Pneumothorax",
         "Pulmonary fibrosis": "Fibrosis",
         "No finding": NO_FINDING,
+    },
+    "nih-google": {  # Google's expert labels of NIH images (Majkowska et al. 2020), the files' four columns in order
+        "Fracture": "Fracture",
+        "Pneumothorax": "Pneumothorax",
+        "Airspace opacity": KEEP_OWN,  # no one NIH label: a model is scored by max(Consolidation, Pneumonia,
+        # Infiltration), chexnet.data.sources.nih_google.DERIVED_SCORES (chexnet's rule, not the paper's)
+        "Nodule or mass": KEEP_OWN,  # scored by max(Nodule, Mass) (DERIVED_SCORES); not set into Nodule and Mass:
+        # an expert "YES" does not say which of the two it is
+    },
+    "padchest": {  # PadChest's Labels terms that name a vocabulary label or a kind of it (PadChest's term tree),
+        # matched as whole terms; every other PadChest term is dropped (chexnet.data.sources.padchest). The DROP
+        # entries are terms that contain a label's word but are not that finding (a substring match takes them).
+        "normal": NO_FINDING,
+        "atelectasis": "Atelectasis",
+        "total atelectasis": "Atelectasis",
+        "lobar atelectasis": "Atelectasis",
+        "segmental atelectasis": "Atelectasis",
+        "laminar atelectasis": "Atelectasis",
+        "round atelectasis": "Atelectasis",
+        "atelectasis basal": "Atelectasis",
+        "cardiomegaly": "Cardiomegaly",
+        "pleural effusion": "Effusion",
+        "loculated pleural effusion": "Effusion",
+        "loculated fissural effusion": "Effusion",  # pleural fluid within a fissure
+        "empyema": "Effusion",  # an infected pleural effusion (under pleural effusion in PadChest's tree)
+        "hydropneumothorax": ("Effusion", "Pneumothorax"),  # fluid and air in the pleural space: both
+        "infiltrates": "Infiltration",
+        "interstitial pattern": "Infiltration",  # these patterns sit under "infiltrates" in PadChest's tree
+        "reticular interstitial pattern": "Infiltration",
+        "reticulonodular interstitial pattern": "Infiltration",
+        "ground glass pattern": "Infiltration",
+        "alveolar pattern": "Infiltration",
+        "miliary opacities": "Infiltration",
+        "mass": "Mass",
+        "pulmonary mass": "Mass",
+        "nodule": "Nodule",
+        "multiple nodules": "Nodule",
+        "pneumonia": "Pneumonia",
+        "atypical pneumonia": "Pneumonia",
+        "pneumothorax": "Pneumothorax",
+        "consolidation": "Consolidation",
+        "air bronchogram": "Consolidation",  # the sign of an air-space consolidation
+        "pulmonary edema": "Edema",
+        "emphysema": "Emphysema",
+        "pulmonary fibrosis": "Fibrosis",
+        "pleural thickening": "Pleural_Thickening",
+        "apical pleural thickening": "Pleural_Thickening",
+        "calcified pleural thickening": "Pleural_Thickening",
+        "hiatal hernia": "Hernia",
+        "fracture": "Fracture",
+        "rib fracture": "Fracture",
+        "callus rib fracture": "Fracture",  # a healing rib fracture
+        "clavicle fracture": "Fracture",
+        "humeral fracture": "Fracture",
+        "vertebral fracture": "Fracture",
+        # Support Devices: tubes, drains, lines, catheters and cardiac electrical devices (not prostheses, valves,
+        # surgical material or foreign bodies)
+        "endotracheal tube": "Support Devices",
+        "tracheostomy tube": "Support Devices",
+        "NSG tube": "Support Devices",  # nasogastric tube
+        "chest drain tube": "Support Devices",
+        "ventriculoperitoneal drain tube": "Support Devices",
+        "gastrostomy tube": "Support Devices",
+        "nephrostomy tube": "Support Devices",
+        "double J stent": "Support Devices",
+        "catheter": "Support Devices",
+        "central venous catheter": "Support Devices",
+        "central venous catheter via jugular vein": "Support Devices",
+        "central venous catheter via subclavian vein": "Support Devices",
+        "central venous catheter via umbilical vein": "Support Devices",
+        "reservoir central venous catheter": "Support Devices",
+        "electrical device": "Support Devices",
+        "pacemaker": "Support Devices",
+        "single chamber device": "Support Devices",
+        "dual chamber device": "Support Devices",
+        "dai": "Support Devices",  # implantable defibrillator (Spanish DAI)
+        "soft tissue mass": DROP,  # not a lung mass
+        "breast mass": DROP,
+        "mediastinal mass": DROP,
+        "pleural mass": DROP,
+        "pericardial effusion": DROP,  # not pleural
+        "subcutaneous emphysema": DROP,  # air in the soft tissues, not lung emphysema
+        "pseudonodule": DROP,  # something that looks like a nodule and is not (nipple shadow, vessel end on)
     },
 }
 

@@ -181,10 +181,12 @@ class _Work:
         self.root.mkdir(parents=True)
         with open(self.part, "wb") as f:
             f.truncate(self.rows * self.row_bytes)  # sparse until written
+        dataset = args.get("dataset", "nih")
+        reason = ("file not found in images_*/images/ or images/" if dataset == "nih" else
+                  f"file not found where the {dataset} layout keeps it (chexnet prepare --help)")
         for row in np.flatnonzero(plan["path"].to_numpy() == ""):
             self.status[row] = FAILED
-            self.failures[int(row)] = {"row": int(row), "image": plan["image"].iat[row], "path": "",
-                                       "reason": "file not found in images_*/images/ or images/"}
+            self.failures[int(row)] = {"row": int(row), "image": plan["image"].iat[row], "path": "", "reason": reason}
         self.save_state()
         self.started = _now()
         self.runs = 1

@@ -49,13 +49,18 @@ import pandas as pd
 import numpy as np
 
 from chexnet.data.cache import index_columns, label_columns
-from chexnet.data.sources import chexpert, nih, vindr
+from chexnet.data.sources import chexpert, csv_source, mimic, nih, nih_google, padchest, rsna, vindr
 from chexnet.data.splits import SPLITS
 
 SOURCES: dict[str, Callable[..., pd.DataFrame]] = {
     "nih": nih.read_source,  # NIH ChestX-ray14 (Data_Entry_2017*.csv, images_*/images/, official split lists)
     "chexpert": chexpert.read_source,  # CheXpert v1.0 (train.csv, valid.csv; uncertain / blank label policies)
     "vindr": vindr.read_source,  # VinDr-CXR (PhysioNet or Kaggle layout; per-reader boxes -> readers rule)
+    "mimic": mimic.read_source,  # MIMIC-CXR-JPG 2.0/2.1 (metadata, official split, CheXpert or NegBio study labels)
+    "rsna": rsna.read_source,  # RSNA Pneumonia Detection Challenge (stage_2_train_labels.csv, DICOM headers, boxes)
+    "padchest": padchest.read_source,  # PadChest (its 160K labels CSV, 16-bit PNGs; report terms matched whole)
+    "csv": csv_source.read_source,  # a hospital's own CSV, described by a YAML mapping file (--mapping)
+    "nih-google": nih_google.read_source,  # NIH images with Google's expert labels (4 findings; --expert-labels)
 }
 # each source's own options (prepare(..., options=...), chexnet prepare's flags)
 # each source's own options and their defaults (prepare(..., options=...); chexnet prepare's "data set options")
@@ -63,6 +68,11 @@ OPTIONS: dict[str, dict[str, str]] = {
     "nih": {},
     "chexpert": {"uncertain": "ignore", "blank": "negative"},
     "vindr": {"readers": "any"},
+    "mimic": {"labeler": "chexpert", "uncertain": "ignore", "blank": "negative"},
+    "rsna": {},
+    "padchest": {},
+    "csv": {"mapping": ""},  # the YAML file; empty: refused ("csv needs --mapping FILE")
+    "nih-google": {"expert_labels": ""},  # the expert-label CSVs; empty: refused ("nih-google needs --expert-labels")
 }
 DEFAULT_SOURCE = "nih"
 
