@@ -75,3 +75,10 @@ def test_the_dataset_choices_are_the_registered_sources():
     for name, options in sources.OPTIONS.items():
         for option in options:  # each source's option is a prepare flag, default None (the source's default)
             assert getattr(args, option) is None, (name, option)
+
+
+def test_the_readme_shows_the_code_s_source_x_label_table():
+    from chexnet.data.sources import label_table_markdown
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert label_table_markdown() in readme, "README's source x label table differs from the code's: regenerate it"

@@ -114,3 +114,26 @@ def read_source(name: str, data_dir: str | os.PathLike, **options) -> pd.DataFra
     if table["image"].duplicated().any():
         raise TypeError(f"source {name!r}: image {table['image'][table['image'].duplicated()].iat[0]!r} repeats")
     return table
+
+
+def source_labels() -> dict[str, tuple[str, ...]]:
+    """The labels each source can give (its cache's label columns, at most), for the docs' source x label table."""
+    from chexnet.data.sources import chexpert, mimic, nih_google, padchest, rsna, vindr
+    from chexnet.labels import PATHOLOGIES
+
+    return {"nih": PATHOLOGIES, "chexpert": chexpert.LABELS, "vindr": vindr.LABELS, "mimic": mimic.LABELS,
+            "rsna": rsna.LABELS, "padchest": padchest.LABELS, "nih-google": nih_google.LABELS}
+
+
+def label_table_markdown() -> str:
+    """The README's table: one row per label (the vocabulary, then the sources' own names), one column per
+    source; x where the source has the label. ``csv``: whatever its mapping names."""
+    from chexnet.labels import VOCABULARY
+
+    have = source_labels()
+    names = [s for s in SOURCES if s in have]
+    rows = list(VOCABULARY) + [n for s in names for n in have[s] if n not in VOCABULARY]
+    lines = ["| label | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for label in dict.fromkeys(rows):
+        lines.append(f"| {label} | " + " | ".join("x" if label in have[s] else "" for s in names) + " |")
+    return "\n".join(lines)

@@ -93,6 +93,7 @@ CLASS_FILE_COLUMNS = ("patientId", "class")
 CLASSES = ("Lung Opacity", "Normal", "No Lung Opacity / Not Normal")
 OPACITY_CLASS = "Lung Opacity"
 BOX_FINDING = "Pneumonia"
+LABELS: tuple[str, ...] = ("Pneumonia", "Lung Opacity")  # Lung Opacity only with stage_2_detailed_class_info.csv
 BOX_COLUMNS = ("image", "finding", "x", "y", "w", "h")
 HEADER_TAGS = ("PatientSex", "PatientAge", "ViewPosition")  # the only DICOM fields read
 RANDOM_FRACTIONS = (0.7, 0.1, 0.2)  # train/val/test by image
