@@ -110,7 +110,7 @@ def _use_the_model(out: Path, run: Path, data: Path) -> None:
     subprocess.run([*chexnet, "predict", "--onnx", str(onnx), *files, "--no-progress"], check=True)
 
 
-DEMO_EXTERNAL_IMAGES, DEMO_SHIFT = 400, 0.5
+DEMO_EXTERNAL_IMAGES, DEMO_SHIFT = 400, 1.0
 
 
 def _external_validation(out: Path, run: Path, cache: Path) -> None:
