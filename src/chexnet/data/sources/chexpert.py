@@ -56,9 +56,6 @@ the file, the header being line 1) and the column.
 
 from __future__ import annotations
 
-import csv
-import gzip
-import io
 import os
 import re
 from collections.abc import Mapping
@@ -67,6 +64,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from chexnet.data.sources.tables import bad_cell, find_table, read_csv_strict
 from chexnet.data.splits import MetadataError
 from chexnet.labels import SOURCE_NAMES, VOCABULARY, map_source_labels
 
@@ -177,35 +175,6 @@ def policy_summary(uncertain: str | Mapping[str, str] = "ignore", blank: str = "
 
 # ------------------------------------------------------------------------------------------------------ reading
 
-def _read_bytes(path: Path) -> bytes:
-    try:
-        data = path.read_bytes()
-        return gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
-        raise MetadataError(f"{path}: cannot read: {exc}") from exc
-
-
-def _check_field_counts(data: bytes, where: str) -> None:
-    """Every line has the header's number of fields (pandas would pad a short line with blanks: negatives)."""
-    if b'"' not in data:  # no quoting: a field count is a comma count (fast path; CheXpert's files)
-        lines = data.split(b"\n")
-        if lines and lines[-1] in (b"", b"\r"):
-            lines.pop()
-        want = lines[0].count(b",") if lines else 0
-        for i, line in enumerate(lines):
-            if line.count(b",") != want:
-                raise MetadataError(f"{where} line {i + 1}: {line.count(b',') + 1} field(s), "
-                                    f"the header has {want + 1}")
-        return
-    reader = csv.reader(io.StringIO(data.decode("utf-8", errors="replace"), newline=""))
-    want = None
-    for row in reader:
-        if want is None:
-            want = len(row)
-        elif len(row) != want:
-            raise MetadataError(f"{where} line {reader.line_num}: {len(row)} field(s), the header has {want}")
-
-
 def read_chexpert_csv(path: str | os.PathLike, *, uncertain: str | Mapping[str, str] = "ignore",
                       blank: str = "negative") -> pd.DataFrame:
     """Read CheXpert's ``train.csv`` or ``valid.csv`` (also ``.csv.gz``) -> one row per image (see the module).
@@ -218,19 +187,8 @@ def read_chexpert_csv(path: str | os.PathLike, *, uncertain: str | Mapping[str, 
     """
     path = Path(path)
     _uncertain_per_label(uncertain), _check_blank(blank)  # policy errors before reading
-    data = _read_bytes(path)
-    _check_field_counts(data, str(path))
-    try:
-        raw = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False, skip_blank_lines=False,
-                          encoding="utf-8-sig")
-    except Exception as exc:  # pandas raises many kinds
-        raise MetadataError(f"{path}: cannot read as CSV: {exc}") from exc
-    del data
+    raw = read_csv_strict(path)
     return parse_chexpert_frame(raw, str(path), uncertain=uncertain, blank=blank)
-
-
-def _bad(where: str, i: int, column: str, value, why: str) -> MetadataError:
-    return MetadataError(f"{where} line {i + 2}, column {column!r}: {why} (value {value!r})")
 
 
 def _first(mask: np.ndarray) -> int:
@@ -252,7 +210,7 @@ def _label_codes(values: pd.Series, where: str, column: str) -> np.ndarray:
             v = None
         if v not in (1.0, 0.0, -1.0):
             i = _first(codes == k)
-            raise _bad(where, i, column, text, "not 1.0, 0.0, -1.0 or blank")
+            raise bad_cell(where, i, column, text, "not 1.0, 0.0, -1.0 or blank")
         table[k] = v
     return table[codes]
 
@@ -264,7 +222,7 @@ def _map_values(values: pd.Series, fn, where: str, column: str, why: str) -> np.
     for k, text in enumerate(uniques):
         v = fn(str(text).strip()) if isinstance(text, str) else None
         if v is None:
-            raise _bad(where, _first(codes == k), column, text, why)
+            raise bad_cell(where, _first(codes == k), column, text, why)
         mapped.append(v)
     table = np.empty(len(mapped), dtype=object)
     table[:] = mapped
@@ -303,7 +261,7 @@ def parse_chexpert_frame(raw: pd.DataFrame, where: str = "<table>", *,
     bad = np.fromiter((m is None for m in matches), dtype=bool, count=n)
     if bad.any():
         i = _first(bad)
-        raise _bad(where, i, "Path", paths[i], "not .../patientNNNNN/studyN/IMAGE")
+        raise bad_cell(where, i, "Path", paths[i], "not .../patientNNNNN/studyN/IMAGE")
     image = np.array([m.group(1) for m in matches], dtype=object)
     patient = np.array([m.group(2) for m in matches], dtype=object)
     study = np.array([m.group(3) for m in matches], dtype=object)
@@ -311,7 +269,7 @@ def parse_chexpert_frame(raw: pd.DataFrame, where: str = "<table>", *,
     dup = pd.Series(image).duplicated().to_numpy()
     if dup.any():
         i = _first(dup)
-        raise _bad(where, i, "Path", paths[i], "the image is listed more than once")
+        raise bad_cell(where, i, "Path", paths[i], "the image is listed more than once")
 
     frontal = _map_values(col["Frontal/Lateral"], lambda s: _FRONTAL.get(s.lower()), where, "Frontal/Lateral",
                           "not Frontal or Lateral").astype(bool)
@@ -370,13 +328,6 @@ def find_csv_dir(data_dir: Path) -> Path:
     raise MetadataError(f"{data_dir}: no CheXpert train.csv (looked in {looked})")
 
 
-def _csv(folder: Path, stem: str) -> Path | None:
-    for name in (f"{stem}.csv", f"{stem}.csv.gz"):
-        if (folder / name).is_file():
-            return folder / name
-    return None
-
-
 def read_source(data_dir: str | os.PathLike, *, view: str | None = None, seed: int = 0, val_fraction: float = 0.1,
                 uncertain: str = "ignore", blank: str = "negative") -> pd.DataFrame:
     """The ``chexpert`` source (see :mod:`chexnet.data.sources`): ``train.csv`` (and ``valid.csv``) of CheXpert
@@ -392,7 +343,7 @@ def read_source(data_dir: str | os.PathLike, *, view: str | None = None, seed: i
 
     data_dir = Path(data_dir)
     folder = find_csv_dir(data_dir)
-    train_csv, valid_csv = _csv(folder, "train"), _csv(folder, "valid")
+    train_csv, valid_csv = find_table(folder, "train"), find_table(folder, "valid")
     parts = [read_chexpert_csv(train_csv, uncertain=uncertain, blank=blank)]
     if valid_csv is not None:
         parts.append(read_chexpert_csv(valid_csv, uncertain=uncertain, blank=blank))

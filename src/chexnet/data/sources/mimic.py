@@ -57,7 +57,6 @@ read): ``age`` is NaN and ``sex`` '' for every image, as ``attrs["source"]["age_
 
 from __future__ import annotations
 
-import io
 import os
 import re
 from collections.abc import Mapping
@@ -74,12 +73,11 @@ from chexnet.data.sources.chexpert import (
     _BLANK_VALUE,
     _UNCERTAIN_VALUE,
     _check_blank,
-    _check_field_counts,
     _label_codes,
-    _read_bytes,
     _uncertain_per_label,
     policy_summary,
 )
+from chexnet.data.sources.tables import bad_cell, find_table, read_csv_strict
 from chexnet.data.splits import MetadataError
 from chexnet.labels import map_source_labels
 
@@ -122,10 +120,6 @@ def image_name(subject_id: str, study_id: str, dicom_id: str) -> str:
 
 # ------------------------------------------------------------------------------------------------------ parsing
 
-def _bad(where: str, i: int, column: str, value, why: str) -> MetadataError:
-    return MetadataError(f"{where} line {i + 2}, column {column!r}: {why} (value {value!r})")
-
-
 def _columns(raw: pd.DataFrame, required, where: str) -> dict[str, object]:
     columns = {str(c).strip().lstrip("\ufeff").strip(): c for c in raw.columns}
     missing = [c for c in required if c not in columns]
@@ -154,7 +148,7 @@ def _checked(raw: pd.DataFrame, columns: dict, name: str, pattern: re.Pattern, w
     ok = np.array([bool(pattern.match(u)) for u in uniques], dtype=bool)
     if len(values) and not ok[codes].all():
         i = int(np.flatnonzero(~ok[codes])[0])
-        raise _bad(where, i, name, raw[columns[name]].iat[i], why)
+        raise bad_cell(where, i, name, raw[columns[name]].iat[i], why)
     return values
 
 
@@ -162,7 +156,7 @@ def _unique(values: np.ndarray, raw: pd.DataFrame, columns: dict, name: str, whe
     dup = pd.Series(values).duplicated().to_numpy()
     if dup.any():
         i = int(np.flatnonzero(dup)[0])
-        raise _bad(where, i, name, raw[columns[name]].iat[i], f"{what} is listed more than once")
+        raise bad_cell(where, i, name, raw[columns[name]].iat[i], f"{what} is listed more than once")
 
 
 def parse_metadata_frame(raw: pd.DataFrame, where: str = "<metadata>") -> pd.DataFrame:
@@ -180,7 +174,7 @@ def parse_metadata_frame(raw: pd.DataFrame, where: str = "<metadata>") -> pd.Dat
     other = first != subject
     if other.any():
         i = int(np.flatnonzero(other)[0])
-        raise _bad(where, i, "subject_id", raw[columns["subject_id"]].iat[i],
+        raise bad_cell(where, i, "subject_id", raw[columns["subject_id"]].iat[i],
                    f"study {study[i]} is listed under subject {first[i]} on an earlier line")
     out.attrs["source"] = {"metadata": where, "metadata_rows": len(raw),
                            "unused_columns": [c for c in columns if c not in METADATA_COLUMNS]}
@@ -200,7 +194,7 @@ def parse_split_frame(raw: pd.DataFrame, where: str = "<split>") -> pd.DataFrame
     bad = pd.isna(split)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise _bad(where, i, "split", raw[columns["split"]].iat[i], f"not {', '.join(SPLIT_NAMES)}")
+        raise bad_cell(where, i, "split", raw[columns["split"]].iat[i], f"not {', '.join(SPLIT_NAMES)}")
     return pd.DataFrame({"dicom_id": dicom, "subject_id": subject, "study_id": study, "split": split})
 
 
@@ -236,13 +230,7 @@ def parse_labels_frame(raw: pd.DataFrame, where: str = "<labels>", *, uncertain:
 
 def _read_raw(path: str | os.PathLike) -> tuple[pd.DataFrame, str]:
     path = Path(path)
-    data = _read_bytes(path)
-    _check_field_counts(data, str(path))
-    try:
-        raw = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False, skip_blank_lines=False,
-                          encoding="utf-8-sig")
-    except Exception as exc:  # pandas raises many kinds
-        raise MetadataError(f"{path}: cannot read as CSV: {exc}") from exc
+    raw = read_csv_strict(path)
     return raw, str(path)
 
 
@@ -264,26 +252,19 @@ def read_labels(path: str | os.PathLike, *, uncertain: str | Mapping[str, str] =
     return parse_labels_frame(raw, where, uncertain=uncertain, blank=blank)
 
 
-def _csv(folder: Path, stem: str) -> Path | None:
-    for name in (f"{stem}.csv", f"{stem}.csv.gz"):
-        if (folder / name).is_file():
-            return folder / name
-    return None
-
-
 def find_folder(data_dir: str | os.PathLike) -> Path:
     """The release folder: the first of :data:`CSV_FOLDERS` below ``data_dir`` holding the metadata file."""
     data_dir = Path(data_dir)
     for sub in CSV_FOLDERS:
         folder = data_dir / sub if sub else data_dir
-        if _csv(folder, FILE_STEMS["metadata"]) is not None:
+        if find_table(folder, FILE_STEMS["metadata"]) is not None:
             return folder
     looked = ", ".join(str((data_dir / s) if s else data_dir) for s in CSV_FOLDERS)
     raise MetadataError(f"{data_dir}: no MIMIC-CXR-JPG {FILE_STEMS['metadata']}.csv(.gz) (looked in {looked})")
 
 
 def _need(folder: Path, stem: str, why: str) -> Path:
-    path = _csv(folder, stem)
+    path = find_table(folder, stem)
     if path is None:
         raise MetadataError(f"{folder}: no {stem}.csv or {stem}.csv.gz ({why})")
     return path
@@ -306,7 +287,7 @@ def read_source(data_dir: str | os.PathLike, *, view: str | None = None, seed: i
     _uncertain_per_label(uncertain), _check_blank(blank)
     data_dir = Path(data_dir)
     folder = find_folder(data_dir)
-    meta_csv = _csv(folder, FILE_STEMS["metadata"])
+    meta_csv = find_table(folder, FILE_STEMS["metadata"])
     split_csv = _need(folder, FILE_STEMS["split"], "the official split")
     labels_csv = _need(folder, FILE_STEMS[labeler], f"the {labeler} labels")
     meta = read_metadata(meta_csv)

@@ -73,7 +73,6 @@ table's image name), ``finding`` (``Pneumonia``: the label the box sets), ``x, y
 
 from __future__ import annotations
 
-import io
 import os
 import re
 from pathlib import Path
@@ -82,7 +81,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from chexnet.data.sources.chexpert import _check_field_counts, _read_bytes
+from chexnet.data.sources.tables import bad_cell, find_table, read_csv_strict
 from chexnet.data.splits import MetadataError
 
 SOURCE = "rsna"
@@ -112,10 +111,6 @@ __all__ = ["BOX_COLUMNS", "CLASSES", "MetadataError", "boxes_table", "find_layou
 
 # ------------------------------------------------------------------------------------------------------ parsing
 
-def _bad(where: str, i: int, column: str, value, why: str) -> MetadataError:
-    return MetadataError(f"{where} line {i + 2}, column {column!r}: {why} (value {value!r})")
-
-
 def _columns(raw: pd.DataFrame, required, where: str) -> dict[str, object]:
     columns = {str(c).strip().lstrip("\ufeff").strip(): c for c in raw.columns}
     missing = [c for c in required if c not in columns]
@@ -136,7 +131,7 @@ def _image_ids(raw: pd.DataFrame, columns: dict, where: str) -> np.ndarray:
     ok = np.array([bool(_IMAGE_ID.match(u)) for u in uniques], dtype=bool)
     if len(ids) and not ok[codes].all():
         i = int(np.flatnonzero(~ok[codes])[0])
-        raise _bad(where, i, "patientId", raw[columns["patientId"]].iat[i], "not an image id (empty, or with / or spaces)")
+        raise bad_cell(where, i, "patientId", raw[columns["patientId"]].iat[i], "not an image id (empty, or with / or spaces)")
     return ids
 
 
@@ -151,7 +146,7 @@ def parse_train_labels_frame(raw: pd.DataFrame, where: str = "<labels>") -> pd.D
     bad = ~np.isin(target, (0.0, 1.0))
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise _bad(where, i, "Target", raw[columns["Target"]].iat[i], "not 0 or 1")
+        raise bad_cell(where, i, "Target", raw[columns["Target"]].iat[i], "not 0 or 1")
     positive = target == 1.0
     coords, empty = {}, {}
     for name in BOX:
@@ -162,12 +157,12 @@ def parse_train_labels_frame(raw: pd.DataFrame, where: str = "<labels>") -> pd.D
         boxed = ~positive & ~empty[name]
         if boxed.any():
             i = int(np.flatnonzero(boxed)[0])
-            raise _bad(where, i, name, raw[columns[name]].iat[i], "a Target 0 row has no box (its cell is empty)")
+            raise bad_cell(where, i, name, raw[columns[name]].iat[i], "a Target 0 row has no box (its cell is empty)")
     for name in BOX:  # a Target 1 row has all four
         blank = positive & empty[name]
         if blank.any():
             i = int(np.flatnonzero(blank)[0])
-            raise _bad(where, i, name, "", "empty on a Target 1 row (its box needs x, y, width and height)")
+            raise bad_cell(where, i, name, "", "empty on a Target 1 row (its box needs x, y, width and height)")
     for name in BOX:
         v = coords[name]
         low = 0.0 if name in ("x", "y") else None
@@ -176,7 +171,7 @@ def parse_train_labels_frame(raw: pd.DataFrame, where: str = "<labels>") -> pd.D
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
             why = "not a number of pixels >= 0" if low is not None else "not a number of pixels > 0"
-            raise _bad(where, i, name, raw[columns[name]].iat[i], why)
+            raise bad_cell(where, i, name, raw[columns[name]].iat[i], why)
     out = pd.DataFrame({"patientId": ids, "Target": target.astype(np.int64), **coords})
     out.attrs["source"] = {"metadata": where, "metadata_rows": len(raw),
                            "unused_columns": [c for c in columns if c not in LABEL_FILE_COLUMNS]}
@@ -193,7 +188,7 @@ def image_targets(rows: pd.DataFrame, where: str = "<labels>") -> pd.Series:
     differs = first != target
     if differs.any():
         i = int(np.flatnonzero(differs)[0])
-        raise _bad(where, i, "Target", str(target[i]),
+        raise bad_cell(where, i, "Target", str(target[i]),
                    f"image {ids[i]} has Target {first[i]} on an earlier line (an image's rows agree)")
     codes, uniques = pd.factorize(ids)
     per_image = np.zeros(len(uniques), dtype=np.uint8)
@@ -210,12 +205,12 @@ def parse_class_info_frame(raw: pd.DataFrame, where: str = "<class info>") -> pd
     unknown = ~np.isin(klass, CLASSES)
     if unknown.any():
         i = int(np.flatnonzero(unknown)[0])
-        raise _bad(where, i, "class", raw[columns["class"]].iat[i], f"not one of {', '.join(map(repr, CLASSES))}")
+        raise bad_cell(where, i, "class", raw[columns["class"]].iat[i], f"not one of {', '.join(map(repr, CLASSES))}")
     first = pd.Series(klass).groupby(ids, sort=False).transform("first").to_numpy(dtype=object)
     differs = first != klass
     if differs.any():
         i = int(np.flatnonzero(differs)[0])
-        raise _bad(where, i, "class", raw[columns["class"]].iat[i],
+        raise bad_cell(where, i, "class", raw[columns["class"]].iat[i],
                    f"image {ids[i]} has class {first[i]!r} on an earlier line")
     table = pd.Series(klass, index=pd.Index(ids, name="patientId"), name="class")
     return table[~table.index.duplicated()]
@@ -234,13 +229,7 @@ def boxes_table(rows: pd.DataFrame, image_names: dict | None = None) -> pd.DataF
 
 def _read_raw(path: str | os.PathLike) -> tuple[pd.DataFrame, str]:
     path = Path(path)
-    data = _read_bytes(path)
-    _check_field_counts(data, str(path))
-    try:
-        raw = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False, skip_blank_lines=False,
-                          encoding="utf-8-sig")
-    except Exception as exc:  # pandas raises many kinds
-        raise MetadataError(f"{path}: cannot read as CSV: {exc}") from exc
+    raw = read_csv_strict(path)
     return raw, str(path)
 
 
@@ -296,21 +285,14 @@ class Layout(NamedTuple):
     image_dir: str  # relative to data_dir
 
 
-def _csv(folder: Path, stem: str) -> Path | None:
-    for name in (f"{stem}.csv", f"{stem}.csv.gz"):
-        if (folder / name).is_file():
-            return folder / name
-    return None
-
-
 def find_layout(data_dir: str | os.PathLike) -> Layout:
     """The first stage of :data:`STAGES` whose ``STAGE_train_labels.csv`` is in ``data_dir``; MetadataError
     naming what was looked for otherwise."""
     data_dir = Path(data_dir)
     for stage in STAGES:
-        labels = _csv(data_dir, f"{stage}_train_labels")
+        labels = find_table(data_dir, f"{stage}_train_labels")
         if labels is not None:
-            return Layout(stage, labels, _csv(data_dir, f"{stage}_detailed_class_info"), f"{stage}_train_images")
+            return Layout(stage, labels, find_table(data_dir, f"{stage}_detailed_class_info"), f"{stage}_train_images")
     looked = ", ".join(str(data_dir / f"{stage}_train_labels.csv") for stage in STAGES)
     raise MetadataError(f"{data_dir}: no RSNA Pneumonia label file (looked for {looked}, each also .csv.gz)")
 

@@ -83,9 +83,6 @@ Boxes
 
 from __future__ import annotations
 
-import csv
-import gzip
-import io
 import os
 from pathlib import Path
 from typing import NamedTuple
@@ -93,6 +90,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
+from chexnet.data.sources.tables import bad_cell, find_table, read_csv_strict
 from chexnet.data.splits import MetadataError
 from chexnet.labels import NO_FINDING, SOURCE_NAMES, map_source_labels
 
@@ -211,53 +209,13 @@ def boxes_table(annotations: pd.DataFrame, image_names: dict | None = None) -> p
 
 # ------------------------------------------------------------------------------------------------------ reading
 
-def _read_bytes(path: Path) -> bytes:
-    try:
-        data = path.read_bytes()
-        return gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
-        raise MetadataError(f"{path}: cannot read: {exc}") from exc
-
-
-def _check_field_counts(data: bytes, where: str) -> None:
-    """Every line has the header's number of fields (pandas would pad a short line with blanks)."""
-    if b'"' not in data:  # no quoting: a field count is a comma count (fast path; the releases' files)
-        lines = data.split(b"\n")
-        if lines and lines[-1] in (b"", b"\r"):
-            lines.pop()
-        want = lines[0].count(b",") if lines else 0
-        for i, line in enumerate(lines):
-            if line.count(b",") != want:
-                raise MetadataError(f"{where} line {i + 1}: {line.count(b',') + 1} field(s), "
-                                    f"the header has {want + 1}")
-        return
-    reader = csv.reader(io.StringIO(data.decode("utf-8", errors="replace"), newline=""))
-    want = None
-    for row in reader:
-        if want is None:
-            want = len(row)
-        elif len(row) != want:
-            raise MetadataError(f"{where} line {reader.line_num}: {len(row)} field(s), the header has {want}")
-
-
 def read_annotations(path: str | os.PathLike, *, rad_id_required: bool = True) -> pd.DataFrame:
     """Read one annotation file (``train.csv``, ``annotations_train.csv``, ``annotations_test.csv``, also
     ``.csv.gz``) -> :func:`parse_annotations_frame`'s table. ``rad_id_required=False`` (a test file) lets the
     file lack ``rad_id`` (one reader per image: ``consensus``)."""
     path = Path(path)
-    data = _read_bytes(path)
-    _check_field_counts(data, str(path))
-    try:
-        raw = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False, skip_blank_lines=False,
-                          encoding="utf-8-sig")
-    except Exception as exc:  # pandas raises many kinds
-        raise MetadataError(f"{path}: cannot read as CSV: {exc}") from exc
-    del data
+    raw = read_csv_strict(path)
     return parse_annotations_frame(raw, str(path), rad_id_required=rad_id_required)
-
-
-def _bad(where: str, i: int, column: str, value, why: str) -> MetadataError:
-    return MetadataError(f"{where} line {i + 2}, column {column!r}: {why} (value {value!r})")
 
 
 def parse_annotations_frame(raw: pd.DataFrame, where: str = "<table>", *, rad_id_required: bool = True) -> pd.DataFrame:
@@ -284,20 +242,20 @@ def parse_annotations_frame(raw: pd.DataFrame, where: str = "<table>", *, rad_id
     blank = image_id == ""
     if blank.any():
         i = int(np.flatnonzero(blank)[0])
-        raise _bad(where, i, "image_id", raw[columns["image_id"]].iat[i], "empty")
+        raise bad_cell(where, i, "image_id", raw[columns["image_id"]].iat[i], "empty")
     if "rad_id" in columns:
         rad_id = text("rad_id")
         blank = rad_id == ""
         if blank.any():
             i = int(np.flatnonzero(blank)[0])
-            raise _bad(where, i, "rad_id", raw[columns["rad_id"]].iat[i], "empty")
+            raise bad_cell(where, i, "rad_id", raw[columns["rad_id"]].iat[i], "empty")
     else:
         rad_id = np.full(n, CONSENSUS_READER, dtype=object)
     class_name = text("class_name")
     unknown = ~pd.Series(class_name).isin(CLASS_NAMES).to_numpy()
     if unknown.any():
         i = int(np.flatnonzero(unknown)[0])
-        raise _bad(where, i, "class_name", class_name[i],
+        raise bad_cell(where, i, "class_name", class_name[i],
                    f"unknown class (chexnet.labels.SOURCE_NAMES[{SOURCE!r}] has {', '.join(CLASS_NAMES)})")
 
     coords = {}
@@ -309,25 +267,25 @@ def parse_annotations_frame(raw: pd.DataFrame, where: str = "<table>", *, rad_id
         bad = ~empty[name] & ~(np.isfinite(values) & (values >= 0))
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
-            raise _bad(where, i, name, raw[columns[name]].iat[i], "not a number of pixels >= 0 or empty")
+            raise bad_cell(where, i, name, raw[columns[name]].iat[i], "not a number of pixels >= 0 or empty")
         coords[name] = values
     none = np.logical_and.reduce([empty[c] for c in COORDINATES])
     partial = ~none & np.logical_or.reduce([empty[c] for c in COORDINATES])
     if partial.any():
         i = int(np.flatnonzero(partial)[0])
         col = next(c for c in COORDINATES if empty[c][i])
-        raise _bad(where, i, col, "", "empty while the row's other coordinates are given (a box needs all four)")
+        raise bad_cell(where, i, col, "", "empty while the row's other coordinates are given (a box needs all four)")
     is_no_finding = class_name == NO_FINDING_CLASS
     boxed_nf = is_no_finding & ~none
     if boxed_nf.any():
         i = int(np.flatnonzero(boxed_nf)[0])
         col = next(c for c in COORDINATES if not empty[c][i])
-        raise _bad(where, i, col, raw[columns[col]].iat[i], f"a {NO_FINDING_CLASS!r} row has no box")
+        raise bad_cell(where, i, col, raw[columns[col]].iat[i], f"a {NO_FINDING_CLASS!r} row has no box")
     for lo, hi in (("x_min", "x_max"), ("y_min", "y_max")):
         bad = ~none & (coords[hi] < coords[lo])
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
-            raise _bad(where, i, hi, raw[columns[hi]].iat[i], f"less than {lo} {coords[lo][i]:g}")
+            raise bad_cell(where, i, hi, raw[columns[hi]].iat[i], f"less than {lo} {coords[lo][i]:g}")
 
     out = pd.DataFrame({"image_id": image_id, "rad_id": rad_id, "class_name": class_name, **coords})
     out.attrs["source"] = {
@@ -354,31 +312,24 @@ class Layout(NamedTuple):
     test_dir: str
 
 
-def _csv(folder: Path, stem: str) -> Path | None:
-    for name in (f"{stem}.csv", f"{stem}.csv.gz"):
-        if (folder / name).is_file():
-            return folder / name
-    return None
-
-
 def find_layout(data_dir: str | os.PathLike) -> Layout:
     """Recognise the release in ``data_dir`` (see the module): PhysioNet's ``annotations/annotations_train.csv``
     or Kaggle's ``train.csv``, exactly one of them; MetadataError naming what was looked for otherwise."""
     data_dir = Path(data_dir)
     annotations = data_dir / "annotations"
-    physionet, kaggle = _csv(annotations, "annotations_train"), _csv(data_dir, "train")
+    physionet, kaggle = find_table(annotations, "annotations_train"), find_table(data_dir, "train")
     if physionet is not None and kaggle is not None:
         raise MetadataError(f"{data_dir}: both {physionet} (PhysioNet's layout) and {kaggle} (Kaggle's) are "
                             "there; point the data folder at one release")
     if physionet is not None:
-        test = _csv(annotations, "annotations_test")
-        labels_only = _csv(annotations, "image_labels_test")
+        test = find_table(annotations, "annotations_test")
+        labels_only = find_table(annotations, "image_labels_test")
         if test is None and labels_only is not None:
             raise MetadataError(f"{data_dir}: {labels_only} is there but not "
                                 f"{annotations / 'annotations_test.csv'} (the test split is read from the latter)")
         return Layout("physionet", physionet, test, "train", "test")
     if kaggle is not None:
-        return Layout("kaggle", kaggle, _csv(data_dir, "test"), "train", "test")
+        return Layout("kaggle", kaggle, find_table(data_dir, "test"), "train", "test")
     looked = ", ".join(str(p) for p in (annotations / "annotations_train.csv", data_dir / "train.csv"))
     raise MetadataError(f"{data_dir}: no VinDr-CXR annotation file (looked for {looked}, each also .csv.gz)")
 
