@@ -11,6 +11,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from chexnet import dist
 from chexnet.checkpoint import read_run_info
 from chexnet.choices import SELECT_RULES, TTA_MODES
@@ -18,7 +20,7 @@ from chexnet.data.dataset import open_split
 from chexnet.engine import StepContext, predict_distributed
 from chexnet.labels import PATHOLOGIES
 from chexnet.preprocess import Preprocessing, input_transform
-from chexnet.runs import is_other_data, load_run_model, resolve_cache, save_thresholds
+from chexnet.runs import is_other_data, load_run_model, resolve_cache, save_thresholds, saved_thresholds
 
 def predict_split(model, cfg, cache: Path, index, meta, split: str, tta: str, info, ctx, batch_size: int):
     dataset = open_split(cache, index, meta, split, TTA_MODES[tta], cfg.input_size, cfg.input_transform,
@@ -38,7 +40,8 @@ def evaluate_run(run: str | Path, checkpoint: str = "best", split: str = "test",
 
     ``cache``: evaluate on this cache instead of the one recorded in run.json: the run's own data moved or copied
     (same index.csv: results in RUN/eval/<split>/ as usual), or other data (another data set, external
-    validation: RUN/eval/external/<cache folder name>/<split>/, and the run's thresholds.json is left as it is).
+    validation: RUN/eval/external/<cache folder name>/<split>/; its operating points are the run's own, from
+    thresholds.json, and its val split is not used, so a cache of test images only works).
     Its image size must be the run's; the run's labels it lacks are not scored.
     """
     from chexnet import report
@@ -60,7 +63,8 @@ def evaluate_run(run: str | Path, checkpoint: str = "best", split: str = "test",
         model.to(device)
         ctx = StepContext(device, cfg.precision, cfg.channels_last, transform=input_transform(spec).to(device))
         frames, attributes = {}, None
-        for name in dict.fromkeys([split, "val"] if split == "test" else [split]):
+        # another data set keeps the run's operating points (chosen on its own validation split), so no val pass
+        for name in dict.fromkeys([split, "val"] if split == "test" and not external else [split]):
             rows, probs, labels = predict_split(model, cfg, cache, index, meta, name, tta, info, ctx, batch_size)
             if info.is_main:  # every rank predicted its shard; only rank 0 writes
                 frames[name] = report.predictions_frame(rows["image"].to_numpy(), rows["patient_id"].to_numpy(),
@@ -78,9 +82,14 @@ def evaluate_run(run: str | Path, checkpoint: str = "best", split: str = "test",
                    "processes": info.world_size, "cache": str(cache),
                    "data": (f"external: {meta.get('arguments', {}).get('dataset', 'nih')} cache {cache}, not the "
                             f"run's training data" if external else "the run's own cache")}
+        run_thresholds = None
+        if external:
+            chosen, _, _ = saved_thresholds(run, loaded)
+            run_thresholds = None if chosen is None else [np.nan if chosen.get(n) is None else chosen[n]
+                                                          for n in PATHOLOGIES]
         table = report.write_evaluation(out / split, frames[split], frames.get("val"),
                                         threshold_method=threshold_method, n_resamples=n_resamples, context=context,
-                                        attributes=attributes)
+                                        attributes=attributes, thresholds=run_thresholds)
         if table.attrs.get("threshold_source") == "validation" and not external:
             save_thresholds(run, loaded, table, threshold_method)
         print(f"{run} [{split}, checkpoint {path.name} ({selection}), tta {tta}]")

@@ -170,8 +170,12 @@ def evaluation_table(
     n_resamples: int = 1000,
     seed: int = 0,
     alpha: float = 0.05,
+    thresholds=None,
 ) -> pd.DataFrame:
     """Per-pathology metrics (14 rows in NIH order + "Mean").
+
+    Operating points: chosen on ``y_val`` / ``p_val`` (the validation split), or ``thresholds`` as given (one per
+    pathology, NaN for none: the run's own, for an external data set), or none.
 
     Columns: prevalence, n_pos, auroc, auroc_ci_low, auroc_ci_high (patient bootstrap,
     percentile, ``1 - alpha``), auprc, threshold (chosen on ``y_val``/``p_val`` with
@@ -214,9 +218,15 @@ def evaluation_table(
     notes = []
     if (y_val is None) != (p_val is None):
         raise ValueError("give both y_val and p_val (validation labels and predictions), or neither")
+    if y_val is not None and thresholds is not None:
+        raise ValueError("give validation predictions or thresholds, not both")
     if y_val is not None:
         thresholds = metrics.choose_thresholds(y_val, p_val, method=threshold_method)
         threshold_source = "validation"
+    elif thresholds is not None:
+        thresholds = np.asarray(thresholds, dtype=np.float64)
+        threshold_source = "run"
+        notes.append("Thresholds: the run's own (thresholds.json, chosen on its validation split), not this data set's.")
     else:
         thresholds = np.full(len(PATHOLOGIES), np.nan)
         threshold_source = None
@@ -375,6 +385,7 @@ def write_evaluation(
     alpha: float = 0.05,
     context: dict | None = None,
     attributes: pd.DataFrame | None = None,
+    thresholds=None,
 ) -> pd.DataFrame:
     """Evaluate a predictions table and write ``metrics.json``, ``auroc.csv``, ``report.md``,
     ``roc.png``, ``pr.png`` and ``auroc_vs_published.png`` into ``out_dir``.
@@ -398,7 +409,8 @@ def write_evaluation(
         val_images, _, p_val, y_val = prediction_arrays(val_predictions_df)
         metrics.check_finite(p_val, val_images)
     table = evaluation_table(
-        y, p, patients, y_val, p_val, threshold_method=threshold_method, n_resamples=n_resamples, seed=seed, alpha=alpha
+        y, p, patients, y_val, p_val, threshold_method=threshold_method, n_resamples=n_resamples, seed=seed,
+        alpha=alpha, thresholds=thresholds,
     )
     context = dict(context or {})
     published = published_auroc()
@@ -438,7 +450,10 @@ def _report_markdown(table: pd.DataFrame, context: dict, citations: dict, subgro
         f"- images: {a['n_images']}, patients: {a['n_patients']}",
         f"- AUROC {level}% CI: percentile bootstrap over patients, {a['n_resamples']} resamples, seed {a['seed']}",
     ]
-    if a["threshold_source"]:
+    if a["threshold_source"] == "run":
+        lines.append("- thresholds: the run's own (thresholds.json, chosen on its validation split), kept for this "
+                     "data set; sensitivity, specificity and F1 are measured at them")
+    elif a["threshold_source"]:
         lines.append(f"- thresholds: {THRESHOLD_NOTES[a['threshold_method']]} (method `{a['threshold_method']}`); "
                      "sensitivity, specificity and F1 are measured at that threshold")
     lines += ["", _markdown_table(table), ""]

@@ -48,13 +48,21 @@ def test_an_nih_run_on_a_chexpert_cache_scores_only_the_labels_chexpert_has(trai
     from chexnet.data.cache import load_cache
 
     run = copy_run(trained_run)
-    thresholds = (run / "thresholds.json").read_bytes() if (run / "thresholds.json").exists() else None
+    chexnet_main("evaluate", run, "--bootstrap", "20")  # its own test split: thresholds chosen on its val split
+    own = (run / "eval" / "test" / "metrics.json").read_bytes()
+    thresholds = json.loads((run / "thresholds.json").read_text())["thresholds"]
     proc = chexnet_main("evaluate", run, "--cache", chexpert_cache, "--bootstrap", "20")
     assert "not in this dataset, not scored" in proc.stderr and "Hernia" in proc.stderr
-    out = run / "eval" / "external" / "chexpert-48"  # never the run's own eval/test
-    assert not (run / "eval" / "test").exists() and (out / "val" / "predictions.csv").is_file()
-    assert ((run / "thresholds.json").read_bytes() if (run / "thresholds.json").exists() else None) == thresholds
+    out = run / "eval" / "external" / "chexpert-48"  # never over the run's own eval/test
+    assert (run / "eval" / "test" / "metrics.json").read_bytes() == own
+    assert json.loads((run / "thresholds.json").read_text())["thresholds"] == thresholds
+    assert not (out / "val").exists(), "another data set keeps the run's operating points: no val pass"
     assert "external: chexpert cache" in (out / "test" / "report.md").read_text()
+    assert json.loads((out / "test" / "metrics.json").read_text())["settings"]["threshold_source"] == "run"
+    used = pd.read_csv(out / "test" / "auroc.csv", index_col=0)["threshold"]
+    for name in PATHOLOGIES:
+        want = thresholds[name]
+        assert (want is None and math.isnan(used[name])) or used[name] == pytest.approx(want)
     _, index, _ = load_cache(chexpert_cache)
     test = index[index["split"] == "test"]
     never_known = [n for n in PATHOLOGIES if n in test.columns and test[n].isna().all()]  # blank=missing: Pneumonia

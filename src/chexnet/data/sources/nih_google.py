@@ -75,6 +75,7 @@ import numpy as np
 import pandas as pd
 
 from chexnet.data.sources.nih import _parse_age  # NIH's reading of Patient Age: 58, 058Y, 011M, 020D
+from chexnet.data.sources.tables import read_csv_strict
 from chexnet.data.splits import SPLITS, MetadataError
 from chexnet.labels import SOURCE_NAMES, map_source_labels
 
@@ -107,8 +108,11 @@ __all__ = ["DERIVED_SCORES", "EXPERT_FINDINGS", "LABELS", "MetadataError", "pars
 # ------------------------------------------------------------------------------------------------ the option
 
 def _split_of_name(path: Path) -> str | None:
-    name = path.name.lower()
-    test, valid = "test" in name, "valid" in name
+    """``test`` or ``val`` from words of the file name (``..._test_labels.csv``, ``validation``, ``val.csv``)."""
+    import re
+
+    words = set(re.split(r"[^a-z]+", path.name.lower()))
+    test, valid = "test" in words, bool(words & {"val", "valid", "validation"})
     return "test" if test and not valid else "val" if valid and not test else None
 
 
@@ -163,10 +167,7 @@ def read_expert_labels(path: str | os.PathLike) -> pd.DataFrame:
     Malformed input raises :class:`~chexnet.data.splits.MetadataError` naming file, line and column."""
     path = Path(path)
     where = str(path)
-    try:
-        raw = pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False, encoding="utf-8-sig")
-    except Exception as exc:  # pandas raises many kinds
-        raise MetadataError(f"{where}: cannot read as CSV: {exc}") from exc
+    raw = read_csv_strict(path)  # a short line is an error, not blanks read as missing
     columns: dict[str, str] = {}
     for c in raw.columns:
         columns.setdefault(re.sub(r"\s+", " ", str(c)).strip().lower(), c)
@@ -193,7 +194,8 @@ def read_expert_labels(path: str | os.PathLike) -> pd.DataFrame:
         raise _bad(where, i, "Patient ID", raw[col["Patient ID"]].iat[i], "blank patient id")
 
     out = pd.DataFrame({"image": image.to_numpy(dtype=object), "patient_id": patient.to_numpy(dtype=object)})
-    out["view"] = raw[col["View Position"]].str.strip().to_numpy(dtype=object) if col["View Position"] else ""
+    view = col["View Position"]
+    out["view"] = raw[view].str.strip().str.upper().to_numpy(dtype=object) if view else ""
     out["age"] = (raw[col["Patient Age"]].map(_parse_age).to_numpy(np.float64) if col["Patient Age"]
                   else np.full(len(raw), np.nan))
     out["sex"] = raw[col["Patient Gender"]].str.strip().to_numpy(dtype=object) if col["Patient Gender"] else ""

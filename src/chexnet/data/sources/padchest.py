@@ -21,8 +21,9 @@ localizations, DICOM fields) are ignored. ``Labels`` is a Python-list-like text:
 
 Rows left out, not fatal, counted in ``attrs["source"]`` with the first few lines named:
 ``labels_unreadable`` a ``Labels`` cell that is blank or not a list of texts (e.g. ``['pleural effusion'``);
-``labels_empty`` a list with no term, or only ``unchanged`` (a comparison with an earlier study, not a
-reading of this image: it would otherwise make the image negative for everything).
+``labels_empty`` a list with no term, or only ``unchanged`` (a comparison with an earlier study) or
+``exclude`` (an image the readers marked unusable): not a reading of this image, which would otherwise be
+negative for everything.
 Malformed structure (a missing required column, a blank ImageID or PatientID, an ImageID listed twice, a
 row with the wrong field count) raises :class:`~chexnet.data.splits.MetadataError` naming the file, the line
 (the header being line 1) and the column.
@@ -88,7 +89,7 @@ RANDOM_FRACTIONS = (0.7, 0.1, 0.2)
 FIRST_NAMED = 5  # rows left out: how many are named in attrs["source"]
 VIEWS = {"PA": "PA", "AP": "AP", "AP_HORIZONTAL": "AP", "L": "LATERAL", "LATERAL": "LATERAL"}
 FRONTAL = ("PA", "AP")
-NOT_A_READING = ("unchanged",)  # a list of only these says nothing about the image itself
+NOT_A_READING = ("unchanged", "exclude")  # only these: nothing about the image itself (exclude: unusable image)
 NORMAL = "normal"
 
 # PadChest's terms as released (the Labels values of the 160K file, 01.02.19), for telling its own dropped
