@@ -27,7 +27,8 @@ A cache is a folder with three files::
 
 :func:`read_index` gives labels as float32 (1.0, 0.0, NaN for missing) and patient ids as text. Version 1
 (until chexnet 0.1's structure change) had ``pathologies`` instead of ``labels`` (always NIH's 14, every
-value 0 or 1, integer patient ids); it is still read, with the same in-memory types.
+value 0 or 1, integer patient ids); it is still read: labels as float32 like version 2's, patient ids as
+int64 as they were written.
 
 ``meta.json`` is written **last**, atomically (temporary file + fsync + rename): a folder without it
 is an incomplete cache and :func:`load_cache` refuses it. Images are stretched to S x S with area

@@ -26,9 +26,9 @@ labels (``Finding Labels``) are *not* read: the cache's labels are the experts' 
 The table
 =========
 ``image``       ``Image Index`` (``00000001_000.png``), unique over all files
-``patient_id``  str: ``Patient ID`` as written (text, e.g. ``1``; it reads back from index.csv as a number)
+``patient_id``  str: ``Patient ID`` as written (text, e.g. ``1``; a version-2 cache reads it back as text)
+``view``        ``View Position`` upper-cased (``PA``, ``AP``), '' where the file has no such column
 ``split``       the file's: ``val`` for the validation file, ``test`` for the test file (see below)
-``view``        ``View Position`` (``PA``, ``AP``), '' where the file has no such column
 the labels      ``Pneumothorax``, ``Fracture`` (vocabulary names), ``Airspace opacity``, ``Nodule or mass``
                 (no vocabulary label: kept under their own names), per :data:`chexnet.labels.SOURCE_NAMES`
                 ``["nih-google"]``: 1 (YES), 0 (NO), NaN (blank); uint8 for a column without blanks
