@@ -273,6 +273,9 @@ def _add_evaluate(sub) -> None:
                    "SPLIT/; the run's labels it lacks are not scored). Its images must have the run's size. "
                    "Repeat it for several data sets: each is evaluated, then a cross-dataset table (RUN/eval/"
                    "external/cross_dataset.csv, .md, .png)")
+    p.add_argument("--allow-overlap", action="store_true", help="evaluate another data set even where its split "
+                   "shares images (or, between NIH's sources, patients) with the run's train and val splits "
+                   "(refused by default: that AUROC is not an external one)")
     p.add_argument("--tta", choices=list(TTA_MODES), default="none", help="test-time augmentation: " + help_text(TTA_HELP))
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs (default 1000)")
@@ -476,10 +479,10 @@ def cmd_evaluate(args) -> int:
     caches = args.cache or [None]
     if len(caches) > 1:
         evaluate_across(args.run, caches, args.checkpoint, args.split, args.tta, args.batch_size, args.bootstrap,
-                        args.threshold)
+                        args.threshold, allow_overlap=args.allow_overlap)
     else:
         evaluate_run(args.run, args.checkpoint, args.split, args.tta, args.batch_size, args.bootstrap, args.threshold,
-                     cache=caches[0])
+                     cache=caches[0], allow_overlap=args.allow_overlap)
     return 0
 
 

@@ -20,7 +20,14 @@ from chexnet.data.dataset import open_split
 from chexnet.engine import StepContext, predict_distributed
 from chexnet.labels import PATHOLOGIES
 from chexnet.preprocess import Preprocessing, input_transform
-from chexnet.runs import is_other_data, load_run_model, resolve_cache, save_thresholds, saved_thresholds
+from chexnet.runs import (
+    is_other_data,
+    load_run_model,
+    resolve_cache,
+    save_thresholds,
+    saved_thresholds,
+    training_overlap,
+)
 
 def predict_split(model, cfg, cache: Path, index, meta, split: str, tta: str, info, ctx, batch_size: int):
     dataset = open_split(cache, index, meta, split, TTA_MODES[tta], cfg.input_size, cfg.input_transform,
@@ -35,14 +42,16 @@ def predict_split(model, cfg, cache: Path, index, meta, split: str, tta: str, in
 
 def evaluate_run(run: str | Path, checkpoint: str = "best", split: str = "test", tta: str = "none",
                  batch_size: int = 64, n_resamples: int = 1000, threshold_method: str = "f1",
-                 cache: str | Path | None = None):
+                 cache: str | Path | None = None, allow_overlap: bool = False):
     """Evaluate ``run`` on ``split``; rank 0 writes RUN/eval/<split>/ and returns the table (others None).
 
     ``cache``: evaluate on this cache instead of the one recorded in run.json: the run's own data moved or copied
     (same index.csv: results in RUN/eval/<split>/ as usual), or other data (another data set, external
     validation: RUN/eval/external/<cache folder name>/<split>/; its operating points are the run's own, from
     thresholds.json, and its val split is not used, so a cache of test images only works).
-    Its image size must be the run's; the run's labels it lacks are not scored.
+    Its image size must be the run's; the run's labels it lacks are not scored. An external split that shares
+    images (or, between NIH's sources, patients) with the run's train and val splits is refused, naming them,
+    unless ``allow_overlap``.
     """
     from chexnet import report
 
@@ -58,6 +67,7 @@ def evaluate_run(run: str | Path, checkpoint: str = "best", split: str = "test",
         cache, _, index, meta = resolve_cache(run, run_info, cache, spec)
         external = is_other_data(run_info, cache, meta)
         out = run / "eval" / "external" / cache.resolve().name if external else run / "eval"
+        overlap_note = _check_overlap(run, run_info, cache, meta, index, split, allow_overlap) if external else ""
         if spec is None:  # a run saved before checkpoints carried their preprocessing
             spec = Preprocessing(int(meta["size"]), cfg.input_size, cfg.input_transform)
         model.to(device)
@@ -81,7 +91,7 @@ def evaluate_run(run: str | Path, checkpoint: str = "best", split: str = "test",
                    "arch": cfg.arch, "input": f"{spec.input_transform} {spec.cache_size} -> {spec.input_size} px",
                    "processes": info.world_size, "cache": str(cache),
                    "data": (f"external: {meta.get('arguments', {}).get('dataset', 'nih')} cache {cache}, not the "
-                            f"run's training data" if external else "the run's own cache")}
+                            f"run's training data{overlap_note}" if external else "the run's own cache")}
         run_thresholds = None
         if external:
             chosen, _, _ = saved_thresholds(run, loaded)
@@ -101,8 +111,31 @@ def evaluate_run(run: str | Path, checkpoint: str = "best", split: str = "test",
         dist.teardown()
 
 
+def _check_overlap(run, run_info, cache, meta, index, split, allow_overlap) -> str:
+    """Refuse (or, allowed, note) an external split that shares images or patients with what the run trained on."""
+    found = training_overlap(run_info, meta, index[index["split"] == split])
+    if found is None:
+        print(f"note: {run}'s training cache {run_info.get('cache')} is not here: overlap with it not checked",
+              file=sys.stderr)
+        return "; overlap with the training data not checked"
+    images, patients = found
+    if not images and not patients:
+        return "; no image or patient in common with the run's train and val splits"
+    what = "; ".join(part for part in (
+        f"{len(images)} image(s), e.g. {', '.join(images[:3])}" if images else "",
+        f"{len(patients)} patient(s), e.g. {', '.join(patients[:3])}" if patients else "") if part)
+    if not allow_overlap:
+        raise ValueError(f"{cache}: its {split} split shares {what} with the train and val splits run {run} was "
+                         f"trained on: its AUROC would not be an external one. Evaluate on images the run has not "
+                         f"seen, or pass --allow-overlap to evaluate anyway")
+    print(f"warning: {cache}'s {split} split shares {what} with the run's training data (--allow-overlap)",
+          file=sys.stderr)
+    return f"; shares {what} with the run's training data (allowed)"
+
+
 def evaluate_across(run: str | Path, caches: list, checkpoint: str = "best", split: str = "test", tta: str = "none",
-                    batch_size: int = 64, n_resamples: int = 1000, threshold_method: str = "f1"):
+                    batch_size: int = 64, n_resamples: int = 1000, threshold_method: str = "f1",
+                    allow_overlap: bool = False):
     """Evaluate ``run`` on each of ``caches`` (as :func:`evaluate_run` with ``cache=``), then write the
     cross-dataset table, report and plot into RUN/eval/external/ (:mod:`chexnet.external`). Returns the long
     table on rank 0 (None elsewhere)."""
@@ -115,7 +148,8 @@ def evaluate_across(run: str | Path, caches: list, checkpoint: str = "best", spl
         raise ValueError(f"--cache folders must have distinct names (they name the data sets): {names}")
     results, about = {}, {}
     for cache, name in zip(caches, names):
-        table = evaluate_run(run, checkpoint, split, tta, batch_size, n_resamples, threshold_method, cache=cache)
+        table = evaluate_run(run, checkpoint, split, tta, batch_size, n_resamples, threshold_method, cache=cache,
+                             allow_overlap=allow_overlap)
         if table is None:  # not rank 0
             continue
         meta = load_cache(cache)[2]

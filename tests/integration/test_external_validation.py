@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -98,3 +99,26 @@ def test_evaluate_on_several_caches_writes_the_cross_dataset_table(trained_run, 
     md = (run / "eval" / "external" / "cross_dataset.md").read_text()
     assert "| label | " in md and "## chexpert-48" in md and "not in this dataset: " in md and '"uncertain": "ignore"' in md
     assert (run / "eval" / "external" / "cross_dataset.png").stat().st_size > 0
+
+
+def test_an_external_split_that_shares_images_with_training_is_refused(trained_run, copy_run, tiny_cache, tmp_path,
+                                                                       chexnet_main):
+    """NIH's expert labels cover NIH images: a run trained on NIH must not be scored on its own training images."""
+    from chexnet.data.cache import load_cache
+    from chexnet.data.prepare import prepare
+    from tests.test_nih_google import write_expert_csv
+
+    _, index, meta = load_cache(tiny_cache)
+    data = Path(meta["arguments"]["data_dir"])
+    seen = index[index["split"] == "train"].head(3)
+    rows = {r.image: (r.patient_id, "40", "M", "PA", "NO", "YES", "NO", "NO") for r in seen.itertuples()}
+    expert = write_expert_csv(tmp_path / "expert_test.csv", rows)
+    prepare(data, tmp_path / "nih-expert", size=48, workers=1, progress=False, dataset="nih-google",
+            options={"expert_labels": f"{expert}:test"})
+    run = copy_run(trained_run)
+    proc = chexnet_main("evaluate", run, "--cache", tmp_path / "nih-expert", "--bootstrap", "20", check=False)
+    assert proc.returncode == 2 and "shares 3 image(s)" in proc.stderr and "--allow-overlap" in proc.stderr
+    assert not (run / "eval" / "external").exists()
+    proc = chexnet_main("evaluate", run, "--cache", tmp_path / "nih-expert", "--bootstrap", "20", "--allow-overlap")
+    report = (run / "eval" / "external" / "nih-expert" / "test" / "report.md").read_text()
+    assert "shares 3 image(s)" in report and "(allowed)" in report
