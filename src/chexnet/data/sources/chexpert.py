@@ -241,6 +241,21 @@ def _parse_age(text: str) -> float | None:
     return np.nan if years == 0 else years  # CheXpert's 0: unknown
 
 
+def policy_labels(raw: pd.DataFrame, columns: dict, where: str, per_label: dict, blank: str) -> dict:
+    """{label: float64 1.0 / 0.0 / NaN} from the 14 observation columns of ``raw`` (``columns``: name -> raw
+    column) under the uncertain (``per_label``) and ``blank`` policies; shared with MIMIC-CXR's label files."""
+    labels = {label: np.full(len(raw), np.nan, dtype=np.float64) for label in LABELS}
+    for src, targets in _MAPPING.items():
+        codes = _label_codes(raw[columns[src]], where, src)
+        is_unc, is_blank = codes == -1.0, np.isnan(codes)
+        for label in targets:
+            v = codes.copy()
+            v[is_unc] = _UNCERTAIN_VALUE[per_label[label]]
+            v[is_blank] = _BLANK_VALUE[blank]
+            labels[label] = np.fmax(labels[label], v)  # several source names -> one label: 1 > 0 > NaN
+    return labels
+
+
 def parse_chexpert_frame(raw: pd.DataFrame, where: str = "<table>", *,
                          uncertain: str | Mapping[str, str] = "ignore", blank: str = "negative") -> pd.DataFrame:
     """The table of :func:`read_chexpert_csv` from ``raw``: the file as read with ``dtype=str,
@@ -288,16 +303,7 @@ def parse_chexpert_frame(raw: pd.DataFrame, where: str = "<table>", *,
         "sex": sex,
     })
 
-    labels = {label: np.full(n, np.nan, dtype=np.float64) for label in LABELS}
-    blank_value = _BLANK_VALUE[blank]
-    for src, targets in _MAPPING.items():
-        codes = _label_codes(raw[columns[src]], where, src)
-        is_unc, is_blank = codes == -1.0, np.isnan(codes)
-        for label in targets:
-            v = codes.copy()
-            v[is_unc] = _UNCERTAIN_VALUE[per_label[label]]
-            v[is_blank] = blank_value
-            labels[label] = np.fmax(labels[label], v)  # several source names -> one label: 1 > 0 > NaN
+    labels = policy_labels(raw, columns, where, per_label, blank)
     for label in LABELS:
         out[label] = labels[label].astype(np.float32)
 

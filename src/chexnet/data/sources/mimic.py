@@ -70,14 +70,12 @@ from chexnet.data.sources.chexpert import (
     CHEXPERT_LABELS,
     LABELS,
     UNCERTAIN_PRESETS,
-    _BLANK_VALUE,
-    _UNCERTAIN_VALUE,
     _check_blank,
-    _label_codes,
     _uncertain_per_label,
+    policy_labels,
     policy_summary,
 )
-from chexnet.data.sources.tables import bad_cell, find_table, read_csv_strict
+from chexnet.data.sources.tables import bad_cell, find_table, read_table
 from chexnet.data.splits import MetadataError
 from chexnet.labels import map_source_labels
 
@@ -209,15 +207,7 @@ def parse_labels_frame(raw: pd.DataFrame, where: str = "<labels>", *, uncertain:
     study = _checked(raw, columns, "study_id", _ID, where, "not a study id (digits)")
     _unique(study, raw, columns, "study_id", where, "the study")
     n = len(raw)
-    labels = {label: np.full(n, np.nan, dtype=np.float64) for label in LABELS}
-    for src, targets in _MAPPING.items():
-        codes = _label_codes(raw[columns[src]], where, src)
-        is_unc, is_blank = codes == -1.0, np.isnan(codes)
-        for label in targets:
-            v = codes.copy()
-            v[is_unc] = _UNCERTAIN_VALUE[per_label[label]]
-            v[is_blank] = _BLANK_VALUE[blank]
-            labels[label] = np.fmax(labels[label], v)
+    labels = policy_labels(raw, columns, where, per_label, blank)
     out = pd.DataFrame({"subject_id": subject, "study_id": study})
     for label in LABELS:
         out[label] = labels[label].astype(np.float32)
@@ -228,27 +218,21 @@ def parse_labels_frame(raw: pd.DataFrame, where: str = "<labels>", *, uncertain:
 
 # ------------------------------------------------------------------------------------------------------ reading
 
-def _read_raw(path: str | os.PathLike) -> tuple[pd.DataFrame, str]:
-    path = Path(path)
-    raw = read_csv_strict(path)
-    return raw, str(path)
-
-
 def read_metadata(path: str | os.PathLike) -> pd.DataFrame:
     """Read ``mimic-cxr-2.0.0-metadata.csv(.gz)`` -> :func:`parse_metadata_frame`'s table."""
-    return parse_metadata_frame(*_read_raw(path))
+    return parse_metadata_frame(*read_table(path))
 
 
 def read_split(path: str | os.PathLike) -> pd.DataFrame:
     """Read ``mimic-cxr-2.0.0-split.csv(.gz)`` -> :func:`parse_split_frame`'s table."""
-    return parse_split_frame(*_read_raw(path))
+    return parse_split_frame(*read_table(path))
 
 
 def read_labels(path: str | os.PathLike, *, uncertain: str | Mapping[str, str] = "ignore",
                 blank: str = "negative") -> pd.DataFrame:
     """Read ``mimic-cxr-2.0.0-chexpert.csv(.gz)`` or ``-negbio`` -> :func:`parse_labels_frame`'s table."""
     _uncertain_per_label(uncertain), _check_blank(blank)  # policy errors before reading
-    raw, where = _read_raw(path)
+    raw, where = read_table(path)
     return parse_labels_frame(raw, where, uncertain=uncertain, blank=blank)
 
 

@@ -81,7 +81,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from chexnet.data.sources.tables import bad_cell, find_table, read_csv_strict
+from chexnet.data.sources.tables import bad_cell, find_table, read_table
 from chexnet.data.splits import MetadataError
 
 SOURCE = "rsna"
@@ -227,20 +227,14 @@ def boxes_table(rows: pd.DataFrame, image_names: dict | None = None) -> pd.DataF
                          "w": a["width"].to_numpy(np.float64), "h": a["height"].to_numpy(np.float64)})
 
 
-def _read_raw(path: str | os.PathLike) -> tuple[pd.DataFrame, str]:
-    path = Path(path)
-    raw = read_csv_strict(path)
-    return raw, str(path)
-
-
 def read_train_labels(path: str | os.PathLike) -> pd.DataFrame:
     """Read ``stage_2_train_labels.csv`` (also ``.csv.gz``) -> :func:`parse_train_labels_frame`'s table."""
-    return parse_train_labels_frame(*_read_raw(path))
+    return parse_train_labels_frame(*read_table(path))
 
 
 def read_class_info(path: str | os.PathLike) -> pd.Series:
     """Read ``stage_2_detailed_class_info.csv`` (also ``.csv.gz``) -> :func:`parse_class_info_frame`'s table."""
-    return parse_class_info_frame(*_read_raw(path))
+    return parse_class_info_frame(*read_table(path))
 
 
 # ------------------------------------------------------------------------------------------------ DICOM header

@@ -67,6 +67,11 @@ def read_csv_strict(path: Path) -> pd.DataFrame:
         raise MetadataError(f"{path}: cannot read as CSV: {exc}") from exc
 
 
+def read_table(path) -> tuple[pd.DataFrame, str]:
+    """(:func:`read_csv_strict`'s table, the path as errors name it)."""
+    return read_csv_strict(Path(path)), str(path)
+
+
 def bad_cell(where: str, i: int, column: str, value, why: str) -> MetadataError:
     """The error for row ``i`` (0-based, below the header) of ``where``'s ``column``."""
     return MetadataError(f"{where} line {i + 2}, column {column!r}: {why} (value {value!r})")
