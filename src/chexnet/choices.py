@@ -75,6 +75,13 @@ DATASETS = {
                   "Fracture, Pneumothorax, Airspace opacity, Nodule or mass; the files' val / test splits",
 }
 
+# train's source_sampling: how a combined cache's sources (chexnet combine) share an epoch
+SOURCE_SAMPLINGS = {
+    "proportional": "every train image once per epoch, so each source in proportion to its size",
+    "balanced": "each source the same share of an epoch (images drawn with replacement, weight 1 / its "
+                "source's train images)",
+}
+
 # tune's --pruner
 PRUNERS = {
     "median": "stop a trial worse than the median of earlier trials at the same epoch",
@@ -88,6 +95,7 @@ CONFIG_CHOICES = {
     "head_bias_init": ("zeros", "ones"),
     "input_transform": tuple(INPUT_TRANSFORMS),
     "loss_weighting": tuple(LOSS_WEIGHTINGS),
+    "source_sampling": tuple(SOURCE_SAMPLINGS),
     "select": tuple(SELECT_RULES),
     "train_crop": ("random", "random_resized"),
     "optimizer": ("adam", "adamw", "sgd", "adadelta"),

@@ -16,6 +16,7 @@ from chexnet.choices import (
     PRUNERS,
     SELECT_HELP,
     SELECT_RULES,
+    SOURCE_SAMPLINGS,
     TTA_HELP,
     TTA_MODES,
     help_text,
@@ -47,6 +48,8 @@ TRAIN_FLAGS = {
         ("input_transform", str, help_text(INPUT_TRANSFORMS)),
         ("train_crop", str, "crop mode of --input-transform crop in training"),
         ("workers", int, "data loader processes per training process"),
+        ("source_sampling", str, "a combined cache's sources (chexnet combine) per epoch: "
+                                 + help_text(SOURCE_SAMPLINGS)),
     ],
     "model": [
         ("arch", str, "torchvision model name: densenet121, densenet169, vgg16, vgg16_bn, resnet50, efficientnet_b0, ..."),
@@ -257,6 +260,21 @@ def _add_prepare(sub) -> None:
                    "required for --dataset nih-google (see chexnet.data.sources.nih_google)")
 
 
+def _add_combine(sub) -> None:
+    p = sub.add_parser("combine", help="several prepared caches as one, to train on more than one source",
+                       description="Copy prepared caches (same --size) into one cache: each row keeps its split and "
+                       "records its source (meta.json's parts); labels are the union, missing where a row's source "
+                       "lacks one; patient ids are namespaced by source. Refuses caches that share images (by NIH "
+                       "name or identical pixels) or put one patient in two splits, unless --allow-overlap. Train on "
+                       "the result as on any cache (--source-sampling proportional|balanced).")
+    p.add_argument("caches", nargs="+", metavar="CACHE", help="the caches to combine (two or more; folder names "
+                   "distinct: they name each row's source)")
+    p.add_argument("--out", required=True, help="the combined cache's folder")
+    p.add_argument("--allow-overlap", action="store_true", help="combine even when the caches share images or "
+                   "patients across splits (recorded in meta.json and said)")
+    p.add_argument("--overwrite", action="store_true", help="replace a cache already in --out")
+
+
 def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="per-pathology AUROC with CIs, thresholds, plots, published baselines",
                        description="Evaluate a run's checkpoint on a split: predictions.csv, metrics.json, auroc.csv, "
@@ -404,7 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"chexnet {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_synth, _add_prepare, _add_train, _add_tune, _add_evaluate, _add_compare, _add_predict, _add_serve, _add_localize, _add_export, _add_demo):
+    for add in (_add_synth, _add_prepare, _add_combine, _add_train, _add_tune, _add_evaluate, _add_compare, _add_predict, _add_serve, _add_localize, _add_export, _add_demo):
         add(sub)
     return parser
 
@@ -580,6 +598,13 @@ def cmd_prepare(args) -> int:
     return 0
 
 
+def cmd_combine(args) -> int:
+    from chexnet.data.combine import combine
+
+    combine(args.caches, args.out, allow_overlap=args.allow_overlap, overwrite=args.overwrite)
+    return 0
+
+
 def cmd_tune(args) -> int:
     from chexnet import tune
 
@@ -614,7 +639,7 @@ def cmd_demo(args) -> int:
     return 0
 
 
-COMMANDS = {"synth": cmd_synth, "prepare": cmd_prepare, "train": cmd_train, "evaluate": cmd_evaluate,
+COMMANDS = {"synth": cmd_synth, "prepare": cmd_prepare, "combine": cmd_combine, "train": cmd_train, "evaluate": cmd_evaluate,
             "compare": cmd_compare, "predict": cmd_predict, "serve": cmd_serve, "localize": cmd_localize, "export": cmd_export,
             "tune": cmd_tune, "tune-trial": cmd_tune_trial, "demo": cmd_demo}
 

@@ -53,6 +53,7 @@ class TrainConfig:
     loss_weighting: str = "none"  # none (the 14-class paper) | balanced (w+ = N/(P+N), w- = P/(P+N)) | pos_ratio (N/P on positives)
     select: str = "val_loss"  # best.pt: val_loss (lowest, the paper) | val_auroc (highest mean)
     grad_clip: float = 0.0  # 0 = off
+    source_sampling: str = "proportional"  # proportional | balanced: a combined cache's sources per epoch
     # speed
     precision: str = "fp32"  # fp32 | bf16 | fp16
     channels_last: bool = False

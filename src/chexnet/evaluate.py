@@ -113,7 +113,7 @@ def evaluate_run(run: str | Path, checkpoint: str = "best", split: str = "test",
 
 def _check_overlap(run, run_info, cache, meta, index, split, allow_overlap) -> str:
     """Refuse (or, allowed, note) an external split that shares images or patients with what the run trained on."""
-    found = training_overlap(run_info, meta, index[index["split"] == split])
+    found = training_overlap(run_info, cache, meta, index[index["split"] == split])
     if found is None:
         print(f"note: {run}'s training cache {run_info.get('cache')} is not here: overlap with it not checked",
               file=sys.stderr)

@@ -108,24 +108,21 @@ def is_other_data(run_info: dict, cache: Path, meta: dict) -> bool:
                              != {k: v.get("images") for k, v in meta["splits"].items()})
 
 
-NIH_FAMILY = ("nih", "nih-google")  # sources whose image names and patient ids are NIH ChestX-ray14's own
+def training_overlap(run_info: dict, cache: Path, meta: dict, rows) -> tuple[list[str], list[str]] | None:
+    """The images (by name) and the patients (by :func:`chexnet.data.combine.patient_keys`: NIH's family shares
+    patients, a public data set's ids are its own, a hospital's mean something only in its cache) of ``rows`` (an
+    index frame of ``cache``) that the run trained or selected its model on (its training cache's train and val
+    splits; a combined cache's parts included). None when that cache is not here to check."""
+    from chexnet.data.combine import patient_keys
 
-
-def training_overlap(run_info: dict, meta: dict, rows) -> tuple[list[str], list[str]] | None:
-    """The images (by name) and, within NIH's family of sources, the patients of ``rows`` (an index frame) that
-    the run trained or selected its model on (its training cache's train and val splits). None when that cache is
-    not here to check. Image names of other sources do not collide with NIH's, so a name match is a real one."""
     trained = Path(run_info.get("cache", ""))
     if not (trained / "meta.json").is_file():
         return None
     _, index, trained_meta = load_cache(trained)
-    seen = index[index["split"].isin(["train", "val"])]
-    images = sorted(set(rows["image"]) & set(seen["image"]))
-    patients = []
-    ours = (meta.get("arguments") or {}).get("dataset", "nih")
-    theirs = (trained_meta.get("arguments") or {}).get("dataset", "nih")
-    if ours in NIH_FAMILY and theirs in NIH_FAMILY:
-        patients = sorted(set(rows["patient_id"].astype(str)) & set(seen["patient_id"].astype(str)))
+    seen = index["split"].isin(["train", "val"]).to_numpy()
+    images = sorted(set(rows["image"]) & set(index.loc[seen, "image"]))
+    theirs = set(patient_keys(trained, trained_meta, index)[seen])
+    patients = sorted(set(patient_keys(cache, meta, rows)) & theirs)
     return images, patients
 
 

@@ -59,7 +59,8 @@ from chexnet.checkpoint import (
 )
 from chexnet.config import TrainConfig, build_config, config_from_dict, save_config
 from chexnet.data.cache import cache_labels, index_sha256, load_cache
-from chexnet.data.dataset import SkipSampler, open_split
+from chexnet.data.combine import row_sources
+from chexnet.data.dataset import SkipSampler, SourceBalancedSampler, open_split
 from chexnet.engine import StepContext, predict_distributed, train_one_epoch
 from chexnet.fileio import atomic_write
 from chexnet.choices import LOSS_WEIGHTINGS, SELECT_RULES
@@ -188,7 +189,8 @@ def _train(cfg, cache, run, resume, progress, info, device, epoch_callback=None)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
 
-    sampler, steps = _train_sampler(train_set, cfg, info)
+    sources = row_sources(meta)[train_set.rows]
+    sampler, steps = _train_sampler(train_set, sources, cfg, info)
     lr, global_batch, rule = scaled_lr(cfg, info.world_size)
     criterion = build_criterion(train_set.labels, cfg.loss_weighting, names=cfg.labels).to(device)
     saver = CheckpointSaver(run, cfg.select)
@@ -197,7 +199,8 @@ def _train(cfg, cache, run, resume, progress, info, device, epoch_callback=None)
                f"{len(train_set)} train / {len(val_set)} val images; input: {cfg.input_transform} {spec.cache_size} -> "
                f"{cfg.input_size} px; global batch {global_batch}; lr {cfg.lr:g} for batch {cfg.lr_reference_batch} -> "
                f"{lr:.4g} ({rule} scaling{f', warmup {cfg.warmup_epochs:g} epochs from {cfg.lr:g}' if cfg.warmup_epochs else ''}); "
-               f"{steps} steps/epoch\nloss: {LOSS_WEIGHTINGS[cfg.loss_weighting]}; best.pt: {saver.rule}")
+               f"{steps} steps/epoch{_describe_sources(sources, cfg)}\nloss: {LOSS_WEIGHTINGS[cfg.loss_weighting]}; "
+               f"best.pt: {saver.rule}")
     optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], cfg, lr)
     lr_ctl = LRController(optimizer, cfg, lr, steps)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")  # disabled: no-ops, state {}
@@ -284,10 +287,14 @@ def check_trainable_labels(cache, index, meta, labels) -> None:
                          f"of the config's labels")
 
 
-def _train_sampler(train_set, cfg, info) -> tuple[DistributedSampler, int]:
-    """This rank's shard of the train split and the number of optimizer steps per epoch."""
-    sampler = DistributedSampler(train_set, num_replicas=info.world_size, rank=info.rank, shuffle=True,
-                                 seed=cfg.seed, drop_last=True)
+def _train_sampler(train_set, sources, cfg, info) -> tuple[DistributedSampler | SourceBalancedSampler, int]:
+    """This rank's shard of the train split (``sources``: each item's source; balanced sampling where the config
+    asks and there are several) and the number of optimizer steps per epoch."""
+    if cfg.source_sampling == "balanced" and len(set(sources)) > 1:
+        sampler = SourceBalancedSampler(sources, num_replicas=info.world_size, rank=info.rank, seed=cfg.seed)
+    else:
+        sampler = DistributedSampler(train_set, num_replicas=info.world_size, rank=info.rank, shuffle=True,
+                                     seed=cfg.seed, drop_last=True)
     steps = len(sampler) // cfg.batch_size // cfg.accum_steps
     if cfg.max_steps_per_epoch:
         steps = min(steps, cfg.max_steps_per_epoch)
@@ -295,6 +302,15 @@ def _train_sampler(train_set, cfg, info) -> tuple[DistributedSampler, int]:
         raise ValueError(f"train split has {len(train_set)} images: too few for {info.world_size} process(es) x batch "
                          f"{cfg.batch_size} x accumulation {cfg.accum_steps}")
     return sampler, steps
+
+
+def _describe_sources(sources, cfg) -> str:
+    """'; sources: a 300, b 500 train images, sampled balanced' for a combined cache ('' for one source)."""
+    names, counts = np.unique(np.asarray(sources, dtype=str), return_counts=True)
+    if len(names) < 2:
+        return ""
+    return (f"; sources: {', '.join(f'{n} {c}' for n, c in zip(names, counts))} train images, sampled "
+            f"{cfg.source_sampling}")
 
 
 def _epoch_loader(train_set, sampler, cfg, epoch: int, step_offset: int, device) -> DataLoader:

@@ -140,6 +140,37 @@ def _random_resized_crop(img: np.ndarray, c: int, rng: np.random.Generator, scal
     return out[0, 0].round_().clamp_(0, 255).to(torch.uint8).numpy()
 
 
+class SourceBalancedSampler(Sampler):
+    """This rank's share of an epoch in which each source (``sources``: one name per dataset item) has the same
+    expected share: ``len(sources)`` items drawn with replacement, item weight 1 / its source's item count, from a
+    generator seeded by (seed, epoch), so every rank draws the same list and takes every ``num_replicas``-th item
+    from ``rank`` (the tail that does not divide evenly is dropped, as DistributedSampler(drop_last=True) does).
+    The same seed and epoch give the same draw: resuming mid-epoch sees the images it would have seen."""
+
+    def __init__(self, sources, num_replicas: int = 1, rank: int = 0, seed: int = 0):
+        sources = np.asarray(sources, dtype=object)
+        names, inverse, counts = np.unique(sources.astype(str), return_inverse=True, return_counts=True)
+        self.names, self.counts = [str(n) for n in names], counts.tolist()
+        self.weights = torch.from_numpy(1.0 / counts[inverse])
+        self.num_replicas, self.rank, self.seed, self.epoch = int(num_replicas), int(rank), int(seed), 0
+        self.num_samples = len(sources) // self.num_replicas
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def epoch_draw(self) -> list[int]:
+        """The whole epoch's draw, the same on every rank (this rank takes items rank, rank + num_replicas, ...)."""
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        total = self.num_samples * self.num_replicas
+        return torch.multinomial(self.weights, total, replacement=True, generator=g).tolist()
+
+    def __iter__(self):
+        return iter(self.epoch_draw()[self.rank::self.num_replicas])
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
 class SkipSampler(Sampler):
     """Yield the indices of ``sampler`` after the first ``skip`` (mid-epoch resume without loading skipped data)."""
 

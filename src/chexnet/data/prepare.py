@@ -396,7 +396,7 @@ def _finalize(out_dir: Path, work: _Work, plan: pd.DataFrame, args: dict, source
     labels = label_columns(plan.columns)
     index = plan.loc[ok, index_columns(labels)].reset_index(drop=True)
     check_patient_disjoint(index["patient_id"], index["split"])
-    atomic_write(out_dir / INDEX, _index_csv(index, labels).encode())
+    atomic_write(out_dir / INDEX, index_csv_text(index, labels).encode())
     _write_images(out_dir / IMAGES, work, ok)
     meta = {
         "format": FORMAT,
@@ -407,10 +407,10 @@ def _finalize(out_dir: Path, work: _Work, plan: pd.DataFrame, args: dict, source
         "dtype": "uint8",
         "files": {"images": IMAGES, "index": INDEX},
         "labels": labels,
-        "label_counts": _label_counts(index, labels),
+        "label_counts": label_counts(index, labels),
         "arguments": args,
         "source": source,
-        "splits": _split_counts(index),
+        "splits": split_counts(index),
         "failed_count": len(work.failures),
         "failed": [work.failures[r] for r in sorted(work.failures)],
         "created": {
@@ -453,7 +453,7 @@ def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(edges[::2].tolist(), edges[1::2].tolist()))
 
 
-def _index_csv(index: pd.DataFrame, labels: list[str]) -> str:
+def index_csv_text(index: pd.DataFrame, labels: list[str]) -> str:
     """index.csv's text: labels as 1 / 0 / an empty cell (missing)."""
     out = index.copy()
     for name in labels:
@@ -462,7 +462,7 @@ def _index_csv(index: pd.DataFrame, labels: list[str]) -> str:
     return out.to_csv(index=False)
 
 
-def _label_counts(index: pd.DataFrame, labels: list[str]) -> dict:
+def label_counts(index: pd.DataFrame, labels: list[str]) -> dict:
     """{split: {label: {positive, negative, missing}}}."""
     counts = {}
     for s in SPLITS:
@@ -472,7 +472,7 @@ def _label_counts(index: pd.DataFrame, labels: list[str]) -> dict:
     return counts
 
 
-def _split_counts(index: pd.DataFrame) -> dict:
+def split_counts(index: pd.DataFrame) -> dict:
     return {s: {"images": int((index["split"] == s).sum()),
                 "patients": int(index.loc[index["split"] == s, "patient_id"].nunique())} for s in SPLITS}
 
