@@ -200,10 +200,13 @@ def _add_tune(sub) -> None:
 
 
 def _add_synth(sub) -> None:
-    p = sub.add_parser("synth", help="write a synthetic data set in NIH's (or CheXpert's) layout",
+    from chexnet.data.synth_layouts import LAYOUT_HELP, LAYOUTS
+
+    p = sub.add_parser("synth", help="write a synthetic data set in NIH's layout, or another source's",
                        description="Write a synthetic data set in NIH ChestX-ray14's layout: PNGs in images_001/images/, "
-                       "Data_Entry_2017.csv, train_val_list.txt, test_list.txt, BBox_List_2017.csv; or, with --layout "
-                       "chexpert, in CheXpert's (optionally with a site shift). Deterministic for a seed.")
+                       "Data_Entry_2017.csv, train_val_list.txt, test_list.txt, BBox_List_2017.csv; or, with --layout, "
+                       "in another source's exact file layout and label encodings, read by chexnet prepare --dataset "
+                       "NAME (optionally with a site shift). Deterministic for a seed.")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--images", type=int, default=3000, help="number of images (default 3000)")
     p.add_argument("--size", type=int, default=512, help="image side in pixels (default 512)")
@@ -211,10 +214,11 @@ def _add_synth(sub) -> None:
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     p.add_argument("--min-prevalence", type=float, default=0.04,
                    help="raise rare pathologies to at least this prevalence, keeping NIH's co-occurrence (0: NIH's real frequencies; default 0.04)")
-    p.add_argument("--layout", choices=["nih", "chexpert"], default="nih",
-                   help="the file layout and label encodings: nih (default) | chexpert (CheXpert v1.0 small: "
-                   "train.csv / valid.csv with 1.0, -1.0, 0.0 and blanks, JPEGs; chexnet prepare --dataset chexpert)")
-    p.add_argument("--shift", type=float, default=0.0, help="with --layout chexpert: a site shift in [0, 1] "
+    p.add_argument("--layout", choices=list(LAYOUTS), default="nih",
+                   help="the file layout and label encodings, prepared back with chexnet prepare --dataset LAYOUT "
+                   "(csv: --mapping OUT/mapping.yaml): " + "; ".join(f"{k}: {v}" for k, v in LAYOUT_HELP.items())
+                   + " (default nih)")
+    p.add_argument("--shift", type=float, default=0.0, help="with a --layout other than nih: a site shift in [0, 1] "
                    "(contrast, noise, collimation), so that external validation shows a drop (default 0)")
 
 
@@ -565,18 +569,18 @@ def cmd_synth(args) -> int:
 
     if args.layout == "nih":
         if args.shift:
-            raise ValueError("--shift goes with --layout chexpert")
+            raise ValueError("--shift goes with a --layout other than nih")
         summary = generate(args.out, images=args.images, size=args.size, seed=args.seed, workers=args.workers,
                            min_prevalence=args.min_prevalence)
     else:
-        from chexnet.data.synth_layouts import to_chexpert
+        from chexnet.data.synth_layouts import to_layout
 
         Path(args.out).mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=".synth-nih-", dir=args.out))  # the NIH-layout draft, removed after
         try:
             generate(work, images=args.images, size=args.size, seed=args.seed, workers=args.workers,
                      min_prevalence=args.min_prevalence)
-            summary = to_chexpert(work, args.out, seed=args.seed, shift=args.shift)
+            summary = to_layout(args.layout, work, args.out, seed=args.seed, shift=args.shift)
         finally:
             shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(summary, indent=2, default=str))

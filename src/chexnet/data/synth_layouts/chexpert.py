@@ -1,8 +1,4 @@
-"""Synthetic data sets in other sources' exact file layouts, with an optional site shift (``chexnet synth --layout``).
-
-:func:`to_chexpert` turns a synthetic NIH-layout folder (:func:`chexnet.data.synthetic.generate`) into a
-CheXpert v1.0 small download, with CheXpert's encodings, so that ``chexnet prepare --dataset chexpert`` and
-external validation can be tried without the real data::
+"""CheXpert v1.0 small (``--layout chexpert``; ``chexnet prepare --dataset chexpert``)::
 
     OUT/CheXpert-v1.0-small/train.csv, valid.csv      Path, Sex, Age, Frontal/Lateral, AP/PA, the 14 observations
     OUT/CheXpert-v1.0-small/{train,valid}/patientNNNNN/studyK/view1_frontal.jpg
@@ -13,11 +9,8 @@ Edema as themselves, Effusion as ``Pleural Effusion``, Infiltration as ``Lung Op
 Support Devices are never mentioned (blank). As in CheXpert's files, a positive is ``1.0`` or, for a share
 ``uncertain`` of them, ``-1.0``; a negative is blank (not mentioned) or, for a share ``explicit_negative`` of
 them, ``0.0``. The NIH test-list patients are ``valid.csv`` (the test split of the chexpert source); a patient's
-images are their studies, in order.
-
-The site shift (``shift`` in [0, 1]; 0: none) models another hospital's acquisition: a contrast change
-(gamma ``1 + 0.6 shift``), sensor noise (sigma ``10 shift`` grey levels) and collimation (black borders of
-``8 shift`` % of the side), all seeded. The images are written as JPEG (quality 90), as CheXpert's are.
+images are their studies, in order. The images are JPEG (quality 90), as CheXpert's are. (One generator draws
+the shift's noise and the label cells, in turn, image by image: the demo's numbers depend on that order.)
 """
 
 from __future__ import annotations
@@ -28,9 +21,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from chexnet.data.synth_layouts.common import site_shift
 from chexnet.labels import PATHOLOGIES
 
-LAYOUTS = ("nih", "chexpert")
 CHEXPERT_COLUMNS = ("Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", "No Finding", "Enlarged Cardiomediastinum",
                     "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema", "Consolidation", "Pneumonia",
                     "Atelectasis", "Pneumothorax", "Pleural Effusion", "Pleural Other", "Fracture", "Support Devices")
@@ -41,18 +34,6 @@ FROM_NIH = {
     "Atelectasis": ("Atelectasis",), "Pneumothorax": ("Pneumothorax",), "Pleural Effusion": ("Effusion",),
 }
 NEVER_MENTIONED = ("Enlarged Cardiomediastinum", "Pleural Other", "Fracture", "Support Devices")
-
-
-def site_shift(img: np.ndarray, shift: float, rng: np.random.Generator) -> np.ndarray:
-    """``img`` (uint8) as another site would acquire it: contrast, noise, collimation (see the module)."""
-    if shift <= 0:
-        return img
-    x = (img.astype(np.float64) / 255.0) ** (1.0 + 0.6 * shift) * 255.0
-    x += rng.normal(0.0, 10.0 * shift, x.shape)
-    border = int(round(0.08 * shift * min(img.shape)))
-    if border:
-        x[:border], x[-border:], x[:, :border], x[:, -border:] = 0, 0, 0, 0
-    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
 
 
 def chexpert_values(findings: np.ndarray, rng: np.random.Generator, uncertain: float,
