@@ -3,9 +3,11 @@
 A run directory is self-describing::
 
     RUN/config.yaml          resolved training config (the recipe + overrides)
-    RUN/run.json             cache path, label order, world size, library versions, command line
+    RUN/run.json             cache path, label order, world size, library versions, command line;
+                             ``checkpoints``: the SHA-256 digests of the checkpoints written (below)
     RUN/metrics.jsonl        one JSON record per logged step / evaluation
     RUN/checkpoints/last.pt  newest complete state (every epoch and every --checkpoint-every steps)
+    RUN/checkpoints/last.prev.pt  the last.pt before it (kept so that a damaged last.pt is not the end)
     RUN/checkpoints/best.pt  the best validation epoch under the run's ``select`` rule (lowest validation loss
                              by default, as the CheXNet paper; or highest validation mean AUROC)
     RUN/eval/<split>/        written by ``chexnet evaluate``
@@ -13,15 +15,32 @@ A run directory is self-describing::
 Checkpoints are written by rank 0 only, atomically (temp file in the same folder, flush, fsync, rename,
 fsync of the folder): a kill mid-write leaves the previous file intact. They are loaded with
 ``weights_only=True``, so only tensors and plain containers are stored (no pickled objects).
+
+Writing one (:meth:`CheckpointSaver.save`), in this order, so that a crash between any two steps leaves files
+that load and digests that match them: the state is serialized in memory and hashed; run.json's
+``checkpoints`` gets the new digest at the front of each written name's list (the previous one stays, as the
+file may still be the old one: :data:`DIGEST_HISTORY` per name) and ``last.prev.pt`` the list ``last.pt`` had;
+``last.pt`` is hard-linked (copied where links are not supported) to ``last.prev.pt``; then ``last.pt`` and, when
+the epoch improved, ``best.pt`` are replaced atomically. run.json's entry per name: ``{"sha256": [newest, ...],
+"epoch", "global_step"}``.
+
+Reading one (:func:`load_checkpoint`): an empty file, one that is not a complete zip archive (truncated: a copy
+gone wrong, a full disk) or whose members fail their CRC-32 (bits changed on disk) is a :class:`CheckpointError`
+naming the file and what is wrong, never a pickle traceback. :func:`check_recorded_digest` refuses a file of the
+run whose digest run.json does not list (changed since chexnet wrote it: swapped, edited, damaged) unless told
+to trust it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import math
 import os
 import random
 import shutil
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -36,18 +55,81 @@ def versions() -> dict[str, str]:
     return library_versions("torch", "torchvision", "numpy")
 
 
+PREVIOUS = "last.prev.pt"
+DIGEST_HISTORY = 2
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is damaged or changed since it was written; the message names the file and the fault."""
+
+
 def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
     atomic_write(path, lambda f: torch.save(state, f))
 
 
+def serialize(state: dict) -> bytes:
+    """A checkpoint's bytes, as :func:`save_checkpoint` writes them."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    return buf.getvalue()
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def checkpoint_damage(path: str | os.PathLike) -> str | None:
+    """What is wrong with a checkpoint file's container (None: a complete zip archive whose members pass their
+    CRC-32 checks; torch.save's format is one)."""
+    size = os.path.getsize(path)
+    if size == 0:
+        return "empty (0 bytes)"
+    if not zipfile.is_zipfile(path):
+        return (f"truncated or not a checkpoint ({size} bytes, no complete zip archive: a copy gone wrong, a full "
+                f"disk or a disk error)")
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        return f"corrupt ({exc})"
+    return f"corrupt: its member {bad} fails its CRC-32 check (bits changed on disk or in a copy)" if bad else None
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Load a checkpoint (``weights_only=True``); a damaged file is a :class:`CheckpointError` saying what is wrong."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint")
+    damage = checkpoint_damage(path)
+    if damage:
+        raise CheckpointError(f"{path}: checkpoint {damage}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise RuntimeError(f"{path}: cannot load checkpoint ({exc})") from exc
+        raise CheckpointError(f"{path}: cannot load checkpoint ({type(exc).__name__}: {exc})") from None
+
+
+def check_recorded_digest(run: str | os.PathLike, path: str | os.PathLike, trust_changed: bool = False) -> None:
+    """Refuse ``path`` (a checkpoint in ``run``'s checkpoints/ folder) when run.json records digests for its name
+    and its SHA-256 is none of them, unless ``trust_changed``. Files elsewhere, and runs from before run.json
+    recorded digests, are not checked."""
+    path = Path(path)
+    if trust_changed or path.resolve().parent != checkpoint_dir(run).resolve():
+        return
+    info_path = Path(run) / "run.json"
+    recorded = (json.loads(info_path.read_text()).get("checkpoints") or {}) if info_path.is_file() else {}
+    entry = recorded.get(path.name)
+    if not entry:
+        return
+    digest = file_sha256(path)
+    if digest not in entry["sha256"]:
+        raise CheckpointError(f"{path}: changed since chexnet wrote it (sha256 {digest[:16]}..., run.json records "
+                              f"{', '.join(d[:16] + '...' for d in entry['sha256'])}): a swapped, edited or damaged "
+                              f"file. Pass --trust-changed to use it anyway")
 
 
 def weights_sha256(module: torch.nn.Module) -> str:
@@ -202,8 +284,42 @@ class CheckpointSaver:
         return {"select": self.select, "best": self.best}
 
     def save(self, state: dict, improved: bool = False) -> None:
-        state = {**state, "selection": self.state_dict()}
-        save_checkpoint(self.dir / "last.pt", state)
+        """Write last.pt (keeping the one before as last.prev.pt) and, when ``improved``, best.pt, recording their
+        digest in run.json first (the order of the module docstring)."""
+        data = serialize({**state, "selection": self.state_dict()})
+        names = ["last.pt", "best.pt"] if improved else ["last.pt"]
+        _record_digests(self.dir.parent, names, hashlib.sha256(data).hexdigest(), state.get("epoch"),
+                        state.get("global_step"))
+        last = self.dir / "last.pt"
+        if last.is_file():
+            _keep_previous(last, self.dir / PREVIOUS)
+        atomic_write(last, data)
         if improved:
-            with open(self.dir / "last.pt", "rb") as src:
-                atomic_write(self.dir / "best.pt", lambda f: shutil.copyfileobj(src, f))
+            atomic_write(self.dir / "best.pt", data)
+
+
+def _record_digests(run: Path, names: list[str], digest: str, epoch, global_step) -> None:
+    """run.json's ``checkpoints``: ``digest`` first for each of ``names``; last.prev.pt takes last.pt's old list."""
+    path = run / "run.json"
+    if not path.is_file():  # a saver used outside a run directory (tests, tools): nothing to record
+        return
+    info = json.loads(path.read_text())
+    recorded = info.setdefault("checkpoints", {})
+    if "last.pt" in names and "last.pt" in recorded and (run / "checkpoints" / "last.pt").is_file():
+        recorded[PREVIOUS] = recorded["last.pt"]
+    for name in names:
+        old = (recorded.get(name) or {}).get("sha256", [])
+        recorded[name] = {"sha256": [digest, *[d for d in old if d != digest]][:DIGEST_HISTORY],
+                          "epoch": epoch, "global_step": global_step}
+    atomic_write(path, json.dumps(info, indent=2))
+
+
+def _keep_previous(last: Path, previous: Path) -> None:
+    """``previous`` becomes the current ``last`` (a hard link, or a copy), replaced atomically."""
+    tmp = previous.with_name(f".{previous.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(last, tmp)
+    except OSError:  # a file system without hard links
+        shutil.copyfile(last, tmp)
+    os.replace(tmp, previous)

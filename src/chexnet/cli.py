@@ -428,6 +428,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in (_add_synth, _add_prepare, _add_combine, _add_train, _add_tune, _add_evaluate, _add_compare, _add_predict, _add_serve, _add_localize, _add_export, _add_demo):
         add(sub)
+    for name in ("evaluate", "predict", "serve", "export"):  # the commands that load a run's checkpoint
+        sub.choices[name].add_argument(
+            "--trust-changed", action="store_true", help="load the checkpoint even when its SHA-256 is not the one "
+            "run.json recorded when training wrote it (a checkpoint copied, swapped or damaged since)")
     return parser
 
 
@@ -501,10 +505,10 @@ def cmd_evaluate(args) -> int:
     caches = args.cache or [None]
     if len(caches) > 1:
         evaluate_across(args.run, caches, args.checkpoint, args.split, args.tta, args.batch_size, args.bootstrap,
-                        args.threshold, allow_overlap=args.allow_overlap)
+                        args.threshold, allow_overlap=args.allow_overlap, trust_changed=args.trust_changed)
     else:
         evaluate_run(args.run, args.checkpoint, args.split, args.tta, args.batch_size, args.bootstrap, args.threshold,
-                     cache=caches[0], allow_overlap=args.allow_overlap)
+                     cache=caches[0], allow_overlap=args.allow_overlap, trust_changed=args.trust_changed)
     return 0
 
 
@@ -529,7 +533,7 @@ def cmd_predict(args) -> int:
     failed = run_predict(run, paths, onnx=args.onnx, checkpoint=args.checkpoint, fmt=args.format,
                          threshold=args.threshold, batch_size=args.batch_size, tta=args.tta,
                          max_pixels=args.max_pixels, cam_dir=args.cam, cam_all=args.cam_all,
-                         progress=not args.no_progress)
+                         progress=not args.no_progress, trust_changed=args.trust_changed)
     return 1 if failed else 0
 
 
@@ -541,7 +545,8 @@ def cmd_serve(args) -> int:
     return serve(ServeConfig(
         model=args.model, checkpoint=args.checkpoint, threshold=parse_threshold(args.threshold), host=args.host,
         port=args.port, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, token_file=args.token_file,
-        max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels, workers=args.workers))
+        max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels, workers=args.workers,
+        trust_changed=args.trust_changed))
 
 
 def cmd_localize(args) -> int:
@@ -556,7 +561,7 @@ def cmd_localize(args) -> int:
 def cmd_export(args) -> int:
     from chexnet.export import export_onnx
 
-    export_onnx(args.run, args.checkpoint, args.out, args.opset, args.dynamic_batch)
+    export_onnx(args.run, args.checkpoint, args.out, args.opset, args.dynamic_batch, trust_changed=args.trust_changed)
     return 0
 
 

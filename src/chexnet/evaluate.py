@@ -42,7 +42,7 @@ def predict_split(model, cfg, cache: Path, index, meta, split: str, tta: str, in
 
 def evaluate_run(run: str | Path, checkpoint: str = "best", split: str = "test", tta: str = "none",
                  batch_size: int = 64, n_resamples: int = 1000, threshold_method: str = "f1",
-                 cache: str | Path | None = None, allow_overlap: bool = False):
+                 cache: str | Path | None = None, allow_overlap: bool = False, trust_changed: bool = False):
     """Evaluate ``run`` on ``split``; rank 0 writes RUN/eval/<split>/ and returns the table (others None).
 
     ``cache``: evaluate on this cache instead of the one recorded in run.json: the run's own data moved or copied
@@ -59,7 +59,7 @@ def evaluate_run(run: str | Path, checkpoint: str = "best", split: str = "test",
     try:
         run = Path(run)
         run_info = read_run_info(run)
-        loaded = load_run_model(run, checkpoint)
+        loaded = load_run_model(run, checkpoint, trust_changed=trust_changed)
         model, cfg, path, spec = loaded.model, loaded.cfg, loaded.path, loaded.spec
         if tuple(cfg.labels) != PATHOLOGIES:
             raise ValueError(f"{run}: trained on {len(cfg.labels)} labels ({', '.join(cfg.labels)}); evaluation and "
@@ -135,7 +135,7 @@ def _check_overlap(run, run_info, cache, meta, index, split, allow_overlap) -> s
 
 def evaluate_across(run: str | Path, caches: list, checkpoint: str = "best", split: str = "test", tta: str = "none",
                     batch_size: int = 64, n_resamples: int = 1000, threshold_method: str = "f1",
-                    allow_overlap: bool = False):
+                    allow_overlap: bool = False, trust_changed: bool = False):
     """Evaluate ``run`` on each of ``caches`` (as :func:`evaluate_run` with ``cache=``), then write the
     cross-dataset table, report and plot into RUN/eval/external/ (:mod:`chexnet.external`). Returns the long
     table on rank 0 (None elsewhere)."""
@@ -149,7 +149,7 @@ def evaluate_across(run: str | Path, caches: list, checkpoint: str = "best", spl
     results, about = {}, {}
     for cache, name in zip(caches, names):
         table = evaluate_run(run, checkpoint, split, tta, batch_size, n_resamples, threshold_method, cache=cache,
-                             allow_overlap=allow_overlap)
+                             allow_overlap=allow_overlap, trust_changed=trust_changed)
         if table is None:  # not rank 0
             continue
         meta = load_cache(cache)[2]
@@ -161,7 +161,7 @@ def evaluate_across(run: str | Path, caches: list, checkpoint: str = "best", spl
                        "mapping": ((meta.get("source") or {}).get("labels") or {}).get("labels")}
     if not results:
         return None
-    labels = list(load_run_model(run, checkpoint).cfg.labels)
+    labels = list(load_run_model(run, checkpoint, trust_changed=trust_changed).cfg.labels)
     path = external.write_cross_dataset(run / "eval" / "external", results, about, labels)
     long = external.cross_dataset_table(results, labels)
     print(f"\n{run}: AUROC on {split} across {len(results)} data sets (n/a: not in that data set)")

@@ -45,7 +45,7 @@ def _wrapper(model, transform):
 
 
 def export_onnx(run: str | Path, checkpoint: str = "best", out: str | Path | None = None, opset: int = 18,
-                dynamic_batch: bool = False) -> Path:
+                dynamic_batch: bool = False, trust_changed: bool = False) -> Path:
     """Export ``run``'s checkpoint; returns the path written (default RUN/export/model.onnx)."""
     require("onnx", "export", "export to ONNX")
     require("onnxscript", "export", "export to ONNX")
@@ -57,7 +57,7 @@ def export_onnx(run: str | Path, checkpoint: str = "best", out: str | Path | Non
     from chexnet.preprocess import input_transform
 
     run = Path(run)
-    loaded = load_run_model(run, checkpoint, require_spec=True)
+    loaded = load_run_model(run, checkpoint, require_spec=True, trust_changed=trust_changed)
     spec = loaded.spec
     out = Path(out) if out else run / "export" / "model.onnx"
     out.parent.mkdir(parents=True, exist_ok=True)

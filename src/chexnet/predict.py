@@ -103,14 +103,15 @@ def thresholds_from(mapping: dict | None, labels, source: str, fixed: float | No
 class TorchPredictor:
     """A run's checkpoint in torch (and Grad-CAM)."""
 
-    def __init__(self, run: str | Path, checkpoint: str = "best", threshold: float | None = None):
+    def __init__(self, run: str | Path, checkpoint: str = "best", threshold: float | None = None,
+                 trust_changed: bool = False):
         import torch
 
         from chexnet.runs import load_run_model, saved_thresholds
         from chexnet.preprocess import input_transform
 
         self.run = Path(run)
-        loaded = load_run_model(self.run, checkpoint, require_spec=True)
+        loaded = load_run_model(self.run, checkpoint, require_spec=True, trust_changed=trust_changed)
         self.loaded, self.spec, self.labels = loaded, loaded.spec, tuple(loaded.cfg.labels)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model = loaded.model.to(self.device).eval()
@@ -299,12 +300,12 @@ def parse_threshold(text: str) -> float | None:
 def run_predict(run: str | None, paths: list[str], onnx: str | None = None, checkpoint: str = "best",
                 fmt: str = "table", threshold: str = "val", batch_size: int = 16, tta: str = "none",
                 max_pixels: int | None = DEFAULT_MAX_PIXELS, cam_dir: str | None = None, cam_all: bool = False,
-                progress: bool = True) -> int:
+                progress: bool = True, trust_changed: bool = False) -> int:
     """The command: print the results to stdout, notes to stderr; returns the number of files that failed."""
     fixed = parse_threshold(threshold)
     if not paths:
         raise ValueError("no input files or folders given")
-    predictor = OnnxPredictor(onnx, fixed) if onnx else TorchPredictor(run, checkpoint, fixed)
+    predictor = OnnxPredictor(onnx, fixed) if onnx else TorchPredictor(run, checkpoint, fixed, trust_changed)
     results = predict_files(predictor, paths, batch_size, tta, max_pixels, cam_dir, cam_all, progress)
     if not results:
         raise ValueError(f"no image files found in {', '.join(map(str, paths))}")

@@ -18,7 +18,13 @@ from pathlib import Path
 
 import yaml
 
-from chexnet.checkpoint import ckpt_position, ckpt_preprocessing, load_checkpoint, resolve_checkpoint
+from chexnet.checkpoint import (
+    check_recorded_digest,
+    ckpt_position,
+    ckpt_preprocessing,
+    load_checkpoint,
+    resolve_checkpoint,
+)
 from chexnet.config import config_from_dict
 from chexnet.data.cache import cache_labels, index_sha256, load_cache
 from chexnet.fileio import atomic_write
@@ -44,13 +50,16 @@ class LoadedRun:
         return f"{self.path.name} (epoch {self.epoch}, step {self.global_step})"
 
 
-def load_run_model(run: str | Path, checkpoint: str = "best", require_spec: bool = False) -> LoadedRun:
+def load_run_model(run: str | Path, checkpoint: str = "best", require_spec: bool = False,
+                   trust_changed: bool = False) -> LoadedRun:
     """Load a run directory's checkpoint (``best``, ``last`` or a PATH) into its model. ``require_spec``: refuse a
     checkpoint saved before checkpoints carried their preprocessing (predict, export and localize need it; evaluate
-    can take it from the cache)."""
+    can take it from the cache). A damaged checkpoint, or one whose SHA-256 run.json does not record (changed since
+    it was written), is a :class:`chexnet.checkpoint.CheckpointError`; ``trust_changed`` loads the latter anyway."""
     run = Path(run)
     path = resolve_checkpoint(run, checkpoint)
-    state = load_checkpoint(path)
+    state = load_checkpoint(path)  # a damaged file is named as such before its digest is compared
+    check_recorded_digest(run, path, trust_changed)
     preprocessing = ckpt_preprocessing(state)
     if require_spec and not preprocessing:
         raise ValueError(f"{path}: saved before checkpoints carried their preprocessing; evaluate it with its cache, "

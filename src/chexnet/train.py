@@ -41,6 +41,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from chexnet import dist
 from chexnet.checkpoint import (
+    PREVIOUS,
+    CheckpointError,
     CheckpointSaver,
     checkpoint_dir,
     ckpt_batch_layout,
@@ -109,20 +111,44 @@ def _elastic_continuation(run: Path) -> bool:
         return False
 
 
-def _resume_path(run: Path, resume: str | None, info: dist.DistInfo) -> Path | None:
+def _resume(run: Path, resume: str | None, info: dist.DistInfo) -> tuple[Path | None, dict | None]:
+    """(path, state) of the checkpoint to continue from, or (None, None) for a fresh start."""
     last = checkpoint_dir(run) / "last.pt"
     # rank 0 decides for all (the other ranks do not read): it rewrites run.json (with the new elastic run id)
     # right after this, and a slower rank reading it then would take another branch and resume from another checkpoint
     if dist.broadcast_object(info.is_main and last.is_file() and _elastic_continuation(run)):
-        return last  # torch elastic restarted the group: continue from this run's newest state
+        return _newest_valid(run, "a torch elastic restart", info)  # continue from this run's newest state
     if resume is None:
-        return None
+        return None, None
     if resume == "auto":
-        return last if last.is_file() else None
+        return _newest_valid(run, "--resume auto", info)
     try:
-        return resolve_checkpoint(run, resume)  # "last", "best" or a PATH
+        path = resolve_checkpoint(run, resume)  # "last", "best" or a PATH
     except FileNotFoundError as exc:
         raise ResumeError(f"--resume {resume}: {exc}") from None
+    return path, load_checkpoint(path)
+
+
+def _newest_valid(run: Path, why: str, info: dist.DistInfo) -> tuple[Path | None, dict | None]:
+    """last.pt, or last.prev.pt where last.pt is damaged (said on stderr); (None, None) where neither exists; a
+    ResumeError naming each file's fault where both are damaged. Every rank reads the same files, so every rank
+    comes to the same answer."""
+    problems = []
+    for path in (checkpoint_dir(run) / "last.pt", checkpoint_dir(run) / PREVIOUS):
+        if not path.is_file():
+            continue
+        try:
+            state = load_checkpoint(path)
+        except CheckpointError as exc:
+            problems.append(str(exc))
+            _say(info, f"warning: {why}: {exc}; trying the checkpoint before it")
+            continue
+        if problems:
+            _say(info, f"{why}: continuing from {path} (epoch {state.get('epoch')}, step {state.get('global_step')})")
+        return path, state
+    if problems:
+        raise ResumeError(f"{why}: no checkpoint of {run} loads: " + "; ".join(problems))
+    return None, None
 
 
 EpochCallback = Callable[[dict], bool]
@@ -164,8 +190,7 @@ def _train(cfg, cache, run, resume, progress, info, device, epoch_callback=None)
     _, index, meta = load_cache(cache)
     check_trainable_labels(cache, index, meta, cfg.labels)
     spec = Preprocessing(cache_size=int(meta["size"]), input_size=cfg.input_size, input_transform=cfg.input_transform)
-    resume_path = _resume_path(run, resume, info)
-    ckpt = load_checkpoint(resume_path) if resume_path else None
+    resume_path, ckpt = _resume(run, resume, info)
     if ckpt is not None:
         check_compatible(ckpt, cfg, spec, resume_path)
     elif any((checkpoint_dir(run) / f).is_file() for f in ("last.pt", "best.pt")):
@@ -174,7 +199,7 @@ def _train(cfg, cache, run, resume, progress, info, device, epoch_callback=None)
     if info.is_main:
         checkpoint_dir(run).mkdir(parents=True, exist_ok=True)
         save_config(cfg, run / "config.yaml")
-        atomic_write(run / "run.json", json.dumps(_run_info(cfg, cache, meta, spec, info, device), indent=2))
+        atomic_write(run / "run.json", json.dumps(_run_info(cfg, cache, meta, spec, info, device, run), indent=2))
     dist.barrier()
 
     if device.type == "cuda":
@@ -352,8 +377,10 @@ def _compare_weights(model, info, logger, epoch: int, global_step: int) -> list[
     return digests
 
 
-def _run_info(cfg, cache, meta, spec, info, device) -> dict:
-    """run.json: what a moved run needs to be evaluated elsewhere and to check a cache against."""
+def _run_info(cfg, cache, meta, spec, info, device, run: Path) -> dict:
+    """run.json: what a moved run needs to be evaluated elsewhere and to check a cache against (a resumed run keeps
+    the checkpoint digests it recorded)."""
+    old = json.loads((run / "run.json").read_text()) if (run / "run.json").is_file() else {}
     return {"cache": str(Path(cache).resolve()), "cache_index_sha256": index_sha256(cache),
             "cache_dataset": (meta.get("arguments") or {}).get("dataset", "nih"),
             "cache_size": spec.cache_size, "cache_count": int(meta["count"]),
@@ -361,7 +388,7 @@ def _run_info(cfg, cache, meta, spec, info, device) -> dict:
             "select": cfg.select, "loss_weighting": cfg.loss_weighting, "world_size": info.world_size,
             "launcher": info.launcher, "elastic_run_id": dist.elastic_run_id(), "device": str(device),
             "versions": versions(), "argv": sys.argv,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "checkpoints": old.get("checkpoints", {})}
 
 
 def _validate(model, val_set, criterion, lr_ctl, info, ctx, cfg) -> dict:

@@ -3,6 +3,7 @@ refusal of incompatible resumes, non-finite losses, the run directory and its lo
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import re
@@ -52,21 +53,24 @@ def straight(tiny_cache, tiny_cfg, tmp_path_factory):
     copies = []
     import chexnet.checkpoint as C
 
-    real = C.save_checkpoint  # CheckpointSaver writes last.pt through it (best.pt is a copy of last.pt)
+    real = C.atomic_write  # CheckpointSaver writes last.pt and best.pt (and run.json) through it
 
-    def keep_copies(path, state):
-        real(path, state)
+    def keep_copies(path, data):
+        real(path, data)
+        if Path(path).name not in ("last.pt", "best.pt"):
+            return
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         dest = base / f"saved-{len(copies)}-{Path(path).stem}-e{state['epoch']}-s{state['step_in_epoch']}.pt"
         shutil.copyfile(path, dest)
         copies.append((Path(path).name, state["epoch"], state["step_in_epoch"], dest))
 
     cfg = tiny_cfg(epochs=2, checkpoint_every=2)
-    C.save_checkpoint = keep_copies
+    C.atomic_write = keep_copies
     try:
         with torch_threads(1):
             T.train(cfg, tiny_cache, base / "run", progress=False)
     finally:
-        C.save_checkpoint = real
+        C.atomic_write = real
     return cfg, base / "run", copies
 
 

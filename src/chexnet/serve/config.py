@@ -25,6 +25,7 @@ class ServeConfig:
     max_upload_mb: float = 50.0
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     workers: int = 1
+    trust_changed: bool = False  # run directories only: load a checkpoint whose SHA-256 run.json does not record
 
     @property
     def onnx(self) -> bool:

@@ -35,7 +35,7 @@ class ServedModel:
             self.engine, run = "onnxruntime", meta.get(M.RUN) or file.stem
             source = meta.get(M.CHECKPOINT)
         else:
-            self.predictor = TorchPredictor(cfg.model, cfg.checkpoint, cfg.threshold)
+            self.predictor = TorchPredictor(cfg.model, cfg.checkpoint, cfg.threshold, cfg.trust_changed)
             self.engine, file, run = "torch", self.predictor.loaded.path, self.predictor.run.resolve().name
             source = self.predictor.loaded.described
         self.max_pixels = cfg.max_pixels
