@@ -254,3 +254,25 @@ def test_read_xray_resized_equals_read_then_resize(tmp_path, gray, bone12):
         read_xray_resized(tmp_path / "gone.png", 64)
     with pytest.raises(ImageReadError, match="is a directory"):
         read_xray(tmp_path)
+
+
+def test_read_image_size_is_the_decoded_shape_from_the_header_only(tmp_path, gray, bone12):
+    from chexnet.data.imageio import read_image_size
+
+    Image.fromarray(gray).save(tmp_path / "a.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees (decoding applies it)
+    Image.fromarray(gray).save(tmp_path / "r.jpg", exif=exif)
+    write_dicom(tmp_path / "d.dcm", bone12, "MONOCHROME1")
+    write_dicom(tmp_path / "magic.bin", bone12)
+    for name in ("a.png", "r.jpg", "d.dcm", "magic.bin"):
+        assert read_image_size(tmp_path / name) == read_xray(tmp_path / name).shape, name
+    assert read_image_size(tmp_path / "r.jpg") == (40, 48)
+    (tmp_path / "notes.png").write_text("this is not an image\n" * 20)
+    with pytest.raises(ImageReadError, match="notes.png: not a recognized image"):
+        read_image_size(tmp_path / "notes.png")
+    with pytest.raises(ImageReadError, match="gone.dcm: file not found"):
+        read_image_size(tmp_path / "gone.dcm")
+    (tmp_path / "bad.dcm").write_bytes(b"\x00" * 50)
+    with pytest.raises(ImageReadError, match="bad.dcm: no image size in the DICOM header"):
+        read_image_size(tmp_path / "bad.dcm")

@@ -166,6 +166,24 @@ def test_prepare_caches_the_images_and_records_the_failures(folder, tmp_path):
         assert "Doe" not in written and SECRET_ID not in written
 
 
+def test_prepare_keeps_the_boxes_of_the_cached_images_with_their_sizes(folder, tmp_path):
+    import pandas as pd
+    import pydicom
+
+    from chexnet.data.cache import BOXES
+
+    meta = prepare(folder, tmp_path / "c", size=16, workers=1, progress=False, dataset="rsna", options={})
+    boxes = pd.read_csv(tmp_path / "c" / BOXES, keep_default_na=False)
+    cached = [(i, b) for i, b, _, h in IMAGES if h not in ("missing", "garbage")]  # _id(2)'s box: no file
+    sizes = {i: pydicom.dcmread(folder / _name(i), stop_before_pixels=True) for i, b in cached if b}
+    assert [tuple(r) for r in boxes.itertuples(index=False)] == [
+        (_name(i), "Pneumonia", "", x, y, w, h, int(sizes[i].Rows), int(sizes[i].Columns))
+        for i, b in cached for x, y, w, h in b]
+    assert len(boxes) == 3 and (boxes["height"] == 24).all() and (boxes["width"] == 24).all()
+    assert meta["files"]["boxes"] == BOXES and meta["boxes"]["count"] == 3 and meta["boxes"]["not_cached"] == 1
+    assert "Doe" not in (tmp_path / "c" / BOXES).read_text()
+
+
 def test_without_the_class_file_only_pneumonia_is_labelled(tmp_path):
     folder = make_rsna_folder(tmp_path / "rsna", classes=False, size=8)
     table = sources.read_source("rsna", folder)

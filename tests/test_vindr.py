@@ -362,3 +362,86 @@ def test_the_cli_prepares_vindr_with_the_default_rule(tmp_path, capsys):
     _, index, meta = load_cache(tmp_path / "c")
     assert index["image"].tolist() == ["train/A.dicom", "train/B.dicom", "train/C.dicom"] and meta["failed"] == []
     assert meta["source"]["labels"]["readers"] == "any" and index["No Finding"].tolist() == [0, 0, 1]
+
+
+# ------------------------------------------------------------------- (d) the boxes kept for localization
+
+# Kaggle's layout. P: boxes of 3 readers (Nodule/Mass -> a Nodule and a Mass row; two readers' Pleural effusion;
+# Other lesion: no label, left out; Aortic enlargement: kept under its own name); Q: one Cardiomegaly box;
+# R: a box, but no file (failed); S: a box, but not a DICOM (failed); T: no box.
+BOXED = f"""{HEADER}
+P,Nodule/Mass,8,R1,10,20,30,60
+P,Pleural effusion,10,R1,2,3,12.5,20
+P,Pleural effusion,10,R2,4,5,14,22
+P,Other lesion,9,R2,5,5,6,9
+P,Aortic enlargement,0,R3,1,1,8,8
+Q,Cardiomegaly,3,R1,6,10,30,28
+Q,No finding,14,R2,,,,
+R,Cardiomegaly,3,R1,1,2,3,4
+S,Pleural effusion,10,R1,1,2,3,4
+T,No finding,14,R1,,,,
+"""
+BOXED_SIZES = {"P": (40, 32), "Q": (36, 44), "T": (20, 20)}  # (Rows, Columns) of the DICOMs written
+# what boxes.csv must hold: image, finding, reader, x, y, w, h, height, width
+BOXED_EXPECTED = [
+    ("train/P.dicom", "Nodule", "R1", 10.0, 20.0, 20.0, 40.0, 40, 32),
+    ("train/P.dicom", "Mass", "R1", 10.0, 20.0, 20.0, 40.0, 40, 32),
+    ("train/P.dicom", "Effusion", "R1", 2.0, 3.0, 10.5, 17.0, 40, 32),
+    ("train/P.dicom", "Effusion", "R2", 4.0, 5.0, 10.0, 17.0, 40, 32),
+    ("train/P.dicom", "Aortic enlargement", "R3", 1.0, 1.0, 7.0, 7.0, 40, 32),
+    ("train/Q.dicom", "Cardiomegaly", "R1", 6.0, 10.0, 24.0, 18.0, 36, 44),
+]
+
+
+def make_vindr_folder(root: Path) -> Path:
+    """A Kaggle-layout VinDr-CXR folder with :data:`BOXED`'s boxes and DICOMs of :data:`BOXED_SIZES`."""
+    from tests.conftest import xray_like
+
+    _write(root / "train.csv", BOXED)
+    (root / "train").mkdir()
+    rng = np.random.default_rng(1)
+    for name, (rows, cols) in BOXED_SIZES.items():
+        write_dicom(root / "train" / f"{name}.dicom", xray_like(rng, 48)[:rows, :cols].astype(np.uint16) * 15 + 50)
+    (root / "train" / "S.dicom").write_bytes(b"not a DICOM file" * 8)
+    return root
+
+
+def test_prepare_keeps_the_cached_images_boxes_with_label_names_and_sizes(tmp_path):
+    from chexnet.data.cache import BOXES
+
+    data = make_vindr_folder(tmp_path / "vindr")
+    meta = prepare(data, tmp_path / "c", size=16, workers=1, progress=False, dataset="vindr")
+    assert sorted(f["image"] for f in meta["failed"]) == ["train/R.dicom", "train/S.dicom"]
+    boxes = pd.read_csv(tmp_path / "c" / BOXES, keep_default_na=False)
+    assert list(boxes.columns) == ["image", "finding", "reader", "x", "y", "w", "h", "height", "width"]
+    assert [tuple(r) for r in boxes.itertuples(index=False)] == BOXED_EXPECTED
+    assert set(boxes["finding"]) <= set(meta["labels"])  # the cache's label names
+    assert meta["files"]["boxes"] == BOXES
+    assert meta["boxes"] == {"count": 6, "images": 2, "findings": {"Nodule": 1, "Mass": 1, "Effusion": 2,
+                                                                   "Aortic enlargement": 1, "Cardiomegaly": 1},
+                             "not_cached": 2, "dropped": 1, "size_unreadable": 0, "size_errors": []}
+    assert meta["source"]["boxes"] == 8  # the source's count: every box read, in VinDr's classes
+
+
+def test_a_resumed_prepare_writes_the_boxes_of_an_uninterrupted_one(tmp_path, monkeypatch):
+    import chexnet.data.prepare as writer
+
+    data = make_vindr_folder(tmp_path / "vindr")
+    prepare(data, tmp_path / "ref", size=16, workers=1, progress=False, dataset="vindr")
+    real, calls = writer.read_cache_row, []
+
+    def interrupted(path, size):
+        calls.append(path)
+        if len(calls) == 3:
+            raise KeyboardInterrupt("simulated kill")
+        return real(path, size)
+
+    monkeypatch.setattr(writer, "read_cache_row", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(data, tmp_path / "c", size=16, workers=1, progress=False, dataset="vindr")
+    assert not (tmp_path / "c" / "boxes.csv").exists() and (tmp_path / "c" / "work").is_dir()
+    monkeypatch.setattr(writer, "read_cache_row", real)
+    meta = prepare(data, tmp_path / "c", size=16, workers=1, progress=False, dataset="vindr")
+    assert meta["created"]["runs"] == 2
+    for name in ("boxes.csv", "index.csv", "images.u8"):
+        assert (tmp_path / "c" / name).read_bytes() == (tmp_path / "ref" / name).read_bytes(), name

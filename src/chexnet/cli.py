@@ -375,15 +375,17 @@ def _add_serve(sub) -> None:
 
 def _add_localize(sub) -> None:
     p = sub.add_parser("localize", help="Grad-CAM localization against bounding boxes (Wang et al. 2017 protocol)",
-                       description="For every labelled box (NIH's BBox_List_2017.csv), the heatmap of that finding is "
+                       description="For every labelled box (the cache's boxes.csv: VinDr-CXR, RSNA; else NIH's "
+                       "BBox_List_2017.csv), the heatmap of that finding is "
                        "thresholded and boxed around its connected regions; accuracy at IoBB >= T (T = 0.1, 0.25, 0.5, "
                        "0.75, 0.9) and IoU >= 0.5 per pathology, beside random boxes of the same sizes. Writes "
                        "RUN/eval/localize/ (localize.csv, boxes.csv, localize.md, localize.png, examples/).")
     p.add_argument("run", help="run directory")
-    p.add_argument("--bbox", default=None, help="box list CSV (default: BBox_List_2017.csv in the data folder the cache "
-                   "was prepared from)")
+    p.add_argument("--bbox", default=None, help="box list CSV in NIH's format (default: the cache's boxes.csv where "
+                   "prepare wrote one, with the image sizes in it; else BBox_List_2017.csv in the data folder the "
+                   "cache was prepared from)")
     p.add_argument("--data", default=None, help="the original image folder, for each image's size (default: the one "
-                   "recorded in the cache)")
+                   "recorded in the cache; not used with the cache's boxes.csv)")
     p.add_argument("--image-size", type=int, default=None, help="assume every original image is N x N pixels (NIH's PNGs "
                    "are 1024) instead of reading sizes from --data")
     p.add_argument("--split", choices=["test", "val", "train", "all"], default="test")

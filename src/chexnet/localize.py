@@ -1,10 +1,18 @@
 """``chexnet localize``: do the heatmaps point at the findings? The protocol of Wang et al. 2017 (ChestX-ray8).
 
-For every labelled box in NIH's ``BBox_List_2017.csv`` (984 boxes, 8 pathologies; the synthetic generator writes
-boxes for all 14) whose image is in the chosen split: the Grad-CAM map of that finding is computed on the image's
-cache row, thresholded at ``cam_threshold`` x its maximum, and a box is drawn around each connected region.
-Boxes are in original image pixels; the map is carried to them through the same geometry as the image (the
-cache row is the whole image stretched to S x S; see :mod:`chexnet.explain`).
+For every labelled box whose image is in the chosen split and whose finding the model predicts: the Grad-CAM map
+of that finding is computed on the image's cache row, thresholded at ``cam_threshold`` x its maximum, and a box
+is drawn around each connected region. Boxes are in original image pixels; the map is carried to them through
+the same geometry as the image (the cache row is the whole image stretched to S x S; see :mod:`chexnet.explain`).
+
+The boxes, without ``--bbox``: the cache's ``boxes.csv`` where ``chexnet prepare`` wrote one (VinDr-CXR, RSNA
+Pneumonia: :mod:`chexnet.data.cache`; it holds each image's original size, so neither ``--data`` nor
+``--image-size`` is needed or used), else NIH's ``BBox_List_2017.csv`` (984 boxes, 8 pathologies; the synthetic
+generator writes boxes for all 14) in the data folder the cache was prepared from, with the original sizes read
+from the image files there (``--data``) or given (``--image-size``). ``--bbox FILE`` is a list in NIH's format.
+Every ground-truth box counts once: where several readers boxed the same finding on one image (VinDr-CXR: up to
+3 radiologists per training image), each reader's box is scored on its own against the same heatmap, and n
+counts boxes, not images.
 
 A ground-truth box counts as localized at threshold T when one of the detected boxes reaches
 ``IoBB = area(truth & detected) / area(detected) >= T`` (Wang et al.'s "intersection over the detected B-Box
@@ -23,7 +31,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from chexnet.data.imageio import DICOM_SUFFIXES
+from chexnet.data.cache import BOX_COLUMNS, BOXES
+from chexnet.data.imageio import read_image_size
 from chexnet.fileio import atomic_write
 from chexnet.labels import PATHOLOGIES
 
@@ -57,12 +66,44 @@ def read_boxes(path: str | Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["image", "finding", "x", "y", "w", "h"])
 
 
+def read_cache_boxes(path: str | Path) -> pd.DataFrame:
+    """A cache's ``boxes.csv`` (:mod:`chexnet.data.cache`) -> columns image, finding, reader, x, y, w, h (original
+    image pixels), height, width (the original image's size). Errors name the file and the row."""
+    path = Path(path)
+    try:
+        raw = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: unreadable box list ({exc})") from None
+    missing = [c for c in BOX_COLUMNS if c not in raw.columns]
+    if missing:
+        raise ValueError(f"{path} row 1 (header): missing column(s) {', '.join(missing)}; expected "
+                         f"{', '.join(BOX_COLUMNS)} (re-run chexnet prepare --overwrite to rewrite the cache)")
+    out = raw[BOX_COLUMNS].copy()
+
+    def first_bad(bad, what: str) -> None:
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise ValueError(f"{path} row {i + 2}: {what}, got {raw.iloc[i][BOX_COLUMNS].tolist()}")
+
+    for column in ("image", "finding"):
+        out[column] = out[column].str.strip()
+        first_bad((out[column] == "").to_numpy(), f"empty {column}")
+    for column in ("x", "y", "w", "h", "height", "width"):
+        out[column] = pd.to_numeric(out[column], errors="coerce").astype(np.float64)
+        first_bad(~np.isfinite(out[column].to_numpy()), f"{column} is not a number")
+    first_bad(~((out["w"] > 0) & (out["h"] > 0)).to_numpy(), "box width and height must be positive")
+    for column in ("height", "width"):
+        first_bad(~((out[column] >= 1) & (out[column] % 1 == 0)).to_numpy(), f"image {column} must be a whole "
+                  "number of pixels >= 1")
+        out[column] = out[column].astype(np.int64)
+    return out
+
+
 def original_sizes(images, data_dir: str | Path | None, image_size: int | None) -> dict[str, tuple[int, int]]:
-    """(height, width) of each original image, from the file headers in ``data_dir`` (or all ``image_size``)."""
+    """(height, width) of each original image, from the file headers in ``data_dir`` found NIH-style (or all
+    ``image_size``); :func:`chexnet.data.imageio.read_image_size` reads each header."""
     if image_size:
         return {name: (image_size, image_size) for name in images}
-    from PIL import Image
-
     from chexnet.data.sources.nih import find_images
 
     if data_dir is None or not Path(data_dir).is_dir():
@@ -75,14 +116,7 @@ def original_sizes(images, data_dir: str | Path | None, image_size: int | None) 
         if path is None:
             raise FileNotFoundError(f"{name}: not found under {data_dir} (needed for its size); pass --image-size N "
                                     f"if every image is N x N")
-        if path.suffix.lower() in DICOM_SUFFIXES:
-            import pydicom
-
-            ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
-            out[name] = (int(ds.Rows), int(ds.Columns))
-        else:
-            with Image.open(path) as im:
-                out[name] = (im.size[1], im.size[0])
+        out[name] = read_image_size(path)
     return out
 
 
@@ -119,8 +153,23 @@ def random_like(detected, height: int, width: int, rng: np.random.Generator):
 
 
 def _pairs(index, meta, cache, split, bbox, data, image_size, labels):
-    """The boxes of the split's images for findings the model predicts, with cache rows and original sizes."""
-    boxes = read_boxes(bbox or Path(meta["arguments"]["data_dir"]) / "BBox_List_2017.csv")
+    """The boxes of the split's images for findings the model predicts, with cache rows and original sizes: the
+    cache's boxes.csv without ``bbox`` where it has one, else an NIH-format list (see the module)."""
+    cache_list = Path(cache) / BOXES
+    if bbox is None and cache_list.is_file():
+        boxes = read_cache_boxes(cache_list)  # sizes included
+    else:
+        arguments = meta.get("arguments", {})
+        data_dir = arguments.get("data_dir")  # a combined cache records none
+        default = Path(data_dir) / "BBox_List_2017.csv" if data_dir else None
+        if bbox is None and (default is None or not default.is_file()):
+            dataset = arguments.get("dataset", "nih")
+            hint = (f"; {dataset} caches prepared before chexnet kept boxes lack it: re-run chexnet prepare with "
+                    f"--overwrite" if dataset in ("vindr", "rsna") else "")
+            where = f"{default} does not exist" if default else "it records no data folder"
+            raise FileNotFoundError(f"{cache} has no {BOXES} and {where}: pass --bbox FILE (NIH's box list "
+                                    f"format){hint}")
+        boxes = read_boxes(bbox or default)
     rows = index if split == "all" else index[index["split"] == split]
     where = pd.Series(rows.index, index=rows["image"])
     boxes = boxes[boxes["image"].isin(where.index) & boxes["finding"].isin(labels)].reset_index(drop=True)
@@ -128,9 +177,10 @@ def _pairs(index, meta, cache, split, bbox, data, image_size, labels):
         raise ValueError(f"no box of the list falls in the {split} split of {cache} for the run's findings; "
                          f"try --split all")
     boxes["row"] = where.loc[boxes["image"]].to_numpy()
-    sizes = original_sizes(sorted(set(boxes["image"])), data or meta["arguments"].get("data_dir"), image_size)
-    boxes["height"] = [sizes[n][0] for n in boxes["image"]]
-    boxes["width"] = [sizes[n][1] for n in boxes["image"]]
+    if "height" not in boxes.columns:
+        sizes = original_sizes(sorted(set(boxes["image"])), data or meta["arguments"].get("data_dir"), image_size)
+        boxes["height"] = [sizes[n][0] for n in boxes["image"]]
+        boxes["width"] = [sizes[n][1] for n in boxes["image"]]
     return boxes
 
 
@@ -173,7 +223,8 @@ def localize_run(run: str | Path, bbox: str | Path | None = None, data: str | Pa
             chance = [box_scores(truth, random_like(detected, b.height, b.width, rng)) for _ in range(RANDOM_DRAWS)]
             py, px = np.unravel_index(int(np.argmax(on_cache)), on_cache.shape)
             peak = (px + 0.5) * sx, (py + 0.5) * sy
-            records.append({"image": b.image, "finding": b.finding, "iobb": iobb, "iou": iou,
+            records.append({"image": b.image, "finding": b.finding, **({"reader": b.reader} if "reader" in b else {}),
+                            "iobb": iobb, "iou": iou,
                             "random_iobb": [c[0] for c in chance], "random_iou": [c[1] for c in chance],
                             "peak_in_box": b.x <= peak[0] <= b.x + b.w and b.y <= peak[1] <= b.y + b.h,
                             "random_peak_in_box": min(1.0, b.w * b.h / (b.width * b.height)),
@@ -255,5 +306,6 @@ def _example(folder: Path, row: np.ndarray, cam: np.ndarray, b, detected, sx: fl
 
     to_cache = [(x / sx, y / sy, w / sx, h / sy, (255, 40, 40)) for x, y, w, h in detected]
     truth = (b.x / sx, b.y / sy, b.w / sx, b.h / sy, (40, 255, 40))
+    reader = f"_{safe_name(str(b.reader))}" if "reader" in b and b.reader else ""  # readers' boxes of one finding
     overlay(row, np.clip(cam, 0, 1), f"{b.finding} (green: truth)", boxes=[*to_cache, truth]).save(
-        folder / f"{safe_name(Path(b.image).stem)}_{b.finding}.png")
+        folder / f"{safe_name(Path(b.image).stem)}_{safe_name(b.finding)}{reader}.png")

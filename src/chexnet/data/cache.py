@@ -5,7 +5,7 @@ tool-agnostic uint8 array, from any data source of :mod:`chexnet.data.sources`.
 
 Cache format (version 2)
 ========================
-A cache is a folder with three files::
+A cache is a folder with three files, and a fourth, ``boxes.csv``, where the source has finding boxes::
 
     CACHE/images.u8    raw uint8 array of shape (N, S, S), C order, no header; row i is image i of
                        the index. Read it with numpy.memmap(path, np.uint8, "r", shape=(N, S, S)),
@@ -23,7 +23,16 @@ A cache is a folder with three files::
                        uncertain and blank label policies), source (metadata file(s),
                        split mode official|random, rows excluded by the view filter or the split lists),
                        splits ({train|val|test: {images, patients}}), failed ([{row, image, path,
-                       reason}]: images left out), created (start/finish time, runs, workers, versions)
+                       reason}]: images left out), created (start/finish time, runs, workers, versions);
+                       files ({images, index} and, with boxes.csv, boxes) and, with boxes.csv, boxes
+                       ({count, images, findings: {name: count}, not_cached, dropped, size_unreadable,
+                       size_errors})
+    CACHE/boxes.csv    optional (sources with boxes: vindr, rsna; not nih, whose boxes stay in its
+                       BBox_List_2017.csv): one row per finding box of a cached image, columns
+                       image (as in index.csv), finding (a label name of meta.json's ``labels``),
+                       reader (the source's reader id, e.g. VinDr's rad_id; empty where it has none),
+                       x, y, w, h (original image pixels: top-left corner, width, height),
+                       height, width (the original image's size in pixels, from its file's header)
 
 :func:`read_index` gives labels as float32 (1.0, 0.0, NaN for missing) and patient ids as text. Version 1
 (until chexnet 0.1's structure change) had ``pathologies`` instead of ``labels`` (always NIH's 14, every
@@ -35,6 +44,15 @@ is an incomplete cache and :func:`load_cache` refuses it. Images are stretched t
 averaging, bone bright: step 1 of :mod:`chexnet.preprocess` (:func:`chexnet.preprocess.read_cache_row`).
 Index rows follow the source's row order (nih: the metadata file's order after the view filter and
 split assignment).
+
+``boxes.csv`` (:func:`chexnet.data.prepare.prepare`, :func:`chexnet.data.sources.box_findings`) keeps the
+source's box order. A source finding that maps to several labels gives one row per label (VinDr's
+``Nodule/Mass``: a Nodule row and a Mass row); one kept under its own name (``Aortic enlargement``) keeps it; one
+the label table drops (``Other lesion``) is left out (counted in ``boxes.dropped``). Each reader's box is its own
+row (VinDr: up to 3 readers' boxes of one finding on one image). Boxes of images that are not in the cache
+(failed) are left out (``boxes.not_cached``), as are those of an image whose size could not
+be read from its header at finalization (``boxes.size_unreadable``). ``chexnet localize`` reads it
+(:mod:`chexnet.localize`).
 
 While it runs (resumable work area)
 ===================================
@@ -55,8 +73,9 @@ uninterrupted run (``meta.json``'s ``created`` block aside).
 Failed images (missing, truncated, corrupt, not an image) leave holes in the planned rows. They are
 removed once, at finalization: if nothing failed ``images.u8.part`` is simply renamed to
 ``images.u8``; otherwise the done rows are copied in order into ``images.u8`` (so disk use peaks
-at about twice the cache for that step). Then ``index.csv`` (done rows only), ``meta.json``, and
-the work area is deleted. A hidden ``CACHE/.lock`` (flock) stops two prepares writing one cache.
+at about twice the cache for that step). Then ``index.csv`` (done rows only), ``boxes.csv`` (the
+sizes read then, once per boxed image), ``meta.json``, and the work area is deleted. A hidden
+``CACHE/.lock`` (flock) stops two prepares writing one cache.
 
 Re-running on a complete cache with the same arguments does nothing and says so; different
 arguments raise :class:`CacheError` naming the differences (``overwrite=True`` rebuilds instead).
@@ -78,6 +97,8 @@ FORMAT = "chexnet-cache"
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 IMAGES, INDEX, META, WORK, LOCK = "images.u8", "index.csv", "meta.json", "work", ".lock"
+BOXES = "boxes.csv"  # optional: the source's finding boxes (see the module docstring)
+BOX_COLUMNS = ["image", "finding", "reader", "x", "y", "w", "h", "height", "width"]
 HEAD_COLUMNS, TAIL_COLUMNS = ["image", "patient_id", "split", "view"], ["age", "sex"]
 INDEX_COLUMNS = [*HEAD_COLUMNS, *PATHOLOGIES, *TAIL_COLUMNS]  # NIH's (and every version-1 cache's)
 ARGUMENT_DEFAULTS = {"dataset": "nih", "options": {}}  # arguments added since version 1: what their absence means

@@ -28,6 +28,9 @@ filter). Non-square images are **stretched** to the square, keeping the whole fi
 CheXNet implementations do (``Resize((S, S))``); no cropping or padding. Upscaling (rare: images
 smaller than the cache size) uses bilinear interpolation.
 
+:func:`read_image_size` gives an image's (height, width) as :func:`read_xray` would decode it, from the file's
+header only (no pixel data decoded): what box coordinates in original pixels are relative to.
+
 Any failure raises :class:`ImageReadError` naming the file and the reason.
 """
 
@@ -103,6 +106,47 @@ def read_xray_resized(path: str | os.PathLike, size: int, max_pixels: int | None
 def read_xray_bytes_resized(data: bytes, size: int, name: str = "upload", max_pixels: int | None = None) -> np.ndarray:
     """:func:`read_xray_resized` of a file held in memory (the server's uploads)."""
     return _resized(*_decode_bytes(data, name, max_pixels), size)
+
+
+def read_image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """``(height, width)`` of the image file ``path`` as :func:`read_xray` decodes it, from its header only:
+    DICOM's ``Rows`` and ``Columns`` (pydicom, ``stop_before_pixels``; recognised as :func:`read_xray` does),
+    else PIL's lazy open (a JPEG's EXIF rotation by 90 degrees swaps the two, as decoding applies it). Raises
+    :class:`ImageReadError` naming the file."""
+    path = Path(path)
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        raise ImageReadError(path, "file not found", "not_found") from None
+    except OSError as exc:
+        raise ImageReadError(path, f"cannot open: {exc.strerror or exc}", "not_found") from None
+    with f:
+        head = f.read(132)
+        f.seek(0)
+        if _looks_like_dicom(path, head):
+            import pydicom
+
+            try:
+                ds = pydicom.dcmread(f, stop_before_pixels=True, force=True)
+                height, width = int(ds.Rows), int(ds.Columns)
+            except Exception as exc:  # pydicom raises many kinds; a header without Rows: AttributeError
+                raise ImageReadError(path, f"no image size in the DICOM header ({type(exc).__name__}: {exc})",
+                                     "truncated") from None
+        else:
+            try:
+                with Image.open(f) as im:  # reads the header only
+                    width, height = im.size
+                    if im.format == "JPEG" and im.getexif().get(0x0112) in (5, 6, 7, 8):  # EXIF Orientation
+                        width, height = height, width
+            except Image.UnidentifiedImageError:
+                raise ImageReadError(path, "not a recognized image format (expected PNG, JPEG, TIFF or DICOM)",
+                                     "not_an_image") from None
+            except (OSError, SyntaxError, ValueError, EOFError) as exc:
+                raise ImageReadError(path, f"unreadable image header ({type(exc).__name__}: {exc})",
+                                     "truncated") from None
+    if height < 1 or width < 1:
+        raise ImageReadError(path, f"image size {width} x {height} in the header is not positive")
+    return height, width
 
 
 def _decode_bytes(data: bytes, name: str, max_pixels: int | None) -> tuple[Image.Image | np.ndarray, Path]:

@@ -4,7 +4,11 @@ The cache's format, the resumable work area and the crash-safety protocol are de
 :mod:`chexnet.data.cache` (whose constants this module uses); this module writes them: it plans the rows
 from a source of :mod:`chexnet.data.sources`, decodes them in worker processes straight into the part file,
 commits progress every ``COMMIT_SECONDS``, resumes an interrupted run, records unreadable images, and
-finalizes ``images.u8``, ``index.csv`` and (last) ``meta.json``.
+finalizes ``images.u8``, ``index.csv``, ``boxes.csv`` (sources with boxes) and (last) ``meta.json``.
+
+The boxes are not part of the plan's digest: they do not touch the pixel rows, and every run (a resumed one
+too) re-reads them from the source and writes ``boxes.csv`` at finalization from the rows that ended in the
+cache, so a resumed prepare writes what an uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ import pandas as pd
 from chexnet.data import sources
 from chexnet.data.cache import (
     ARGUMENT_DEFAULTS,
+    BOX_COLUMNS,
+    BOXES,
     FORMAT,
     FORMAT_VERSION,
     IMAGES,
@@ -39,7 +45,7 @@ from chexnet.data.cache import (
     index_columns,
     label_columns,
 )
-from chexnet.data.imageio import ImageReadError
+from chexnet.data.imageio import ImageReadError, read_image_size
 from chexnet.data.splits import SPLITS, check_patient_disjoint
 from chexnet.environment import library_versions, usable_cpus
 from chexnet.fileio import atomic_write, fsync_dir
@@ -89,11 +95,11 @@ def prepare(
             _remove_cache(out_dir)
         if (out_dir / META).exists():
             return _existing_cache(out_dir, args, say)
-        plan, source = _make_plan(args)
+        plan, source, boxes = _make_plan(args)
         work = _open_work(out_dir, args, plan, say)
         t0 = time.monotonic()
         processed = _run(work, plan, args["size"], workers, progress)
-        meta = _finalize(out_dir, work, plan, args, source, workers)
+        meta = _finalize(out_dir, work, plan, args, source, workers, boxes)
     _print_summary(meta, out_dir, say, processed, time.monotonic() - t0, workers)
     return meta
 
@@ -139,14 +145,18 @@ def _differences(old: dict, new: dict) -> str:
     return "; ".join(diffs)
 
 
-def _make_plan(args: dict) -> tuple[pd.DataFrame, dict]:
-    """Planned rows (index columns + ``path``, '' when the file is missing) and the source summary."""
+def _make_plan(args: dict) -> tuple[pd.DataFrame, dict, pd.DataFrame | None]:
+    """Planned rows (index columns + ``path``, '' when the file is missing), the source summary, and the
+    source's boxes with label names (:func:`chexnet.data.sources.box_findings`; None: the source has none)."""
     plan = sources.read_source(args["dataset"], Path(args["data_dir"]), view=args["view"], seed=args["seed"],
                                val_fraction=args["val_fraction"], **args.get("options", {}))
+    raw_boxes = plan.attrs.pop("boxes", None)  # before any copy of the table (attrs are copied with it)
     source = {**plan.attrs["source"], "planned": len(plan)}
-    plan = plan[[*index_columns(label_columns(plan.columns)), "path"]].reset_index(drop=True)
+    labels = label_columns(plan.columns)
+    boxes = None if raw_boxes is None else sources.box_findings(args["dataset"], raw_boxes, labels)
+    plan = plan[[*index_columns(labels), "path"]].reset_index(drop=True)
     plan.attrs = {}
-    return plan, source
+    return plan, source, boxes
 
 
 def _plan_digest(plan: pd.DataFrame) -> str:
@@ -387,8 +397,10 @@ def _close_worker_fds() -> None:
 # =========================================================================== finalization
 
 
-def _finalize(out_dir: Path, work: _Work, plan: pd.DataFrame, args: dict, source: dict, workers: int) -> dict:
-    """Write images.u8 (done rows only), index.csv, then meta.json; delete the work area."""
+def _finalize(out_dir: Path, work: _Work, plan: pd.DataFrame, args: dict, source: dict, workers: int,
+              boxes: pd.DataFrame | None = None) -> dict:
+    """Write images.u8 (done rows only), index.csv, boxes.csv (with ``boxes``), then meta.json; delete the work
+    area."""
     ok = work.status == DONE
     if not ok.any():
         first = "; ".join(f"{f['image']}: {f['reason']}" for f in list(work.failures.values())[:3])
@@ -398,6 +410,7 @@ def _finalize(out_dir: Path, work: _Work, plan: pd.DataFrame, args: dict, source
     check_patient_disjoint(index["patient_id"], index["split"])
     atomic_write(out_dir / INDEX, index_csv_text(index, labels).encode())
     _write_images(out_dir / IMAGES, work, ok)
+    box_summary = _write_boxes(out_dir / BOXES, boxes, plan, ok)
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -405,7 +418,7 @@ def _finalize(out_dir: Path, work: _Work, plan: pd.DataFrame, args: dict, source
         "count": int(ok.sum()),
         "shape": [int(ok.sum()), args["size"], args["size"]],
         "dtype": "uint8",
-        "files": {"images": IMAGES, "index": INDEX},
+        "files": {"images": IMAGES, "index": INDEX, **({"boxes": BOXES} if box_summary is not None else {})},
         "labels": labels,
         "label_counts": label_counts(index, labels),
         "arguments": args,
@@ -413,6 +426,7 @@ def _finalize(out_dir: Path, work: _Work, plan: pd.DataFrame, args: dict, source
         "splits": split_counts(index),
         "failed_count": len(work.failures),
         "failed": [work.failures[r] for r in sorted(work.failures)],
+        **({"boxes": box_summary} if box_summary is not None else {}),
         "created": {
             "started": work.started,
             "finished": _now(),
@@ -445,6 +459,33 @@ def _write_images(dest: Path, work: _Work, ok: np.ndarray) -> None:
     del src
     os.replace(tmp, dest)
     fsync_dir(dest.parent)
+
+
+def _write_boxes(dest: Path, boxes: pd.DataFrame | None, plan: pd.DataFrame, ok: np.ndarray) -> dict | None:
+    """Write ``boxes.csv`` (see :mod:`chexnet.data.cache`): the boxes of the cached images, with each image's
+    original (height, width) read from its file's header, once per image; return meta.json's ``boxes`` block.
+    Without boxes (the source has none) remove a stale file instead and return None."""
+    if boxes is None:
+        with contextlib.suppress(FileNotFoundError):
+            dest.unlink()
+        return None
+    paths = dict(zip(plan.loc[ok, "image"], plan.loc[ok, "path"]))
+    cached = boxes["image"].isin(set(paths)).to_numpy()
+    sizes, unreadable = {}, []
+    for image in dict.fromkeys(boxes.loc[cached, "image"]):
+        try:
+            sizes[image] = read_image_size(paths[image])
+        except ImageReadError as exc:  # decoded a moment ago: changed or removed since
+            unreadable.append(f"{image}: {exc.reason}")
+    sized = cached & boxes["image"].isin(set(sizes)).to_numpy()
+    out = boxes.loc[sized].reset_index(drop=True)
+    out["height"] = np.array([sizes[n][0] for n in out["image"]], dtype=np.int64)
+    out["width"] = np.array([sizes[n][1] for n in out["image"]], dtype=np.int64)
+    atomic_write(dest, out[BOX_COLUMNS].to_csv(index=False).encode())
+    return {"count": len(out), "images": int(out["image"].nunique()),
+            "findings": {str(k): int(v) for k, v in out["finding"].value_counts(sort=False).items()},
+            "not_cached": int((~cached).sum()), "dropped": int(boxes.attrs.get("dropped", 0)),
+            "size_unreadable": int((cached & ~sized).sum()), "size_errors": unreadable[:SUMMARY_FAILURES]}
 
 
 def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
@@ -492,6 +533,12 @@ def _print_summary(meta: dict, out_dir: Path, say, processed: int, seconds: floa
         cells = [f"{s} {c[label]['positive']}/{c[label]['negative']}/{c[label]['missing']}"
                  for s, c in meta["label_counts"].items()]
         say(f"  {label:{width}s}  " + "   ".join(cells))
+    if "boxes" in meta:
+        b = meta["boxes"]
+        left = [f"{b[k]} {why}" for k, why in (("not_cached", "of images not cached"), ("dropped", "of findings "
+                "without a label"), ("size_unreadable", "of images whose size was unreadable")) if b[k]]
+        say(f"boxes: {b['count']} on {b['images']} images in {out_dir / BOXES}"
+            + (f" (left out: {', '.join(left)})" if left else ""))
     if meta["failed"]:
         missing = sum(1 for f in meta["failed"] if not f["path"])
         also = f", {missing} of them not found on disk" if missing else ""
@@ -522,8 +569,8 @@ def _remove_tree(path: Path) -> None:
 
 def _remove_cache(out_dir: Path) -> None:
     """Delete this module's files only (meta.json first, so a crash leaves an 'incomplete' cache)."""
-    leftovers = [p.name for name in (META, INDEX) for p in out_dir.glob(f".{name}.*.tmp")]  # atomic_write temps
-    for name in (META, INDEX, IMAGES, IMAGES + ".tmp", *leftovers):
+    leftovers = [p.name for name in (META, INDEX, BOXES) for p in out_dir.glob(f".{name}.*.tmp")]  # atomic_write temps
+    for name in (META, INDEX, BOXES, IMAGES, IMAGES + ".tmp", *leftovers):
         with contextlib.suppress(FileNotFoundError):
             (out_dir / name).unlink()
     _remove_tree(out_dir / WORK)

@@ -37,6 +37,12 @@ the labels        one column per label the data set has (names of :data:`chexnet
 the split mode, rows excluded and why); the writer stores it as meta.json's ``source`` block, adding
 ``planned`` (the row count). Malformed metadata raises :class:`chexnet.data.splits.MetadataError`; a
 selection that leaves nothing raises :class:`chexnet.data.cache.CacheError`.
+
+A source with finding boxes (``vindr``, ``rsna``) also sets ``attrs["boxes"]``: a table with columns ``image``
+(names of the table's ``image`` column), ``finding`` (the source's own finding name), optionally ``reader``,
+and ``x, y, w, h`` (original image pixels: the top-left corner, width and height). The writer keeps the boxes
+of the images it cached, as the cache's ``boxes.csv`` (:mod:`chexnet.data.cache`), with the findings renamed
+to label names by :func:`box_findings`.
 """
 
 from __future__ import annotations
@@ -114,6 +120,45 @@ def read_source(name: str, data_dir: str | os.PathLike, **options) -> pd.DataFra
     if table["image"].duplicated().any():
         raise TypeError(f"source {name!r}: image {table['image'][table['image'].duplicated()].iat[0]!r} repeats")
     return table
+
+
+def box_findings(name: str, boxes: pd.DataFrame, labels) -> pd.DataFrame:
+    """Source ``name``'s ``attrs["boxes"]`` with its findings as the cache's label names: columns ``image``,
+    ``finding``, ``reader`` ('' where the source has none), ``x, y, w, h`` (float64), the source's row order.
+
+    A source with a table in :data:`chexnet.labels.SOURCE_NAMES` (VinDr-CXR) has its finding names mapped through
+    it (:func:`chexnet.labels.map_source_labels`): a name that maps to several labels (``Nodule/Mass``) gives one
+    row per label, in that order; one kept under its own name (``Aortic enlargement``) keeps it, as the label
+    columns do; one that is dropped (``Other lesion``) is left out. Other sources' findings are their label
+    names already (RSNA: ``Pneumonia``). ``attrs["dropped"]`` counts the boxes left out. A finding that is not
+    one of ``labels`` (the source's label columns) afterwards raises TypeError (a source's bug).
+    """
+    from chexnet.labels import SOURCE_NAMES, map_source_labels
+
+    missing = [c for c in ("image", "finding", "x", "y", "w", "h") if c not in boxes.columns]
+    if missing:
+        raise TypeError(f"source {name!r}: attrs['boxes'] lacks column(s) {', '.join(missing)}")
+    finding = boxes["finding"].astype(str).to_numpy(dtype=object)
+    reader = (boxes["reader"].astype(str).to_numpy(dtype=object) if "reader" in boxes.columns
+              else np.full(len(boxes), "", dtype=object))
+    if name in SOURCE_NAMES:
+        mapping = map_source_labels(name, list(dict.fromkeys(finding)))
+        targets = {n: mapping.mapping.get(n, (n,) if n in mapping.kept_own else ()) for n in set(finding)}
+    else:
+        targets = {n: (n,) for n in set(finding)}
+    repeat = np.array([len(targets[n]) for n in finding], dtype=np.int64)
+    take = np.repeat(np.arange(len(boxes)), repeat)
+    out = pd.DataFrame({
+        "image": boxes["image"].astype(str).to_numpy(dtype=object)[take],
+        "finding": np.array([t for n in finding for t in targets[n]], dtype=object),
+        "reader": reader[take],
+        **{c: boxes[c].to_numpy(np.float64)[take] for c in ("x", "y", "w", "h")},
+    })
+    unknown = sorted(set(out["finding"]) - set(labels))
+    if unknown:
+        raise TypeError(f"source {name!r}: box finding(s) {', '.join(map(repr, unknown))} are not labels of its table")
+    out.attrs["dropped"] = int((repeat == 0).sum())
+    return out
 
 
 def source_labels() -> dict[str, tuple[str, ...]]:

@@ -68,7 +68,8 @@ Boxes
 =====
 ``attrs["boxes"]`` of :func:`read_source`'s table is :func:`boxes_table`: one row per box, columns ``image`` (the
 table's image name), ``finding`` (``Pneumonia``: the label the box sets), ``x, y, w, h`` (float64 pixels);
-``attrs["source"]["boxes"]`` counts them. The reader writes no file.
+``attrs["source"]["boxes"]`` counts them. ``chexnet prepare`` keeps those of the cached images in the cache's
+``boxes.csv`` (reader empty; each image's size from its header's Rows, Columns) for ``chexnet localize``.
 """
 
 from __future__ import annotations

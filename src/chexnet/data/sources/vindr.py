@@ -78,7 +78,10 @@ Boxes
 ``attrs["boxes"]`` of :func:`read_source`'s table is :func:`boxes_table`: one row per box the source read
 (``Other lesion`` included): ``image`` (the table's image name), ``finding`` (VinDr's class name),
 ``reader`` (rad_id), ``x, y, w, h`` (float64 pixels: x_min, y_min, x_max - x_min, y_max - y_min);
-``attrs["source"]["boxes"]`` counts them. The reader writes no file.
+``attrs["source"]["boxes"]`` counts them. ``chexnet prepare`` keeps those of the cached images in the cache's
+``boxes.csv`` for ``chexnet localize``, the class names mapped to label names as the label columns are
+(:func:`chexnet.data.sources.box_findings`: ``Pleural effusion`` -> ``Effusion``, ``Nodule/Mass`` -> a Nodule
+and a Mass row, ``Aortic enlargement`` kept, ``Other lesion`` left out), with each image's size (Rows, Columns).
 """
 
 from __future__ import annotations
