@@ -88,6 +88,12 @@ def test_prepare_caches_the_expert_images_with_their_labels_and_splits(folder, t
     assert [(Path(f["file"]).name, f["split"], f["rows"]) for f in source["files"]] == [(VAL_NAME, "val", 3),
                                                                                        (TEST_NAME, "test", 3)]
     assert source["derived_scores"]["Nodule or mass"] == {"rule": "max", "of": ["Nodule", "Mass"]}
+    from chexnet.derived import applicable  # what chexnet evaluate reads of it
+    from chexnet.labels import PATHOLOGIES
+
+    usable, skipped = applicable(loaded, loaded["labels"], PATHOLOGIES)
+    assert [d.text for d in usable] == ["max(Nodule, Mass)", "max(Consolidation, Pneumonia, Infiltration)"]
+    assert [d.name for d in usable] == ["Nodule or mass", "Airspace opacity"] and skipped == []
     assert source["labels"]["kept_own"] == ["Airspace opacity", "Nodule or mass"]
     assert ",," in (tmp_path / "c" / "index.csv").read_text()  # missing -> an empty cell
 

@@ -246,3 +246,75 @@ def test_compare_runs_reads_missing_labels_back_as_nan(tmp_path):
     assert np.isnan(table.loc["Hernia", "AUROC A"]) and np.isnan(table.loc["Hernia", "p B"])
     assert 0 <= table.loc["Mass", "p B"] <= 1
     assert "of 13 pathologies" in text and "not scored" in text and "Hernia" in text
+
+
+# --------------------------------------------------------------------------- derived labels (chexnet.derived)
+
+
+def test_a_derived_label_is_scored_by_its_rule_and_marked_as_derived(tmp_path):
+    """8 images whose Nodule / Mass probabilities and expert 'Nodule or mass' labels are given: the derived
+    AUROC is roc_auc_score over the known rows of max(p_Nodule, p_Mass), 10 of 12 pairs ranked right."""
+    from sklearn.metrics import roc_auc_score
+
+    from chexnet.derived import DerivedLabel
+    from chexnet.metrics import bootstrap_auroc_ci
+
+    df = make_predictions(8)
+    df["prob_Nodule"] = [0.9, 0.1, 0.2, 0.3, 0.6, 0.1, 0.4, 0.05]
+    df["prob_Mass"] = [0.1, 0.8, 0.1, 0.2, 0.1, 0.7, 0.3, 0.5]
+    nodule_or_mass = np.array([1, 1, 0, 0, np.nan, 0, 1, 0])  # row 4 missing
+    opacity = np.array([1, 0, 0, 1, 0, 1, 0, 0], dtype=float)
+    rules = [DerivedLabel("Nodule or mass", "max", ("Nodule", "Mass")),
+             DerivedLabel("Airspace opacity", "max", ("Consolidation", "Pneumonia", "Infiltration"))]
+    table = report.write_evaluation(tmp_path, df, n_resamples=50, thresholds=np.full(len(PATHOLOGIES), 0.5),
+                                    derived=rules, derived_y=np.column_stack([nodule_or_mass, opacity]))
+    _, patients, p, y = report.prediction_arrays(df)
+    plain = report.evaluation_table(y, p, patients, n_resamples=50, thresholds=np.full(len(PATHOLOGIES), 0.5))
+
+    score = np.maximum(df["prob_Nodule"], df["prob_Mass"]).to_numpy()
+    known = ~np.isnan(nodule_or_mass)
+    want = roc_auc_score(nodule_or_mass[known], score[known])
+    assert want == pytest.approx(10 / 12)
+    assert table.loc["Nodule or mass", "auroc"] == pytest.approx(want, abs=1e-12)
+    ci = bootstrap_auroc_ci(nodule_or_mass, score, groups=patients, n_resamples=50, seed=0)  # the same bootstrap
+    assert table.loc["Nodule or mass", "auroc_ci_low"] == pytest.approx(ci.low[0])
+    assert table.loc["Nodule or mass", "auroc_ci_high"] == pytest.approx(ci.high[0])
+    assert table.loc["Nodule or mass", "n_pos"] == 3 and table.loc["Nodule or mass", "prevalence"] == pytest.approx(3 / 7)
+    opacity_score = p[:, [PATHOLOGIES.index(n) for n in rules[1].of]].max(axis=1)
+    assert table.loc["Airspace opacity", "auroc"] == pytest.approx(roc_auc_score(opacity, opacity_score), abs=1e-12)
+
+    # rows after Mean, in no mean, no operating point, the rule in the note
+    assert list(table.index) == [*PATHOLOGIES, "Mean", "Nodule or mass", "Airspace opacity"]
+    assert table.loc["Mean", "auroc"] == pytest.approx(plain.loc["Mean", "auroc"], nan_ok=True)
+    assert table.loc["Nodule or mass", "note"] == "derived: max(Nodule, Mass)"
+    assert table.loc[["Nodule or mass", "Airspace opacity"], ["threshold", "sensitivity", "specificity", "f1",
+                                                             "chexnet2017"]].isna().all().all()
+    assert table.attrs["derived"] == {"Nodule or mass": "max(Nodule, Mass)",
+                                      "Airspace opacity": "max(Consolidation, Pneumonia, Infiltration)"}
+    csv = pd.read_csv(tmp_path / "auroc.csv", index_col="pathology")
+    assert csv.loc["Nodule or mass", "auroc"] == pytest.approx(want, abs=1e-6)
+    assert csv.loc["Nodule or mass", "note"] == "derived: max(Nodule, Mass)"
+    data = json.loads((tmp_path / "metrics.json").read_text())
+    entry = data["derived_labels"]["Nodule or mass"]
+    assert entry["rule"] == "max" and entry["of"] == ["Nodule", "Mass"] and entry["derived"] == "max(Nodule, Mass)"
+    assert entry["auroc"] == pytest.approx(want) and entry["n_pos"] == 3 and "threshold" not in entry
+    assert "Nodule or mass" not in data["per_pathology"] and "Nodule or mass" not in data["labels_not_scored"]
+    assert any("no operating point" in n for n in data["notes"])
+    md = (tmp_path / "report.md").read_text()
+    assert "## Derived labels (not model outputs)" in md and "| Nodule or mass | 0.429 | 3 | 0.833" in md
+    assert "derived: max(Nodule, Mass)" in md and "no threshold" in md
+    rows = pd.read_csv(tmp_path / "derived.csv", dtype={"image": str})
+    assert list(rows.columns) == ["image", "patient_id", "score_Nodule or mass", "label_Nodule or mass",
+                                  "score_Airspace opacity", "label_Airspace opacity"]
+    np.testing.assert_array_equal(rows["score_Nodule or mass"], score)
+    assert rows["label_Nodule or mass"].isna().tolist() == (~known).tolist()
+    text = report.format_table(table).splitlines()
+    at = next(i for i, line in enumerate(text) if line.startswith("Nodule or mass"))
+    assert set(text[at - 1]) <= {"-", " "} and "derived: max(Nodule, Mass)" in text[at]
+
+
+def test_without_derived_labels_the_outputs_are_as_before(evaluation_dir):
+    out, table = evaluation_dir
+    assert table.attrs["derived"] == {} and not (out / "derived.csv").exists()
+    assert json.loads((out / "metrics.json").read_text())["derived_labels"] == {}
+    assert "Derived labels" not in (out / "report.md").read_text()

@@ -3,7 +3,9 @@
 Runs distributed too (``--nproc N`` or any launcher): every rank predicts a strided shard, the shards are
 gathered, and rank 0 writes ``RUN/eval/<split>/``. The rows are identical whatever the number of processes.
 When the split is ``test``, validation predictions are made as well: the operating thresholds
-(sensitivity / specificity / F1) are chosen on them, never on the test set.
+(sensitivity / specificity / F1) are chosen on them, never on the test set. A cache whose meta.json records
+derived labels (:mod:`chexnet.derived`, e.g. nih-google's ``Nodule or mass`` = max(Nodule, Mass)) has them
+scored too, by their rules over the run's probabilities, marked as derived in every output.
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
+from chexnet import derived as derived_labels
 from chexnet import dist
 from chexnet.checkpoint import read_run_info
 from chexnet.choices import SELECT_RULES, TTA_MODES
+from chexnet.data.cache import cache_labels
 from chexnet.data.dataset import open_split
 from chexnet.engine import StepContext, predict_distributed
 from chexnet.labels import PATHOLOGIES
@@ -51,7 +55,9 @@ def evaluate_run(run: str | Path, checkpoint: str = "best", split: str = "test",
     thresholds.json, and its val split is not used, so a cache of test images only works).
     Its image size must be the run's; the run's labels it lacks are not scored. An external split that shares
     images (or, between NIH's sources, patients) with the run's train and val splits is refused, naming them,
-    unless ``allow_overlap``.
+    unless ``allow_overlap``. The cache's derived labels (:func:`chexnet.derived.applicable`: its meta.json's
+    rules whose labels the run has) are scored as well, AUROC and AUPRC only (:func:`chexnet.report.derived_table`);
+    the others are named on stderr.
     """
     from chexnet import report
 
@@ -68,11 +74,12 @@ def evaluate_run(run: str | Path, checkpoint: str = "best", split: str = "test",
         external = is_other_data(run_info, cache, meta)
         out = run / "eval" / "external" / cache.resolve().name if external else run / "eval"
         overlap_note = _check_overlap(run, run_info, cache, meta, index, split, allow_overlap) if external else ""
+        derived = _derived_labels(cache, meta, cfg.labels)
         if spec is None:  # a run saved before checkpoints carried their preprocessing
             spec = Preprocessing(int(meta["size"]), cfg.input_size, cfg.input_transform)
         model.to(device)
         ctx = StepContext(device, cfg.precision, cfg.channels_last, transform=input_transform(spec).to(device))
-        frames, attributes = {}, None
+        frames, attributes, derived_y = {}, None, None
         # another data set keeps the run's operating points (chosen on its own validation split), so no val pass
         for name in dict.fromkeys([split, "val"] if split == "test" and not external else [split]):
             rows, probs, labels = predict_split(model, cfg, cache, index, meta, name, tta, info, ctx, batch_size)
@@ -81,6 +88,7 @@ def evaluate_run(run: str | Path, checkpoint: str = "best", split: str = "test",
                                                         probs, labels)
                 if name == split:
                     attributes = rows[["sex", "age", "view"]].reset_index(drop=True)
+                    derived_y = rows[[d.name for d in derived]].to_numpy(np.float64)
         if not info.is_main:
             return None
         for name, frame in frames.items():
@@ -92,6 +100,8 @@ def evaluate_run(run: str | Path, checkpoint: str = "best", split: str = "test",
                    "processes": info.world_size, "cache": str(cache),
                    "data": (f"external: {meta.get('arguments', {}).get('dataset', 'nih')} cache {cache}, not the "
                             f"run's training data{overlap_note}" if external else "the run's own cache")}
+        if derived:
+            context["derived labels"] = "; ".join(f"{d.name} = {d.text} (not a model output)" for d in derived)
         run_thresholds = None
         if external:
             chosen, _, _ = saved_thresholds(run, loaded)
@@ -99,16 +109,26 @@ def evaluate_run(run: str | Path, checkpoint: str = "best", split: str = "test",
                                                           for n in PATHOLOGIES]
         table = report.write_evaluation(out / split, frames[split], frames.get("val"),
                                         threshold_method=threshold_method, n_resamples=n_resamples, context=context,
-                                        attributes=attributes, thresholds=run_thresholds)
+                                        attributes=attributes, thresholds=run_thresholds, derived=derived,
+                                        derived_y=derived_y)
         if table.attrs.get("threshold_source") == "validation" and not external:
             save_thresholds(run, loaded, table, threshold_method)
         print(f"{run} [{split}, checkpoint {path.name} ({selection}), tta {tta}]")
         print(report.format_table(table))
-        print(f"wrote {out / split}/ (predictions.csv, metrics.json, auroc.csv, subgroups.csv, report.md, "
-              f"roc.png, pr.png, auroc_vs_published.png)", file=sys.stderr)
+        print(f"wrote {out / split}/ (predictions.csv, {'derived.csv, ' if derived else ''}metrics.json, auroc.csv, "
+              f"subgroups.csv, report.md, roc.png, pr.png, auroc_vs_published.png)", file=sys.stderr)
         return table
     finally:
         dist.teardown()
+
+
+def _derived_labels(cache: Path, meta: dict, model_labels) -> list:
+    """The derived labels of ``cache`` the run is scored on (:func:`chexnet.derived.applicable`); the others its
+    meta.json records are named on stderr."""
+    usable, skipped = derived_labels.applicable(meta, cache_labels(meta), list(model_labels))
+    for why in skipped:
+        print(f"note: {cache}: derived label {why}: not scored", file=sys.stderr)
+    return usable
 
 
 def _check_overlap(run, run_info, cache, meta, index, split, allow_overlap) -> str:
@@ -158,7 +178,8 @@ def evaluate_across(run: str | Path, caches: list, checkpoint: str = "best", spl
         about[name] = {"cache": str(cache), "dataset": arguments.get("dataset", "nih"),
                        "options": arguments.get("options") or {},
                        "images": (meta.get("splits") or {}).get(split, {}).get("images"),
-                       "mapping": ((meta.get("source") or {}).get("labels") or {}).get("labels")}
+                       "mapping": ((meta.get("source") or {}).get("labels") or {}).get("labels"),
+                       "derived": dict(table.attrs.get("derived") or {})}
     if not results:
         return None
     labels = list(load_run_model(run, checkpoint, trust_changed=trust_changed).cfg.labels)

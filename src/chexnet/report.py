@@ -14,6 +14,11 @@ known; a pathology with no known label in the evaluated split is *not scored*: i
 (an empty cell in auroc.csv, ``null`` in metrics.json), its note says "not in this dataset", and
 metrics.json lists it under ``labels_not_scored``.
 
+Derived labels (:mod:`chexnet.derived`: a data set's label that no model output stands for, scored by a rule
+over the probabilities, e.g. ``Nodule or mass`` = max(Nodule, Mass)) are not in the predictions file: their
+scores and labels go to ``derived.csv``, their rows after Mean in auroc.csv with the note
+``derived: RULE``, AUROC and AUPRC only (:func:`derived_table`).
+
 The plots are drawn by :mod:`chexnet.plots`.
 """
 
@@ -50,6 +55,15 @@ COMPARABILITY_NOTE = (
     "Read them as context for the order of magnitude, not as a head-to-head benchmark."
 )
 NOT_SCORED_NOTE = "not in this dataset"
+DERIVED_NOTE = "derived: "  # the note of a derived label (chexnet.derived) begins with it, then its rule
+DERIVED_SECTION = (
+    "Labels of this data set that no model output stands for, each scored by the rule its cache records "
+    "(meta.json, `source.derived_scores`) applied to the model's probabilities, e.g. `max(Nodule, Mass)`: the "
+    "higher of the two. They are not model outputs: ranked against the data set's labels as any label is (AUROC "
+    "with its patient-bootstrap CI, AUPRC), but no operating point was chosen for them, so no threshold, "
+    "sensitivity, specificity or F1; they are in no mean, plot or subgroup table. Scores and labels per image: "
+    "`derived.csv`."
+)
 THRESHOLD_NOTES = {
     "f1": "the threshold that maximizes F1 on the validation predictions",
     "youden": "the threshold that maximizes Youden's J (sensitivity + specificity - 1) on the validation predictions",
@@ -192,28 +206,9 @@ def evaluation_table(
     yy, known, p = metrics._as_2d_known(y, p)
     if yy.shape[1] != len(PATHOLOGIES):
         raise ValueError(f"expected {len(PATHOLOGIES)} classes; got {yy.shape[1]}")
-    metrics.check_finite(p)
-    patient_ids = np.asarray(patient_ids)
     y = metrics._with_missing(yy, known)  # bool, or float with NaN where missing: what the metrics take
-    known_all = np.ones_like(yy) if known is None else known
-    n_known = known_all.sum(axis=0)
-    scored = n_known > 0
-    defined = metrics.defined_classes(y)
-
-    table = pd.DataFrame(index=pd.Index(list(PATHOLOGIES), name="pathology"))
-    if known is None:
-        table["prevalence"] = yy.mean(axis=0)
-        table["n_pos"] = pd.array(yy.sum(axis=0), dtype="Int64")
-    else:
-        n_pos = yy.sum(axis=0)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            table["prevalence"] = np.where(scored, n_pos / n_known, np.nan)
-        table["n_pos"] = pd.array([int(v) if s else pd.NA for v, s in zip(n_pos, scored)], dtype="Int64")
-    table["auroc"] = metrics.auroc(y, p)
-    ci = metrics.bootstrap_auroc_ci(y, p, groups=patient_ids, n_resamples=n_resamples, seed=seed, alpha=alpha)
-    table["auroc_ci_low"], table["auroc_ci_high"] = ci.low, ci.high
-    table.loc[~defined, ["auroc_ci_low", "auroc_ci_high"]] = np.nan
-    table["auprc"] = metrics.auprc(y, p)
+    table, label_notes, ci, scored, defined = _ranking_metrics(y, p, patient_ids, PATHOLOGIES, n_resamples, seed,
+                                                               alpha)
 
     notes = []
     if (y_val is None) != (p_val is None):
@@ -240,14 +235,7 @@ def evaluation_table(
     for col in PUBLISHED_COLUMNS:
         table[col] = published[col]
 
-    table["note"] = ""
-    for name, is_scored, has_pos, has_neg in zip(PATHOLOGIES, scored, yy.any(axis=0), (~yy & known_all).any(axis=0)):
-        if not is_scored:
-            table.loc[name, "note"] = NOT_SCORED_NOTE
-        elif not has_pos:
-            table.loc[name, "note"] = "n/a: no positive cases"
-        elif not has_neg:
-            table.loc[name, "note"] = "n/a: no negative cases"
+    table["note"] = label_notes
     not_scored = [str(n) for n in np.array(PATHOLOGIES)[~scored]]
     if not_scored:
         notes.append(f"Not scored (no known label in this split): {', '.join(not_scored)}; left out of all means.")
@@ -279,6 +267,74 @@ def evaluation_table(
         notes=notes,
         labels_not_scored=not_scored,
     )
+    return table
+
+
+def _ranking_metrics(y, p, patient_ids, names, n_resamples: int, seed: int, alpha: float):
+    """The threshold-free part of an evaluation table for labels ``names`` (the columns of ``y`` and ``p``, labels
+    as :func:`evaluation_table` takes them): a table indexed by ``names`` with prevalence and n_pos over each
+    label's known rows, auroc with its patient-bootstrap CI (NaN bounds where the AUROC is undefined) and auprc;
+    each label's note ("not in this dataset", "n/a: no positive cases", "n/a: no negative cases", or ""); the
+    bootstrap result; the masks scored (some label known) and defined (both classes among the known).
+    Returns (table, notes, ci, scored, defined)."""
+    yy, known, p = metrics._as_2d_known(y, p)
+    metrics.check_finite(p)
+    y = metrics._with_missing(yy, known)
+    known_all = np.ones_like(yy) if known is None else known
+    n_known = known_all.sum(axis=0)
+    scored = n_known > 0
+    defined = metrics.defined_classes(y)
+
+    table = pd.DataFrame(index=pd.Index(list(names), name="pathology"))
+    if known is None:
+        table["prevalence"] = yy.mean(axis=0)
+        table["n_pos"] = pd.array(yy.sum(axis=0), dtype="Int64")
+    else:
+        n_pos = yy.sum(axis=0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            table["prevalence"] = np.where(scored, n_pos / n_known, np.nan)
+        table["n_pos"] = pd.array([int(v) if s else pd.NA for v, s in zip(n_pos, scored)], dtype="Int64")
+    table["auroc"] = metrics.auroc(y, p)
+    ci = metrics.bootstrap_auroc_ci(y, p, groups=np.asarray(patient_ids), n_resamples=n_resamples, seed=seed,
+                                    alpha=alpha)
+    table["auroc_ci_low"], table["auroc_ci_high"] = ci.low, ci.high
+    table.loc[~defined, ["auroc_ci_low", "auroc_ci_high"]] = np.nan
+    table["auprc"] = metrics.auprc(y, p)
+    notes = [NOT_SCORED_NOTE if not is_scored else "n/a: no positive cases" if not has_pos else
+             "n/a: no negative cases" if not has_neg else ""
+             for is_scored, has_pos, has_neg in zip(scored, yy.any(axis=0), (~yy & known_all).any(axis=0))]
+    return table, notes, ci, scored, defined
+
+
+def derived_table(y, scores, patient_ids, derived, n_resamples: int = 1000, seed: int = 0,
+                  alpha: float = 0.05) -> pd.DataFrame:
+    """Rows for derived labels (:mod:`chexnet.derived`), one per entry of ``derived``: ``y`` (n, d) the data
+    set's values of those labels (1, 0, NaN: missing), ``scores`` (n, d) their rules applied to the model's
+    probabilities, ``patient_ids`` for the bootstrap. Columns as :func:`evaluation_table`'s: prevalence, n_pos,
+    AUROC with its patient-bootstrap CI and AUPRC as for any label; no operating point, so threshold,
+    sensitivity, specificity and F1 are NaN, and so are the published AUROCs; the note is ``derived: RULE``
+    (e.g. ``derived: max(Nodule, Mass)``), then why an AUROC is n/a. ``attrs["derived"]``: {label: rule text}."""
+    derived = list(derived)
+    table, label_notes, _, _, _ = _ranking_metrics(y, scores, patient_ids, [d.name for d in derived], n_resamples,
+                                                   seed, alpha)
+    for col in ("threshold", "sensitivity", "specificity", "f1", *PUBLISHED_COLUMNS):
+        table[col] = np.nan
+    table["note"] = [f"{DERIVED_NOTE}{d.text}" + (f"; {why}" if why else "") for d, why in zip(derived, label_notes)]
+    table.attrs.update(derived={d.name: d.text for d in derived}, alpha=float(alpha))
+    return table
+
+
+def with_derived(table: pd.DataFrame, derived_rows: pd.DataFrame | None) -> pd.DataFrame:
+    """``table`` (:func:`evaluation_table`'s) with the rows of :func:`derived_table` after its Mean row: not
+    model outputs, so in no mean. ``attrs``: the table's, with ``derived`` ({label: rule text}; {} for none)."""
+    attrs = {**table.attrs, "derived": {}}
+    if derived_rows is not None and len(derived_rows):
+        table = pd.concat([table, derived_rows[table.columns]])
+        table.index.name = "pathology"
+        attrs["derived"] = dict(derived_rows.attrs["derived"])
+    else:
+        table = table.copy()
+    table.attrs = attrs
     return table
 
 
@@ -337,14 +393,16 @@ def _text_cells(df: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
 
 
 def format_table(df: pd.DataFrame) -> str:
-    """A fixed-width text table for the terminal (evaluation or comparison tables)."""
+    """A fixed-width text table for the terminal (evaluation or comparison tables); a rule line before the Mean row
+    and before the first derived label (``attrs["derived"]``, :func:`with_derived`)."""
     header, rows = _text_cells(df)
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    first_derived = next(iter(df.attrs.get("derived") or {}), None)
     def line(cells):
         return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
     out = [line(header), "  ".join("-" * w for w in widths)]
     for cells in rows:
-        if cells[0] == MEAN_ROW:
+        if cells[0] in (MEAN_ROW, first_derived):
             out.append("  ".join("-" * w for w in widths))
         out.append(line(cells))
     return "\n".join(out)
@@ -386,6 +444,8 @@ def write_evaluation(
     context: dict | None = None,
     attributes: pd.DataFrame | None = None,
     thresholds=None,
+    derived=(),
+    derived_y=None,
 ) -> pd.DataFrame:
     """Evaluate a predictions table and write ``metrics.json``, ``auroc.csv``, ``report.md``,
     ``roc.png``, ``pr.png`` and ``auroc_vs_published.png`` into ``out_dir``.
@@ -393,7 +453,13 @@ def write_evaluation(
     ``val_predictions_df`` (same format) supplies the thresholds; ``context`` (e.g. run,
     checkpoint, split, tta) is recorded in metrics.json and report.md. ``attributes`` (columns
     sex, age, view; one row per prediction, same order) adds ``subgroups.csv`` and a subgroup
-    section to report.md (:mod:`chexnet.subgroups`). Returns the table.
+    section to report.md (:mod:`chexnet.subgroups`). Returns the table (:func:`with_derived`'s).
+
+    ``derived`` (:class:`chexnet.derived.DerivedLabel` list) with ``derived_y`` ((n, len(derived)): the data set's
+    values of those labels, 1 / 0 / NaN, rows as ``predictions_df``'s) adds derived labels, scored by their rules
+    over the probabilities (:func:`derived_table`): rows after Mean in auroc.csv and the returned table,
+    metrics.json's ``derived_labels``, a section of report.md, and ``derived.csv`` (image, patient_id, then
+    ``score_<label>`` and ``label_<label>`` per derived label); not in the plots or subgroups.
 
     Missing labels (see the module doc): metrics.json's ``labels_not_scored`` lists the pathologies
     without any known label in the split (their AUROC is ``null``); the curves use the known rows.
@@ -412,11 +478,13 @@ def write_evaluation(
         y, p, patients, y_val, p_val, threshold_method=threshold_method, n_resamples=n_resamples, seed=seed,
         alpha=alpha, thresholds=thresholds,
     )
+    extra = _write_derived(out_dir, images, patients, p, derived, derived_y, n_resamples, seed, alpha)
     context = dict(context or {})
     published = published_auroc()
     citations = {k: v for k, v in published.attrs["citations"].items() if k in PUBLISHED_COLUMNS}
 
-    atomic_write(out_dir / "auroc.csv", table.to_csv(float_format="%.6f"))
+    full = with_derived(table, extra)
+    atomic_write(out_dir / "auroc.csv", full.to_csv(float_format="%.6f"))
     payload = {
         "context": context,
         "settings": {k: table.attrs[k] for k in ("n_images", "n_patients", "n_resamples", "seed", "alpha",
@@ -424,7 +492,8 @@ def write_evaluation(
         "per_pathology": table.drop(index=MEAN_ROW).to_dict(orient="index"),
         "mean": table.loc[MEAN_ROW].to_dict(),
         "labels_not_scored": list(table.attrs["labels_not_scored"]),
-        "notes": table.attrs["notes"] + [COMPARABILITY_NOTE],
+        "derived_labels": _derived_json(extra, derived),
+        "notes": table.attrs["notes"] + ([DERIVED_SECTION] if extra is not None else []) + [COMPARABILITY_NOTE],
         "published_sources": citations,
     }
     atomic_write(out_dir / "metrics.json", json.dumps(_json_safe(payload), indent=2) + "\n")
@@ -437,11 +506,41 @@ def write_evaluation(
         sub = subgroups.subgroup_table(y, p, patients, attributes, n_resamples=n_resamples, seed=seed, alpha=alpha)
         atomic_write(out_dir / "subgroups.csv", sub.to_csv(index=False, float_format="%.6f"))
         sub_md = subgroups.subgroup_markdown(sub)
-    atomic_write(out_dir / "report.md", _report_markdown(table, context, citations, sub_md))
-    return table
+    atomic_write(out_dir / "report.md", _report_markdown(table, context, citations, sub_md, extra))
+    return full
 
 
-def _report_markdown(table: pd.DataFrame, context: dict, citations: dict, subgroups_md: str | None = None) -> str:
+DERIVED_COLUMNS = ("prevalence", "n_pos", "auroc", "auroc_ci_low", "auroc_ci_high", "auprc", "note")
+
+
+def _write_derived(out_dir: Path, images, patients, p, derived, derived_y, n_resamples, seed, alpha):
+    """Score the derived labels (:func:`derived_table`) and write ``derived.csv``; None when there are none."""
+    derived = list(derived)
+    if not derived:
+        return None
+    derived_y = np.asarray(derived_y, dtype=np.float64)
+    if derived_y.shape != (len(images), len(derived)):
+        raise ValueError(f"derived labels: expected values of shape ({len(images)}, {len(derived)}); "
+                         f"got {derived_y.shape}")
+    scores = np.column_stack([d.score(p, PATHOLOGIES) for d in derived])
+    frame = pd.DataFrame({"image": list(images), "patient_id": list(patients)})
+    for j, d in enumerate(derived):
+        frame[f"score_{d.name}"] = scores[:, j]
+        frame[f"label_{d.name}"] = pd.array(derived_y[:, j], dtype="Float64").astype("Int8")
+    atomic_write(out_dir / "derived.csv", frame.to_csv(index=False, float_format="%.17g"))
+    return derived_table(derived_y, scores, patients, derived, n_resamples=n_resamples, seed=seed, alpha=alpha)
+
+
+def _derived_json(extra: pd.DataFrame | None, derived) -> dict:
+    """metrics.json's ``derived_labels``: {label: {rule, of, derived (the rule as text), prevalence, ..., note}}."""
+    if extra is None:
+        return {}
+    return {d.name: {"rule": d.rule, "of": list(d.of), "derived": d.text,
+                     **extra.loc[d.name, list(DERIVED_COLUMNS)].to_dict()} for d in derived}
+
+
+def _report_markdown(table: pd.DataFrame, context: dict, citations: dict, subgroups_md: str | None = None,
+                     derived_rows: pd.DataFrame | None = None) -> str:
     a = table.attrs
     level = int(round(100 * (1 - a["alpha"])))
     lines = ["# Evaluation", ""]
@@ -457,6 +556,10 @@ def _report_markdown(table: pd.DataFrame, context: dict, citations: dict, subgro
         lines.append(f"- thresholds: {THRESHOLD_NOTES[a['threshold_method']]} (method `{a['threshold_method']}`); "
                      "sensitivity, specificity and F1 are measured at that threshold")
     lines += ["", _markdown_table(table), ""]
+    if derived_rows is not None:
+        shown = derived_rows.loc[:, list(DERIVED_COLUMNS)]
+        shown.attrs = dict(derived_rows.attrs)
+        lines += ["## Derived labels (not model outputs)", "", DERIVED_SECTION, "", _markdown_table(shown), ""]
     if subgroups_md:
         lines += ["## Subgroups", "",
                   f"AUROC [{level}% CI] (positives) by sex, age band and view; blank where a cell has fewer than "

@@ -58,8 +58,9 @@ higher of ``Nodule`` and ``Mass``. ``Airspace opacity``: the highest of ``Consol
 ``Infiltration`` (Majkowska et al. define airspace opacity broadly, as the lung opacities that consolidation,
 pneumonia and similar processes produce; which NIH labels stand for it, and taking their maximum, is
 chexnet's mapping, not the paper's). This module only records the rule (``attrs["source"]
-["derived_scores"]``, meta.json's source block): scoring derived outputs is not implemented here, it belongs
-to evaluation.
+["derived_scores"]``, meta.json's source block); ``chexnet evaluate`` applies it (:mod:`chexnet.derived`): a run
+with those labels, e.g. one trained on NIH's 14, gets ``Nodule or mass`` and ``Airspace opacity`` scored as
+derived labels (AUROC and AUPRC, no operating point), marked with their rule in every output.
 
 Malformed input raises :class:`chexnet.data.splits.MetadataError` naming the file, the line (as numbered in
 the file, the header being line 1) and the column; a missing file FileNotFoundError; a bad option ValueError.
@@ -91,7 +92,7 @@ _COLUMN_OF = {label: src for src, targets in _LABEL_MAP.mapping.items() for labe
 _COLUMN_OF.update({name: name for name in _LABEL_MAP.kept_own})  # output label -> its file column
 
 # expert finding -> (how, model labels): how a model's outputs are compared with it (chexnet's rule, see the
-# module docstring; recorded here and in meta.json, not applied by this module)
+# module docstring; recorded here and in meta.json, applied by chexnet evaluate through chexnet.derived)
 DERIVED_SCORES: dict[str, tuple[str, tuple[str, ...]]] = {
     "Nodule or mass": ("max", ("Nodule", "Mass")),
     "Airspace opacity": ("max", ("Consolidation", "Pneumonia", "Infiltration")),
