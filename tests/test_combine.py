@@ -137,3 +137,16 @@ def test_balanced_sampling_gives_each_source_an_equal_share_and_ranks_split_one_
     assert len(draw) == 999 and all(r.epoch_draw() == draw for r in ranks)  # one draw, the same on every rank
     for r, sampler in enumerate(ranks):  # each rank its own places in it: no draw used twice, none left out
         assert len(sampler) == 333 and list(sampler) == draw[r::3]
+
+
+def test_the_parts_boxes_and_derived_rules_are_carried(tmp_path):
+    write_cache(tmp_path / "vindr", ["Effusion"], [("a.dicom", "a", "train", (1,))], "vindr")
+    (tmp_path / "vindr" / "boxes.csv").write_text("image,finding,reader,x,y,w,h,height,width\n"
+                                                  "a.dicom,Effusion,R1,1.5,2,3,4,100,120\n")
+    write_cache(tmp_path / "google", ["Nodule or mass"], [("00000001_000.png", 1, "test", (0,))], "nih-google")
+    meta = json.loads((tmp_path / "google" / "meta.json").read_text())
+    meta["source"] = {"derived_scores": {"Nodule or mass": {"rule": "max", "of": ["Nodule", "Mass"]}}}
+    (tmp_path / "google" / "meta.json").write_text(json.dumps(meta))
+    out = combine([tmp_path / "vindr", tmp_path / "google"], tmp_path / "both", progress=False)
+    assert out["source"]["derived_scores"] == meta["source"]["derived_scores"] and out["boxes"] == {"count": 1}
+    assert (tmp_path / "both" / "boxes.csv").read_text() == (tmp_path / "vindr" / "boxes.csv").read_text()

@@ -10,6 +10,11 @@ The result is an ordinary cache (:mod:`chexnet.data.cache`, format version 2), s
 ``overlap``     what the checks below found: ``images`` (shared between parts), ``patients`` (in more than one
                 split), with up to 5 examples each
 
+``source``      ``derived_scores``: the parts' derived-label rules (:mod:`chexnet.derived`), so that a combined
+                cache with nih-google rows scores them as nih-google's own cache does
+``boxes.csv``   the parts' ``boxes.csv`` (VinDr-CXR, RSNA), one after the other, where any part has one (NIH's
+                boxes stay in its data folder's ``BBox_List_2017.csv``: pass ``--bbox`` to localize them)
+
 Rows are the parts' rows, part after part, each part's block contiguous; :func:`row_sources` gives each row's
 source. Images, splits, views, ages and sexes are copied as they are. Labels are the union of the parts'
 labels (chexnet's vocabulary order first, then sources' own names): a row whose source lacks a label has it
@@ -48,6 +53,7 @@ import numpy as np
 import pandas as pd
 
 from chexnet.data.cache import (
+    BOXES,
     FORMAT,
     FORMAT_VERSION,
     IMAGES,
@@ -126,16 +132,20 @@ def combine(parts, out_dir, allow_overlap: bool = False, overwrite: bool = False
         (out_dir / META).unlink()  # overwrite: incomplete from here until the new meta.json is written
     _copy_images([images for _, images, _, _ in loaded], out_dir / IMAGES, size, progress)
     atomic_write(out_dir / INDEX, index_csv_text(combined, labels).encode())
+    boxes = _write_boxes([path for path, _, _, _ in loaded], out_dir)
     meta = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "size": size, "count": len(combined),
         "shape": [len(combined), size, size], "dtype": "uint8", "files": {"images": IMAGES, "index": INDEX},
         "labels": labels, "label_counts": label_counts(combined, labels),
         "arguments": {"dataset": COMBINED, "parts": [str(p) for p in parts], "allow_overlap": bool(allow_overlap),
                       "size": size},
-        "source": {"split_mode": "the parts' own"}, "parts": entries, "overlap": overlap,
+        "source": {"split_mode": "the parts' own", "derived_scores": _derived_scores(loaded)},
+        "parts": entries, "overlap": overlap,
         "splits": split_counts(combined), "failed_count": 0, "failed": [],
         "created": {"finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")},
     }
+    if boxes is not None:
+        meta["files"]["boxes"], meta["boxes"] = BOXES, {"count": boxes}
     atomic_write(out_dir / META, (json.dumps(meta, indent=2) + "\n").encode())
     _summary(meta, out_dir, say)
     return meta
@@ -163,6 +173,29 @@ def _load_parts(parts, out_dir: Path) -> list:
         raise ValueError("the caches have different image sizes (" + ", ".join(f"{k}: {v} px" for k, v in
                          sizes.items()) + "): prepare them with the same --size")
     return loaded
+
+
+def _derived_scores(loaded) -> dict:
+    """The parts' ``source.derived_scores``, merged; the same name with two rules is an error."""
+    out, where = {}, {}
+    for path, _, meta, _ in loaded:
+        for name, rule in ((meta.get("source") or {}).get("derived_scores") or {}).items():
+            if name in out and out[name] != rule:
+                raise ValueError(f"{path} and {where[name]} define the derived label {name!r} differently "
+                                 f"({rule} vs {out[name]}): combine caches that agree")
+            out[name], where[name] = rule, path
+    return out
+
+
+def _write_boxes(parts, out_dir: Path) -> int | None:
+    """Concatenate the parts' boxes.csv into ``out_dir`` (None, and no file, where no part has one)."""
+    tables = [pd.read_csv(p / BOXES, dtype=str, keep_default_na=False) for p in parts if (p / BOXES).is_file()]
+    (out_dir / BOXES).unlink(missing_ok=True)
+    if not tables:
+        return None
+    boxes = pd.concat(tables, ignore_index=True)
+    atomic_write(out_dir / BOXES, boxes.to_csv(index=False).encode())
+    return len(boxes)
 
 
 def _union_labels(label_lists) -> list[str]:
