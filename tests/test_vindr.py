@@ -93,6 +93,24 @@ def _replace_line(number: int, text: str) -> str:  # line numbers as in the file
     return "\n".join(lines) + "\n"
 
 
+def test_physionet_s_further_local_labels_are_mapped_in_its_layout_only(tmp_path):
+    from chexnet.data.sources import box_findings
+
+    text = _replace_line(4, "A,Rib fracture,0,R2,101,99,149,131").replace("B,No finding,14,R3,,,,",
+                                                                          "B,Edema,0,R3,,,,")
+    raw = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+    with pytest.raises(MetadataError, match="line 4, column 'class_name': unknown class .*value 'Rib fracture'"):
+        vindr.parse_annotations_frame(raw, "train.csv")  # Kaggle's table: not one of its 14 classes
+    ann = vindr.parse_annotations_frame(raw, "annotations_train.csv", table=vindr.PHYSIONET)
+    labels = image_labels(ann, "any", table=vindr.PHYSIONET)
+    assert list(labels.columns) == list(vindr.PHYSIONET.labels) and set(LABELS) < set(labels.columns)
+    positive = {i: {c for c in labels.columns if labels.at[i, c]} for i in labels.index}
+    assert positive == {"A": {"Nodule", "Mass", "Aortic enlargement", "Fracture"}, "B": {"Cardiomegaly", "Edema"},
+                        "C": {"No Finding"}}
+    boxes = box_findings("vindr-physionet", vindr.boxes_table(ann), labels.columns)
+    assert "Fracture" in set(boxes["finding"]) and "Rib fracture" not in set(boxes["finding"])
+
+
 @pytest.mark.parametrize("text,line,column,why", [
     (HAND.replace(",y_max", ",y_top"), "line 1 (header)", "'y_max'", "missing column"),
     (_replace_line(4, "A,Edema,0,R2,101,99,149,131"), "line 4", "'class_name'", "unknown class"),
@@ -318,14 +336,15 @@ def test_prepare_caches_real_rows_with_the_labels_and_splits_of_image_labels(tmp
     meta = prepare(data, tmp_path / "cache", size=32, workers=1, progress=False, dataset="vindr",
                    options={"readers": "majority"})
     images, index, loaded = load_cache(tmp_path / "cache")
-    assert loaded["labels"] == list(LABELS) and meta["arguments"]["options"] == {"readers": "majority"}
+    table = vindr.TABLES[layout]  # PhysioNet's has 8 more local labels (0 here: Kaggle's rows never use them)
+    assert loaded["labels"] == list(table.labels) and set(LABELS) < set(vindr.PHYSIONET.labels) and meta["arguments"]["options"] == {"readers": "majority"}
     assert [f["image"] for f in meta["failed"]] == [f"train/{missing}.dicom"] and len(index) == 59
 
-    want = image_labels(vindr.parse_annotations_frame(rows, "rows"), "majority")
+    want = image_labels(vindr.parse_annotations_frame(rows, "rows"), "majority", table=table)
     got = index.set_index("patient_id")
     assert list(got.index) == [i for i in ids if i not in test_ids and i != missing] + [i for i in ids if i in test_ids]
-    np.testing.assert_array_equal(got[list(LABELS)].to_numpy(np.float64),
-                                  want.loc[got.index, list(LABELS)].to_numpy(np.float64))
+    np.testing.assert_array_equal(got[list(table.labels)].to_numpy(np.float64),
+                                  want.loc[got.index, list(table.labels)].to_numpy(np.float64))
     assert got["image"].tolist() == [f"{'test' if i in test_ids else 'train'}/{i}.dicom" for i in got.index]
 
     plan = sources.read_source("vindr", data, readers="majority")  # the split the cache must hold, by image

@@ -202,6 +202,8 @@ SOURCE_NAMES: dict[str, dict[str, Target]] = {
         "Pulmonary fibrosis": "Fibrosis",
         "No finding": NO_FINDING,
     },
+    "vindr-physionet": {},  # VinDr-CXR's PhysioNet release: the 14 classes above and its 8 further local labels
+    # (filled below), used by the vindr source for that layout
     "nih-google": {  # Google's expert labels of NIH images (Majkowska et al. 2020), the files' four columns in order
         "Fracture": "Fracture",
         "Pneumothorax": "Pneumothorax",
@@ -311,6 +313,20 @@ class LabelMapping(NamedTuple):
         lines += [f"{name} -> (kept as {name!r}: not in the vocabulary)" for name in self.kept_own]
         lines += [f"{name} -> (dropped: not in the vocabulary)" for name in self.dropped]
         return lines
+
+
+SOURCE_NAMES["vindr-physionet"] = {
+    **{k: v for k, v in SOURCE_NAMES["vindr"].items() if k != "No finding"},
+    "Clavicle fracture": "Fracture",
+    "Edema": "Edema",
+    "Emphysema": "Emphysema",
+    "Enlarged PA": KEEP_OWN,  # an enlarged pulmonary artery: no vocabulary label
+    "Lung cavity": KEEP_OWN,  # not Lung Lesion (that is CheXpert's nodule/mass class): a cavity is kept apart
+    "Lung cyst": KEEP_OWN,
+    "Mediastinal shift": KEEP_OWN,
+    "Rib fracture": "Fracture",
+    "No finding": NO_FINDING,
+}
 
 
 def map_source_labels(source: str, names: Iterable[str]) -> LabelMapping:

@@ -153,7 +153,8 @@ def _make_plan(args: dict) -> tuple[pd.DataFrame, dict, pd.DataFrame | None]:
     raw_boxes = plan.attrs.pop("boxes", None)  # before any copy of the table (attrs are copied with it)
     source = {**plan.attrs["source"], "planned": len(plan)}
     labels = label_columns(plan.columns)
-    boxes = None if raw_boxes is None else sources.box_findings(args["dataset"], raw_boxes, labels)
+    label_table = plan.attrs["source"].get("label_table", args["dataset"])  # vindr: its layout's name table
+    boxes = None if raw_boxes is None else sources.box_findings(label_table, raw_boxes, labels)
     plan = plan[[*index_columns(labels), "path"]].reset_index(drop=True)
     plan.attrs = {}
     return plan, source, boxes

@@ -166,7 +166,7 @@ def source_labels() -> dict[str, tuple[str, ...]]:
     from chexnet.data.sources import chexpert, mimic, nih_google, padchest, rsna, vindr
     from chexnet.labels import PATHOLOGIES
 
-    return {"nih": PATHOLOGIES, "chexpert": chexpert.LABELS, "vindr": vindr.LABELS, "mimic": mimic.LABELS,
+    return {"nih": PATHOLOGIES, "chexpert": chexpert.LABELS, "vindr": vindr.PHYSIONET.labels, "mimic": mimic.LABELS,
             "rsna": rsna.LABELS, "padchest": padchest.LABELS, "nih-google": nih_google.LABELS}
 
 

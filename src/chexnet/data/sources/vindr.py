@@ -35,9 +35,10 @@ Columns ``image_id, class_name, rad_id, x_min, y_min, x_max, y_max`` (Kaggle's a
 not read; other extra columns are ignored): one row per finding box per reader (``rad_id``, ``R1`` ..
 ``R17``); a reader who saw nothing writes one ``No finding`` row with empty coordinates. Coordinates are
 pixels of the DICOM image as stored. ``class_name`` must be a name of :data:`chexnet.labels.SOURCE_NAMES`
-``["vindr"]`` (the 14 Kaggle classes and ``No finding``; PhysioNet's annotation files may also use its other
-8 local labels, e.g. ``Edema`` or ``Rib fracture``, which that table does not have yet: they are refused,
-naming the line). A finding row's box is four numbers >= 0 with ``x_max >= x_min`` and ``y_max >= y_min``,
+``["vindr"]`` (the 14 Kaggle classes and ``No finding``) in Kaggle's layout, or of ``["vindr-physionet"]`` in
+PhysioNet's (those and its 8 further local labels: ``Clavicle fracture`` and ``Rib fracture`` -> ``Fracture``,
+``Edema``, ``Emphysema``, and ``Enlarged PA``, ``Lung cavity``, ``Lung cyst``, ``Mediastinal shift`` under
+their own names); another name is refused, naming the line. A finding row's box is four numbers >= 0 with ``x_max >= x_min`` and ``y_max >= y_min``,
 or four empty cells (a mark without a box: it counts for the labels, and is not in the boxes). A test file
 may lack ``rad_id`` (PhysioNet's test labels are the consensus of 5 radiologists): every image then has one
 reader, ``consensus``. Malformed input raises :class:`~chexnet.data.splits.MetadataError` naming the file,
@@ -45,7 +46,8 @@ the line (as numbered in the file, the header being line 1) and the column.
 
 The labels
 ==========
-One uint8 column per label of :data:`LABELS`: the vocabulary labels VinDr-CXR's classes map to
+One uint8 column per label of the layout's class table (:data:`KAGGLE` or :data:`PHYSIONET`; :data:`LABELS`
+is Kaggle's): the vocabulary labels VinDr-CXR's classes map to
 (:func:`chexnet.labels.map_source_labels`; ``Nodule/Mass`` sets both ``Nodule`` and ``Mass``,
 ``Pleural effusion`` -> ``Effusion``, ...), in :data:`chexnet.labels.VOCABULARY` order, then the classes kept
 under VinDr's own name (``Aortic enlargement``, ``Calcification``, ``ILD``). ``Other lesion`` (a catch-all)
@@ -95,10 +97,9 @@ import pandas as pd
 
 from chexnet.data.sources.tables import bad_cell, find_table, read_csv_strict
 from chexnet.data.splits import MetadataError
-from chexnet.labels import NO_FINDING, SOURCE_NAMES, map_source_labels
+from chexnet.labels import NO_FINDING, SOURCE_NAMES, LabelMapping, map_source_labels
 
 SOURCE = "vindr"
-CLASS_NAMES: tuple[str, ...] = tuple(SOURCE_NAMES[SOURCE])  # the class_name values a file may use
 NO_FINDING_CLASS = "No finding"
 COORDINATES = ("x_min", "y_min", "x_max", "y_max")
 REQUIRED_COLUMNS = ("image_id", "class_name", "rad_id", *COORDINATES)
@@ -108,16 +109,35 @@ RANDOM_FRACTIONS = (0.7, 0.1, 0.2)  # train/val/test by image when the release h
 IMAGE_SUFFIX = ".dicom"
 BOX_COLUMNS = ("image", "finding", "reader", "x", "y", "w", "h")
 
-_LABEL_MAP = map_source_labels(SOURCE, CLASS_NAMES)
-_MAPPING = _LABEL_MAP.mapping  # VinDr class -> (vocabulary label, ...)
-LABELS: tuple[str, ...] = (*_LABEL_MAP.labels(), *_LABEL_MAP.kept_own)  # the output's label columns, in order
-if _MAPPING.get(NO_FINDING_CLASS) != (NO_FINDING,):  # pragma: no cover - a labels.py table change
-    raise ImportError(f"SOURCE_NAMES[{SOURCE!r}] must map {NO_FINDING_CLASS!r} to {NO_FINDING!r}")
-_FINDINGS = tuple(name for name in CLASS_NAMES if name != NO_FINDING_CLASS)  # the classes a reader marks
-_SOURCES_OF = {label: [c for c in _FINDINGS if label in _MAPPING.get(c, ()) or c == label] for label in LABELS
-               if label != NO_FINDING}  # label -> the classes that set it
+class ClassTable(NamedTuple):
+    """One release's class names and what they become (a table of :data:`chexnet.labels.SOURCE_NAMES`)."""
 
-__all__ = ["CLASS_NAMES", "LABELS", "READER_RULES", "MetadataError", "boxes_table", "find_layout",
+    source: str  # its key in SOURCE_NAMES
+    names: tuple[str, ...]  # the class_name values a file may use
+    label_map: LabelMapping
+    labels: tuple[str, ...]  # the output's label columns, in order
+    sources_of: dict[str, list[str]]  # label -> the classes that set it
+
+
+def _class_table(source: str) -> ClassTable:
+    names = tuple(SOURCE_NAMES[source])
+    label_map = map_source_labels(source, names)
+    if label_map.mapping.get(NO_FINDING_CLASS) != (NO_FINDING,):  # pragma: no cover - a labels.py table change
+        raise ImportError(f"SOURCE_NAMES[{source!r}] must map {NO_FINDING_CLASS!r} to {NO_FINDING!r}")
+    labels = (*label_map.labels(), *label_map.kept_own)
+    findings = [n for n in names if n != NO_FINDING_CLASS]  # the classes a reader marks
+    sources_of = {label: [c for c in findings if label in label_map.mapping.get(c, ()) or c == label]
+                  for label in labels if label != NO_FINDING}
+    return ClassTable(source, names, label_map, labels, sources_of)
+
+
+KAGGLE = _class_table(SOURCE)  # Kaggle's train.csv: 14 classes and No finding
+PHYSIONET = _class_table("vindr-physionet")  # PhysioNet's annotation files: 22 local labels and No finding
+TABLES = {"kaggle": KAGGLE, "physionet": PHYSIONET}  # by Layout.name
+CLASS_NAMES, LABELS = KAGGLE.names, KAGGLE.labels
+
+__all__ = ["CLASS_NAMES", "KAGGLE", "LABELS", "PHYSIONET", "READER_RULES", "MetadataError", "boxes_table",
+           "find_layout",
            "image_labels", "label_rule_summary", "parse_annotations_frame", "read_annotations", "read_source"]
 
 
@@ -127,7 +147,7 @@ def _check_readers(readers: str) -> str:
     return readers
 
 
-def label_rule_summary(readers: str = "any") -> dict:
+def label_rule_summary(readers: str = "any", table: ClassTable = KAGGLE) -> dict:
     """The label rule, JSON-serializable (meta.json's source block)."""
     _check_readers(readers)
     return {
@@ -137,15 +157,18 @@ def label_rule_summary(readers: str = "any") -> dict:
         "negative": "otherwise (every image was read by all its readers: no missing values)",
         "no_finding": ("1 when no reader marked any finding (Other lesion included)" if readers == "any" else
                        "1 unless more than half of the readers marked some finding (Other lesion included)"),
-        **_LABEL_MAP.summary(),  # mapped / kept_own / dropped
+        "class_table": f"chexnet.labels.SOURCE_NAMES[{table.source!r}]",
+        **table.label_map.summary(),  # mapped / kept_own / dropped
     }
 
 
 # ------------------------------------------------------------------------------------------------------ labels
 
-def image_labels(annotations: pd.DataFrame, readers: str = "any", where: str = "<annotations>") -> pd.DataFrame:
+def image_labels(annotations: pd.DataFrame, readers: str = "any", where: str = "<annotations>",
+                 table: ClassTable = KAGGLE) -> pd.DataFrame:
     """Readers' marks -> image labels: one row per ``image_id`` (index, in order of first appearance), one uint8
-    column per label of :data:`LABELS`, by the rule ``readers`` (``any`` / ``majority``; see the module).
+    column per label of ``table`` (default Kaggle's: :data:`LABELS`), by the rule ``readers`` (``any`` /
+    ``majority``; see the module).
 
     ``annotations`` needs columns ``image_id``, ``rad_id`` and ``class_name`` (one row per mark; others are
     ignored), e.g. :func:`read_annotations`'s table. An unknown class name raises
@@ -159,12 +182,13 @@ def image_labels(annotations: pd.DataFrame, readers: str = "any", where: str = "
                             f"found {list(annotations.columns)}")
     image, images = pd.factorize(annotations["image_id"].to_numpy(dtype=object))
     reader = pd.factorize(annotations["rad_id"].to_numpy(dtype=object))[0]
-    klass = pd.Index(CLASS_NAMES).get_indexer(annotations["class_name"].to_numpy(dtype=object))
+    names = table.names
+    klass = pd.Index(names).get_indexer(annotations["class_name"].to_numpy(dtype=object))
     if (klass < 0).any():
         i = int(np.flatnonzero(klass < 0)[0])
         raise MetadataError(f"{where} line {i + 2}, column 'class_name': unknown class "
-                            f"{annotations['class_name'].iat[i]!r}; known: {', '.join(CLASS_NAMES)}")
-    n, n_readers_total, n_classes = len(images), int(reader.max(initial=-1)) + 1, len(CLASS_NAMES)
+                            f"{annotations['class_name'].iat[i]!r}; known: {', '.join(names)}")
+    n, n_readers_total, n_classes = len(images), int(reader.max(initial=-1)) + 1, len(names)
 
     def distinct(*codes_and_sizes) -> np.ndarray:  # the distinct combinations, as one int64 code each
         key = np.zeros(len(image), dtype=np.int64)
@@ -177,7 +201,7 @@ def image_labels(annotations: pd.DataFrame, readers: str = "any", where: str = "
     marks = distinct((image, n), (klass, n_classes), (reader, max(n_readers_total, 1)))  # (image, class, reader)
     marks //= max(n_readers_total, 1)
     count = np.bincount(marks, minlength=n * n_classes).reshape(n, n_classes)  # readers who marked each class
-    finding = klass != CLASS_NAMES.index(NO_FINDING_CLASS)
+    finding = klass != names.index(NO_FINDING_CLASS)
     abnormal_pairs = np.unique(image[finding].astype(np.int64) * max(n_readers_total, 1) + reader[finding])
     abnormal = np.bincount(abnormal_pairs // max(n_readers_total, 1), minlength=n)  # readers who marked anything
 
@@ -185,16 +209,16 @@ def image_labels(annotations: pd.DataFrame, readers: str = "any", where: str = "
         return k >= 1 if readers == "any" else 2 * k > n_readers
 
     out = {}
-    for label in LABELS:
+    for label in table.labels:
         if label == NO_FINDING:
             out[label] = ~positive(abnormal)
         else:
-            cols = [CLASS_NAMES.index(c) for c in _SOURCES_OF[label]]
+            cols = [names.index(c) for c in table.sources_of[label]]
             out[label] = np.logical_or.reduce([positive(count[:, j]) for j in cols])
     index = pd.Index(np.asarray(images, dtype=object), name="image_id")
-    table = pd.DataFrame({label: v.astype(np.uint8) for label, v in out.items()}, index=index)[list(LABELS)]
-    table.attrs["readers"] = pd.Series(n_readers.astype(np.int64), index=index, name="readers")
-    return table
+    result = pd.DataFrame({label: v.astype(np.uint8) for label, v in out.items()}, index=index)[list(table.labels)]
+    result.attrs["readers"] = pd.Series(n_readers.astype(np.int64), index=index, name="readers")
+    return result
 
 
 def boxes_table(annotations: pd.DataFrame, image_names: dict | None = None) -> pd.DataFrame:
@@ -212,16 +236,18 @@ def boxes_table(annotations: pd.DataFrame, image_names: dict | None = None) -> p
 
 # ------------------------------------------------------------------------------------------------------ reading
 
-def read_annotations(path: str | os.PathLike, *, rad_id_required: bool = True) -> pd.DataFrame:
+def read_annotations(path: str | os.PathLike, *, rad_id_required: bool = True,
+                     table: ClassTable = KAGGLE) -> pd.DataFrame:
     """Read one annotation file (``train.csv``, ``annotations_train.csv``, ``annotations_test.csv``, also
     ``.csv.gz``) -> :func:`parse_annotations_frame`'s table. ``rad_id_required=False`` (a test file) lets the
     file lack ``rad_id`` (one reader per image: ``consensus``)."""
     path = Path(path)
     raw = read_csv_strict(path)
-    return parse_annotations_frame(raw, str(path), rad_id_required=rad_id_required)
+    return parse_annotations_frame(raw, str(path), rad_id_required=rad_id_required, table=table)
 
 
-def parse_annotations_frame(raw: pd.DataFrame, where: str = "<table>", *, rad_id_required: bool = True) -> pd.DataFrame:
+def parse_annotations_frame(raw: pd.DataFrame, where: str = "<table>", *, rad_id_required: bool = True,
+                            table: ClassTable = KAGGLE) -> pd.DataFrame:
     """The table of :func:`read_annotations` from ``raw``: the file as read with ``dtype=str,
     keep_default_na=False, skip_blank_lines=False`` (row ``i`` is line ``i + 2``). ``raw`` is not modified.
 
@@ -255,11 +281,11 @@ def parse_annotations_frame(raw: pd.DataFrame, where: str = "<table>", *, rad_id
     else:
         rad_id = np.full(n, CONSENSUS_READER, dtype=object)
     class_name = text("class_name")
-    unknown = ~pd.Series(class_name).isin(CLASS_NAMES).to_numpy()
+    unknown = ~pd.Series(class_name).isin(table.names).to_numpy()
     if unknown.any():
         i = int(np.flatnonzero(unknown)[0])
         raise bad_cell(where, i, "class_name", class_name[i],
-                   f"unknown class (chexnet.labels.SOURCE_NAMES[{SOURCE!r}] has {', '.join(CLASS_NAMES)})")
+                   f"unknown class (chexnet.labels.SOURCE_NAMES[{table.source!r}] has {', '.join(table.names)})")
 
     coords = {}
     empty = {}
@@ -363,9 +389,10 @@ def read_source(data_dir: str | os.PathLike, *, view: str | None = None, seed: i
     if view is not None:
         raise CacheError(f"{layout.train_csv}: VinDr-CXR records no view position (view is ''), so view {view} "
                          "would keep no image; leave the view unset (the release describes its images as PA)")
-    parts = [(read_annotations(layout.train_csv), layout.train_dir)]
+    classes = TABLES[layout.name]
+    parts = [(read_annotations(layout.train_csv, table=classes), layout.train_dir)]
     if layout.test_csv is not None:
-        parts.append((read_annotations(layout.test_csv, rad_id_required=False), layout.test_dir))
+        parts.append((read_annotations(layout.test_csv, rad_id_required=False, table=classes), layout.test_dir))
     if len(parts) == 2:
         both = set(parts[0][0]["image_id"]) & set(parts[1][0]["image_id"])
         if both:
@@ -374,13 +401,13 @@ def read_source(data_dir: str | os.PathLike, *, view: str | None = None, seed: i
 
     tables, names, boxes = [], {}, []
     for ann, folder in parts:
-        labels = image_labels(ann, readers, where=ann.attrs["source"]["metadata"])
+        labels = image_labels(ann, readers, where=ann.attrs["source"]["metadata"], table=classes)
         ids = labels.index.to_numpy(dtype=object)
         image = np.array([f"{folder}/{i}{IMAGE_SUFFIX}" for i in ids], dtype=object)
         names.update(zip(ids, image))
         on_disk = _images_on_disk(data_dir / folder)
         table = pd.DataFrame({"image": image, "patient_id": ids, "split": "", "view": ""})
-        for label in LABELS:
+        for label in classes.labels:
             table[label] = labels[label].to_numpy()
         table["age"] = np.full(len(ids), np.nan)
         table["sex"] = ""
@@ -407,7 +434,7 @@ def read_source(data_dir: str | os.PathLike, *, view: str | None = None, seed: i
         mode = "random"
     df["split"] = split
     check_patient_disjoint(df["patient_id"], df["split"])
-    out = df[[*index_columns(LABELS), "path"]].reset_index(drop=True)
+    out = df[[*index_columns(classes.labels), "path"]].reset_index(drop=True)
     box_table = pd.concat(boxes, ignore_index=True)
 
     per_image = pd.concat([r for _, r, _ in tables])
@@ -426,7 +453,8 @@ def read_source(data_dir: str | os.PathLike, *, view: str | None = None, seed: i
         "split_unit": "image: VinDr-CXR has no patient ids, each image is its own patient",
         "excluded_by_view": 0,
         "view_rule": "all images (VinDr-CXR records no view position)",
-        "labels": label_rule_summary(readers),
+        "labels": label_rule_summary(readers, classes),
+        "label_table": classes.source,  # the name table of chexnet.labels.SOURCE_NAMES (boxes are mapped by it)
         "boxes": len(box_table),
         "marks_without_box": sum(f["marks_without_box"] for f in files),
         "images_on_disk_without_annotations": not_annotated,
