@@ -672,3 +672,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"chexnet {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a full disk where no writer named the file (a library's own write)
+        from chexnet.fileio import disk_full, is_disk_full
+
+        if not is_disk_full(exc) or debug_enabled():
+            raise
+        why = (disk_full(exc.filename) if exc.filename else
+               f"no space left on the device ({exc}): free space where this command writes, then run it again")
+        print(f"chexnet {args.command}: error: {why}", file=sys.stderr)
+        return 2

@@ -7,7 +7,7 @@ import math
 import time
 from pathlib import Path
 
-from chexnet.fileio import atomic_write
+from chexnet.fileio import atomic_write, disk_full, is_disk_full
 
 
 class RunLogger:
@@ -38,8 +38,14 @@ class RunLogger:
             return
         record = {"time": round(time.time(), 3), **record}
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
-        with self.path.open("a") as f:
-            f.write(json.dumps(clean) + "\n")
+        line = json.dumps(clean) + "\n"
+        try:
+            with self.path.open("a") as f:
+                f.write(line)
+        except OSError as exc:
+            if is_disk_full(exc):
+                raise disk_full(self.path, len(line)) from None
+            raise
         if self.tb is not None:
             step = record.get("step", 0)
             for k, v in record.items():

@@ -48,7 +48,7 @@ from chexnet.data.cache import (
 from chexnet.data.imageio import ImageReadError, read_image_size
 from chexnet.data.splits import SPLITS, check_patient_disjoint
 from chexnet.environment import library_versions, usable_cpus
-from chexnet.fileio import atomic_write, fsync_dir
+from chexnet.fileio import atomic_write, check_free_space, disk_full, fsync_dir, is_disk_full
 from chexnet.preprocess import read_cache_row
 
 VIEWS = ("PA", "AP")
@@ -98,6 +98,7 @@ def prepare(
         plan, source, boxes = _make_plan(args)
         work = _open_work(out_dir, args, plan, say)
         t0 = time.monotonic()
+        _check_space(work)
         processed = _run(work, plan, args["size"], workers, progress)
         meta = _finalize(out_dir, work, plan, args, source, workers, boxes)
     _print_summary(meta, out_dir, say, processed, time.monotonic() - t0, workers)
@@ -306,6 +307,9 @@ def _run(work: _Work, plan: pd.DataFrame, size: int, workers: int, progress: boo
     except BaseException as exc:
         with contextlib.suppress(OSError):
             work.save_state(fd)  # keep everything that finished
+        if is_disk_full(exc):
+            left = int((work.status == PENDING).sum()) * work.row_bytes
+            raise disk_full(work.part, left) from None  # "needs": the pending rows' pixels
         if isinstance(exc, (KeyboardInterrupt, OSError)) or type(exc).__name__ == "BrokenProcessPool":
             print(f"prepare stopped ({type(exc).__name__}: {exc}); finished rows are saved: "
                   "re-run the same command to resume", file=sys.stderr)
@@ -314,6 +318,16 @@ def _run(work: _Work, plan: pd.DataFrame, size: int, workers: int, progress: boo
         _close_worker_fds()
         os.close(fd)
     return int(pending.size)
+
+
+def _check_space(work: _Work) -> None:
+    """Refuse to start when the pending rows' pixels (the part file is sparse: what it has not yet allocated) and
+    the work area's small files would not fit, rather than failing hours in."""
+    allocated = getattr(os.stat(work.part), "st_blocks", 0) * 512
+    pending = int((work.status == PENDING).sum()) * work.row_bytes
+    needed = max(0, min(pending, work.rows * work.row_bytes - allocated)) + 2 * work.rows + (1 << 20)
+    if pending:
+        check_free_space(work.part, needed, f"caching {int((work.status == PENDING).sum())} more images")
 
 
 def _consume(results, work: _Work, plan: pd.DataFrame, fd: int, progress: bool, last_commit: float) -> None:
@@ -449,14 +463,22 @@ def _write_images(dest: Path, work: _Work, ok: np.ndarray) -> None:
         os.replace(work.part, dest)
         return
     tmp = dest.with_name(dest.name + ".tmp")
+    needed = int(ok.sum()) * work.row_bytes
+    check_free_space(dest, needed, "copying the cached images without the failed ones")
     src = np.memmap(work.part, dtype=np.uint8, mode="r", shape=(work.rows, work.size, work.size))
     block = max(1, (64 << 20) // work.row_bytes)
-    with open(tmp, "wb") as f:
-        for start, stop in _runs(ok):
-            for a in range(start, stop, block):
-                f.write(src[a:min(stop, a + block)].tobytes())
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(tmp, "wb") as f:
+            for start, stop in _runs(ok):
+                for a in range(start, stop, block):
+                    f.write(src[a:min(stop, a + block)].tobytes())
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if is_disk_full(exc):
+            raise disk_full(dest, needed) from None
+        raise
     del src
     os.replace(tmp, dest)
     fsync_dir(dest.parent)
