@@ -334,3 +334,45 @@ def test_bad_arguments(tiny_nih, tmp_path):
         prepare(tiny_nih, tmp_path / "c", val_fraction=1.5, progress=False)
     with pytest.raises(CacheError, match="data folder not found"):
         prepare(tmp_path / "nowhere", tmp_path / "c", progress=False)
+
+
+def test_verify_finds_a_changed_row_and_a_changed_index_and_adds_digests_where_missing(tmp_path, tiny_nih,
+                                                                                      chexnet_main):
+    import json
+
+    from chexnet.data.cache import DIGESTS, verify_cache
+
+    cache = tmp_path / "c"
+    prepare(tiny_nih, cache, size=SIZE, workers=1, progress=False)
+    assert verify_cache(cache, progress=False) == {"rows": 24, "checked": True, "added": False, "bad_rows": [],
+                                                   "index_changed": False, "boxes_changed": False}
+    images = np.memmap(cache / "images.u8", dtype=np.uint8, mode="r+", shape=(24, SIZE, SIZE))
+    images[7, 3, 3] ^= 0x40  # one bit of one pixel, as a disk error would
+    images.flush()
+    del images
+    name = load_cache(cache)[1]["image"].iat[7]
+    proc = chexnet_main("prepare", "--verify", cache, check=False)
+    assert proc.returncode == 1 and f"1 row(s) differ from their digests, e.g. row 7 ({name})" in proc.stderr
+    lines = (cache / "index.csv").read_text().splitlines()
+    cells = lines[1].split(",")
+    cells[-1] = {"M": "F", "F": "M"}[cells[-1]]  # a patient's sex edited by hand
+    (cache / "index.csv").write_text("\n".join([lines[0], ",".join(cells), *lines[2:]]) + "\n")
+    assert verify_cache(cache, progress=False)["index_changed"]
+
+    (cache / DIGESTS).unlink()  # a cache from before digests: they are added, and then compared
+    meta = json.loads((cache / "meta.json").read_text())
+    del meta["digests"]
+    (cache / "meta.json").write_text(json.dumps(meta))
+    proc = chexnet_main("prepare", "--verify", cache)
+    assert "recorded them now" in proc.stdout and (cache / DIGESTS).is_file()
+    assert "all 24 rows" in chexnet_main("prepare", "--verify", cache).stdout
+
+
+def test_an_index_whose_splits_differ_from_meta_is_refused_at_load(tmp_path, tiny_nih):
+    cache = tmp_path / "c"
+    prepare(tiny_nih, cache, size=SIZE, workers=1, progress=False)
+    lines = (cache / "index.csv").read_text().splitlines()
+    lines[1] = lines[1].replace(",train,", ",test,").replace(",val,", ",test,")
+    (cache / "index.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(CacheError, match=r"index.csv: its splits have .* images but meta.json says"):
+        load_cache(cache)

@@ -230,8 +230,12 @@ def _add_prepare(sub) -> None:
                        "negatives and missing per label and split. Resumable; bad images are reported and skipped.")
     p.add_argument("--dataset", choices=list(DATASETS), default="nih", help="the data set's layout: "
                    + help_text(DATASETS) + " (default nih)")
-    p.add_argument("--data", required=True, help="the data set's folder (see --dataset)")
-    p.add_argument("--out", required=True, help="cache folder to write")
+    p.add_argument("--data", help="the data set's folder (see --dataset); required unless --verify")
+    p.add_argument("--out", help="cache folder to write; required unless --verify")
+    p.add_argument("--verify", metavar="CACHE", default=None,
+                   help="instead: re-check a prepared cache (structure, every row's pixels, index.csv, boxes.csv) "
+                   "against the digests prepare recorded, with a progress bar; a cache without them gets them. "
+                   "Exit 1 naming the rows or files that differ")
     p.add_argument("--size", type=int, default=256, help="cached image side (default 256)")
     p.add_argument("--workers", type=int, default=None, help="decoder processes (default: all cores)")
     p.add_argument("--view", choices=["PA", "AP"], default=None, help="keep only this view position")
@@ -597,6 +601,12 @@ def cmd_synth(args) -> int:
 def cmd_prepare(args) -> int:
     from chexnet.data.prepare import prepare
 
+    if args.verify:
+        return _verify(args.verify)
+    missing = [flag for flag in ("--data", "--out") if getattr(args, flag[2:]) is None]
+    if missing:
+        raise ValueError(f"the following arguments are required: {', '.join(missing)} (or --verify CACHE)")
+
     from chexnet.data.sources import OPTIONS
 
     names = dict.fromkeys(k for opts in OPTIONS.values() for k in opts)  # every source's options: prepare's flags
@@ -613,6 +623,27 @@ def cmd_combine(args) -> int:
     from chexnet.data.combine import combine
 
     combine(args.caches, args.out, allow_overlap=args.allow_overlap, overwrite=args.overwrite)
+    return 0
+
+
+def _verify(cache) -> int:
+    from chexnet.data.cache import verify_cache
+
+    r = verify_cache(cache)
+    if r["added"]:
+        print(f"{cache}: {r['rows']} rows; no digests were recorded (a cache from before chexnet recorded them): "
+              f"recorded them now (rows.blake2b, meta.json), so the next --verify compares against them")
+        return 0
+    problems = [f"index.csv changed since it was written" if r["index_changed"] else "",
+                f"boxes.csv changed since it was written" if r["boxes_changed"] else "",
+                (f"{len(r['bad_rows'])} row(s) differ from their digests, e.g. "
+                 + ", ".join(f"row {b['row']} ({b['image']})" for b in r["bad_rows"][:5])) if r["bad_rows"] else ""]
+    problems = [p for p in problems if p]
+    if problems:
+        print(f"chexnet prepare --verify: {cache}: " + "; ".join(problems) + ": re-run chexnet prepare with "
+              f"--overwrite (or restore the cache from a good copy)", file=sys.stderr)
+        return 1
+    print(f"{cache}: all {r['rows']} rows, index.csv and boxes.csv match the digests recorded")
     return 0
 
 

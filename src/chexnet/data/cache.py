@@ -33,6 +33,15 @@ A cache is a folder with three files, and a fourth, ``boxes.csv``, where the sou
                        reader (the source's reader id, e.g. VinDr's rad_id; empty where it has none),
                        x, y, w, h (original image pixels: top-left corner, width, height),
                        height, width (the original image's size in pixels, from its file's header)
+    CACHE/rows.blake2b digests (written by prepare and combine since chexnet 0.2; added by
+                       ``chexnet prepare --verify`` to a cache without them): N x 16 bytes, no header, row i's
+                       BLAKE2b-128 digest of its S*S pixel bytes; meta.json's ``digests`` names the file and
+                       records ``index_sha256`` (of index.csv) and ``boxes_sha256`` (of boxes.csv, or null)
+
+:func:`load_cache` checks the structure: the images file's size is count x S x S, index.csv has meta.json's
+count and columns, its values are 1, 0 or empty, and its split sizes are meta.json's ``splits``; each refusal
+names the file and what differs. :func:`verify_cache` (``chexnet prepare --verify``) re-reads every row
+against the recorded digests.
 
 :func:`read_index` gives labels as float32 (1.0, 0.0, NaN for missing) and patient ids as text. Version 1
 (until chexnet 0.1's structure change) had ``pathologies`` instead of ``labels`` (always NIH's 14, every
@@ -157,6 +166,11 @@ def load_cache(cache_dir: str | os.PathLike, size: int | None = None) -> tuple[n
     index = read_index(cache_dir / INDEX, labels, version)
     if len(index) != count:
         raise CacheError(f"{cache_dir / INDEX}: {len(index)} rows but {META} says count {count}")
+    sizes = {k: int((index["split"] == k).sum()) for k in SPLITS}
+    recorded = {k: int(v.get("images", 0)) for k, v in (meta.get("splits") or {}).items()}
+    if recorded and recorded != sizes:
+        raise CacheError(f"{cache_dir / INDEX}: its splits have {sizes} images but {META} says {recorded}: the "
+                         f"index was changed or replaced; re-run chexnet prepare (--overwrite)")
     images_path = cache_dir / IMAGES
     expected = count * s * s
     actual = images_path.stat().st_size if images_path.is_file() else None
@@ -169,6 +183,81 @@ def load_cache(cache_dir: str | os.PathLike, size: int | None = None) -> tuple[n
     else:
         images = np.memmap(images_path, dtype=np.uint8, mode="r", shape=(count, s, s))
     return images, index, meta
+
+
+DIGESTS = "rows.blake2b"
+DIGEST_BYTES = 16
+
+
+def row_digests(images: np.ndarray, progress: bool = False, desc: str = "digest") -> np.ndarray:
+    """(N, 16) uint8: each row's BLAKE2b-128 digest of its pixel bytes (rows.blake2b's contents), read in blocks."""
+    import hashlib
+
+    from tqdm import tqdm
+
+    n = len(images)
+    out = np.empty((n, DIGEST_BYTES), dtype=np.uint8)
+    block = max(1, (64 << 20) // max(1, images[0].size if n else 1))
+    with tqdm(total=n, desc=desc, unit="img", disable=not progress, leave=False) as bar:
+        for a in range(0, n, block):
+            chunk = np.ascontiguousarray(images[a:a + block])
+            for k, row in enumerate(chunk):
+                out[a + k] = np.frombuffer(hashlib.blake2b(row.tobytes(), digest_size=DIGEST_BYTES).digest(),
+                                           dtype=np.uint8)
+            bar.update(len(chunk))
+    return out
+
+
+def file_sha256(path: str | os.PathLike) -> str | None:
+    """SHA-256 of a file (None when it does not exist)."""
+    import hashlib
+
+    path = Path(path)
+    if not path.is_file():
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def digests_record(cache_dir: str | os.PathLike) -> dict:
+    """meta.json's ``digests`` for the files in ``cache_dir`` (rows.blake2b written beside)."""
+    cache_dir = Path(cache_dir)
+    return {"rows": DIGESTS, "algorithm": "blake2b-128 of each row's pixel bytes",
+            "index_sha256": file_sha256(cache_dir / INDEX), "boxes_sha256": file_sha256(cache_dir / BOXES)}
+
+
+def verify_cache(cache_dir: str | os.PathLike, progress: bool = True) -> dict:
+    """Re-check a cache: its structure (:func:`load_cache`), then every row's pixels, index.csv and boxes.csv
+    against the digests recorded. A cache without digests gets them (rows.blake2b and meta.json's ``digests``,
+    written atomically) and nothing is compared. Returns {rows, checked, added, bad_rows: [{row, image}],
+    index_changed, boxes_changed}."""
+    import json
+
+    from chexnet.fileio import atomic_write
+
+    cache_dir = Path(cache_dir)
+    images, index, meta = load_cache(cache_dir)
+    now = row_digests(images, progress, desc=f"verify {cache_dir.name}")
+    recorded = meta.get("digests")
+    path = cache_dir / DIGESTS
+    if not recorded or not path.is_file():
+        atomic_write(path, now.tobytes())
+        meta["digests"] = digests_record(cache_dir)
+        atomic_write(cache_dir / META, (json.dumps(meta, indent=2) + "\n").encode())
+        return {"rows": len(now), "checked": False, "added": True, "bad_rows": [], "index_changed": False,
+                "boxes_changed": False}
+    then = np.fromfile(path, dtype=np.uint8)
+    if then.size != now.size:
+        raise CacheError(f"{path}: {then.size // DIGEST_BYTES} digests for {len(now)} rows (truncated or from "
+                         f"another cache); delete it and run chexnet prepare --verify again to record new ones")
+    bad = np.flatnonzero((then.reshape(now.shape) != now).any(axis=1))
+    return {"rows": len(now), "checked": True, "added": False,
+            "bad_rows": [{"row": int(r), "image": str(index["image"].iat[r])} for r in bad],
+            "index_changed": recorded.get("index_sha256") != file_sha256(cache_dir / INDEX),
+            "boxes_changed": recorded.get("boxes_sha256") != file_sha256(cache_dir / BOXES)}
 
 
 def index_sha256(cache_dir: str | os.PathLike) -> str:

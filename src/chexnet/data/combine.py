@@ -44,7 +44,6 @@ refused unless ``overwrite``.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -54,6 +53,7 @@ import pandas as pd
 
 from chexnet.data.cache import (
     BOXES,
+    DIGESTS,
     FORMAT,
     FORMAT_VERSION,
     IMAGES,
@@ -62,8 +62,10 @@ from chexnet.data.cache import (
     CacheError,
     cache_labels,
     index_columns,
+    digests_record,
     index_sha256,
     load_cache,
+    row_digests,
 )
 from chexnet.data.prepare import index_csv_text, label_counts, split_counts
 from chexnet.fileio import atomic_write, fsync_dir
@@ -125,7 +127,8 @@ def combine(parts, out_dir, allow_overlap: bool = False, overwrite: bool = False
                         "splits": meta.get("splits")})
         start += len(index)
     combined = pd.concat(frames, ignore_index=True)
-    overlap = _overlap(loaded, combined, entries, size, progress)
+    digests = np.concatenate([row_digests(images, progress, f"digest {path.name}") for path, images, _, _ in loaded])
+    overlap = _overlap(combined, entries, digests)
     _say_overlap(overlap, allow_overlap, say)
     out_dir.mkdir(parents=True, exist_ok=True)
     if (out_dir / META).is_file():
@@ -133,6 +136,7 @@ def combine(parts, out_dir, allow_overlap: bool = False, overwrite: bool = False
     _copy_images([images for _, images, _, _ in loaded], out_dir / IMAGES, size, progress)
     atomic_write(out_dir / INDEX, index_csv_text(combined, labels).encode())
     boxes = _write_boxes([path for path, _, _, _ in loaded], out_dir)
+    atomic_write(out_dir / DIGESTS, digests.tobytes())  # the parts' rows, so their digests (prepare --verify)
     meta = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "size": size, "count": len(combined),
         "shape": [len(combined), size, size], "dtype": "uint8", "files": {"images": IMAGES, "index": INDEX},
@@ -141,7 +145,7 @@ def combine(parts, out_dir, allow_overlap: bool = False, overwrite: bool = False
                       "size": size},
         "source": {"split_mode": "the parts' own", "derived_scores": _derived_scores(loaded)},
         "parts": entries, "overlap": overlap,
-        "splits": split_counts(combined), "failed_count": 0, "failed": [],
+        "splits": split_counts(combined), "failed_count": 0, "failed": [], "digests": digests_record(out_dir),
         "created": {"finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")},
     }
     if boxes is not None:
@@ -204,14 +208,14 @@ def _union_labels(label_lists) -> list[str]:
     return known + [n for n in seen if n not in VOCABULARY_INDEX]
 
 
-def _overlap(loaded, combined: pd.DataFrame, entries, size: int, progress: bool) -> dict:
+def _overlap(combined: pd.DataFrame, entries, row_digest: np.ndarray) -> dict:
     """Images shared between parts (NIH-family names; pixels anywhere) and patients in more than one split."""
     source = np.concatenate([np.full(e["rows"][1] - e["rows"][0], e["name"], dtype=object) for e in entries])
     family = {e["name"]: e["dataset"] in NIH_FAMILY for e in entries}
     nih = np.array([family[s] for s in source], dtype=bool)
     named = pd.DataFrame({"i": combined["image"][nih], "s": source[nih]}).groupby("i")["s"].nunique()
     by_name = combined["image"].isin(named.index[named > 1]).to_numpy() & nih
-    digests = np.concatenate([_row_digests(images, size, path, progress) for path, images, _, _ in loaded])
+    digests = np.array([d.tobytes().hex() for d in row_digest], dtype=object)
     by_pixels = pd.DataFrame({"d": digests, "s": source}).groupby("d")["s"].nunique()
     by_pixels = np.isin(digests, by_pixels.index[by_pixels > 1])
     # one image however many copies: its pixels' digest, or (same NIH name, other pixels) its name
@@ -221,20 +225,6 @@ def _overlap(loaded, combined: pd.DataFrame, entries, size: int, progress: bool)
     leaked = sorted(splits.index[splits > 1])
     return {"images": len(set(key[shared])), "image_examples": sorted(set(combined["image"][shared]))[:EXAMPLES],
             "patients": len(leaked), "patient_examples": leaked[:EXAMPLES]}
-
-
-def _row_digests(images: np.ndarray, size: int, path: Path, progress: bool) -> np.ndarray:
-    """A 128-bit BLAKE2b digest of each cached row's pixels (hex), read block by block."""
-    from tqdm import tqdm
-
-    block = max(1, BLOCK_BYTES // (size * size))
-    out = []
-    with tqdm(total=len(images), desc=f"digest {path.name}", unit="img", disable=not progress, leave=False) as bar:
-        for a in range(0, len(images), block):
-            chunk = np.ascontiguousarray(images[a:a + block])
-            out.extend(hashlib.blake2b(row.tobytes(), digest_size=16).hexdigest() for row in chunk)
-            bar.update(len(chunk))
-    return np.array(out, dtype=object)
 
 
 def _say_overlap(overlap: dict, allow: bool, say) -> None:

@@ -34,6 +34,7 @@ from chexnet.data.cache import (
     ARGUMENT_DEFAULTS,
     BOX_COLUMNS,
     BOXES,
+    DIGESTS,
     FORMAT,
     FORMAT_VERSION,
     IMAGES,
@@ -42,8 +43,10 @@ from chexnet.data.cache import (
     META,
     WORK,
     CacheError,
+    digests_record,
     index_columns,
     label_columns,
+    row_digests,
 )
 from chexnet.data.imageio import ImageReadError, read_image_size
 from chexnet.data.splits import SPLITS, check_patient_disjoint
@@ -323,11 +326,12 @@ def _run(work: _Work, plan: pd.DataFrame, size: int, workers: int, progress: boo
 def _check_space(work: _Work) -> None:
     """Refuse to start when the pending rows' pixels (the part file is sparse: what it has not yet allocated) and
     the work area's small files would not fit, rather than failing hours in."""
-    allocated = getattr(os.stat(work.part), "st_blocks", 0) * 512
     pending = int((work.status == PENDING).sum()) * work.row_bytes
+    if not pending or not work.part.is_file():  # nothing left, or finalization already renamed the part file
+        return
+    allocated = getattr(os.stat(work.part), "st_blocks", 0) * 512
     needed = max(0, min(pending, work.rows * work.row_bytes - allocated)) + 2 * work.rows + (1 << 20)
-    if pending:
-        check_free_space(work.part, needed, f"caching {int((work.status == PENDING).sum())} more images")
+    check_free_space(work.part, needed, f"caching {int((work.status == PENDING).sum())} more images")
 
 
 def _consume(results, work: _Work, plan: pd.DataFrame, fd: int, progress: bool, last_commit: float) -> None:
@@ -450,6 +454,11 @@ def _finalize(out_dir: Path, work: _Work, plan: pd.DataFrame, args: dict, source
             "versions": {**library_versions("numpy", "pandas", "pillow", "pydicom"), "platform": platform.platform()},
         },
     }
+    count, size = int(ok.sum()), args["size"]  # each row's digest, for prepare --verify (cache.verify_cache)
+    images = np.memmap(out_dir / IMAGES, dtype=np.uint8, mode="r", shape=(count, size, size))
+    atomic_write(out_dir / DIGESTS, row_digests(images).tobytes())
+    del images
+    meta["digests"] = digests_record(out_dir)
     atomic_write(out_dir / META, (json.dumps(meta, indent=2) + "\n").encode())
     _remove_tree(work.root)
     return meta
@@ -592,8 +601,8 @@ def _remove_tree(path: Path) -> None:
 
 def _remove_cache(out_dir: Path) -> None:
     """Delete this module's files only (meta.json first, so a crash leaves an 'incomplete' cache)."""
-    leftovers = [p.name for name in (META, INDEX, BOXES) for p in out_dir.glob(f".{name}.*.tmp")]  # atomic_write temps
-    for name in (META, INDEX, BOXES, IMAGES, IMAGES + ".tmp", *leftovers):
+    leftovers = [p.name for name in (META, INDEX, BOXES, DIGESTS) for p in out_dir.glob(f".{name}.*.tmp")]  # temps
+    for name in (META, INDEX, BOXES, DIGESTS, IMAGES, IMAGES + ".tmp", *leftovers):
         with contextlib.suppress(FileNotFoundError):
             (out_dir / name).unlink()
     _remove_tree(out_dir / WORK)
