@@ -632,16 +632,16 @@ def _verify(cache) -> int:
     r = verify_cache(cache)
     if r["added"]:
         print(f"{cache}: {r['rows']} rows; no digests were recorded (a cache from before chexnet recorded them): "
-              f"recorded them now (rows.blake2b, meta.json), so the next --verify compares against them")
+              "recorded them now (rows.blake2b, meta.json), so the next --verify compares against them")
         return 0
-    problems = [f"index.csv changed since it was written" if r["index_changed"] else "",
-                f"boxes.csv changed since it was written" if r["boxes_changed"] else "",
+    problems = ["index.csv changed since it was written" if r["index_changed"] else "",
+                "boxes.csv changed since it was written" if r["boxes_changed"] else "",
                 (f"{len(r['bad_rows'])} row(s) differ from their digests, e.g. "
                  + ", ".join(f"row {b['row']} ({b['image']})" for b in r["bad_rows"][:5])) if r["bad_rows"] else ""]
     problems = [p for p in problems if p]
     if problems:
         print(f"chexnet prepare --verify: {cache}: " + "; ".join(problems) + ": re-run chexnet prepare with "
-              f"--overwrite (or restore the cache from a good copy)", file=sys.stderr)
+              "--overwrite (or restore the cache from a good copy)", file=sys.stderr)
         return 1
     print(f"{cache}: all {r['rows']} rows, index.csv and boxes.csv match the digests recorded")
     return 0
