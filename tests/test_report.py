@@ -318,3 +318,109 @@ def test_without_derived_labels_the_outputs_are_as_before(evaluation_dir):
     assert table.attrs["derived"] == {} and not (out / "derived.csv").exists()
     assert json.loads((out / "metrics.json").read_text())["derived_labels"] == {}
     assert "Derived labels" not in (out / "report.md").read_text()
+
+
+# --------------------------------------------------------------------------- a run's own labels (not NIH's 14)
+
+OWN_LABELS = ("Lung Opacity", "Effusion", "Fracture")
+
+
+def own_label_predictions():
+    """12 images of 6 patients, 3 labels in the run's order; Fracture is missing on rows 10 and 11."""
+    y = np.array([[1, 0, 0], [0, 1, 1], [1, 1, 0], [0, 0, 0], [1, 0, 1], [0, 1, 0],
+                  [0, 0, 0], [1, 1, 1], [0, 0, 0], [1, 0, 0], [0, 1, np.nan], [0, 0, np.nan]])
+    p = np.array([[0.9, 0.2, 0.1], [0.3, 0.8, 0.7], [0.6, 0.4, 0.2], [0.2, 0.1, 0.3], [0.4, 0.3, 0.9],
+                  [0.5, 0.7, 0.1], [0.1, 0.6, 0.4], [0.8, 0.9, 0.6], [0.35, 0.2, 0.5], [0.7, 0.1, 0.2],
+                  [0.2, 0.5, 0.3], [0.45, 0.3, 0.8]])
+    images = [f"img{i:02d}.png" for i in range(12)]
+    return report.predictions_frame(images, np.arange(12) // 2, p, y, names=OWN_LABELS), y, p
+
+
+def test_a_run_on_its_own_labels_is_scored_per_label_with_published_numbers_only_for_nih(tmp_path):
+    """A 3-label run (CheXpert's Lung Opacity, NIH's Effusion, Fracture): AUROC per label is sklearn's on the
+    known rows; every output has exactly those labels, in the run's order; only Effusion has published AUROCs.
+    A derived label's rule takes its labels' columns of this run (Fracture is column 2, Effusion 1)."""
+    from sklearn.metrics import roc_auc_score
+
+    from chexnet.derived import DerivedLabel
+
+    df, y, p = own_label_predictions()
+    report.write_predictions(df, tmp_path / "predictions.csv")
+    back = report.read_predictions(tmp_path / "predictions.csv")
+    assert list(back.columns) == ["image", "patient_id", *(f"prob_{n}" for n in OWN_LABELS),
+                                  *(f"label_{n}" for n in OWN_LABELS)]
+    assert report.predicted_labels(back) == OWN_LABELS
+    val, _, _ = own_label_predictions()
+    attrs = pd.DataFrame({"sex": ["M", "F"] * 6, "age": [30] * 12, "view": ["PA"] * 12})
+    rule = DerivedLabel("Pleural or bone", "max", ("Fracture", "Effusion"))
+    target = np.array([1, 1, 0, 0, 1, 1, 0, 1, 0, 0, 1, 0], dtype=float)
+    full = report.write_evaluation(tmp_path / "eval", back, val, n_resamples=20, attributes=attrs, derived=[rule],
+                                   derived_y=target[:, None])
+    table = full.drop(index="Pleural or bone")
+
+    for j, name in enumerate(OWN_LABELS):
+        known = ~np.isnan(y[:, j])
+        assert table.loc[name, "auroc"] == pytest.approx(roc_auc_score(y[known, j], p[known, j]), abs=1e-12)
+    # 33 of 35 (positive, negative) pairs ranked right: the positive at 0.4 is below the negatives at 0.45 and 0.5
+    assert table.loc["Lung Opacity", "auroc"] == pytest.approx(33 / 35)
+    assert table.loc["Fracture", "n_pos"] == 3 and table.loc["Fracture", "prevalence"] == pytest.approx(0.3)
+    assert list(table.index) == [*OWN_LABELS, "Mean"]
+    assert table.loc["Effusion", "chexnet2017"] == pytest.approx(0.8638)
+    assert table.loc[["Lung Opacity", "Fracture", "Mean"], ["chexnet2017", "wang2017"]].isna().all().all()
+    assert table.attrs["labels_without_published"] == ["Lung Opacity", "Fracture"]
+
+    out = tmp_path / "eval"
+    assert list(pd.read_csv(out / "auroc.csv", index_col="pathology").index) == [*OWN_LABELS, "Mean",
+                                                                                 "Pleural or bone"]
+    data = json.loads((out / "metrics.json").read_text())
+    assert list(data["per_pathology"]) == list(OWN_LABELS) and data["mean"]["chexnet2017"] is None
+    assert any("No published AUROC for Lung Opacity, Fracture" in n for n in data["notes"])
+    assert set(data["published_sources"]) == {"chexnet2017", "wang2017"}
+    md = (out / "report.md").read_text()
+    assert "No published AUROC for Lung Opacity, Fracture" in md and "70/10/20" in md
+    sub = pd.read_csv(out / "subgroups.csv")
+    assert list(dict.fromkeys(sub["pathology"])) == list(OWN_LABELS)
+    from PIL import Image
+
+    for name in ("roc.png", "pr.png", "auroc_vs_published.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert Image.open(out / "roc.png").size == (3 * 4 * 80, 4 * 80)  # one 4-inch panel per label, in one row
+    score = p[:, [2, 1]].max(axis=1)
+    np.testing.assert_array_equal(pd.read_csv(out / "derived.csv")["score_Pleural or bone"], score)
+    assert full.loc["Pleural or bone", "auroc"] == pytest.approx(roc_auc_score(target, score), abs=1e-12)
+
+
+def test_labels_without_any_published_auroc_show_none_and_say_so(tmp_path):
+    df, _, _ = own_label_predictions()
+    df = df.drop(columns=["prob_Effusion", "label_Effusion"])
+    table = report.write_evaluation(tmp_path, df, n_resamples=10)
+    assert list(table.index) == ["Lung Opacity", "Fracture", "Mean"]
+    data = json.loads((tmp_path / "metrics.json").read_text())
+    assert data["published_sources"] == {} and not any("70/10/20" in n for n in data["notes"])
+    md = (tmp_path / "report.md").read_text()
+    assert "CheXNet'17" not in md and "70/10/20" not in md
+    assert "- none: no label of this run has a published AUROC" in md
+    assert "CheXNet'17" not in report.format_table(table)
+    assert (tmp_path / "auroc_vs_published.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_compare_runs_of_different_labels_uses_the_shared_ones_and_names_the_others(tmp_path):
+    a, y, p = own_label_predictions()
+    images, patients = a["image"].to_numpy(), a["patient_id"].to_numpy()
+    b_names = ("Effusion", "Cardiomegaly", "Lung Opacity")  # another order, one label A lacks
+    b_y = np.column_stack([y[:, 1], np.zeros(12), y[:, 0]])
+    b_p = np.column_stack([p[::-1, 1], np.full(12, 0.5), p[:, 0] ** 2])
+    b = report.predictions_frame(images, patients, b_p, b_y, names=b_names)
+    report.write_predictions(b, tmp_path / "b.csv")
+    table, text = report.compare_runs([("A", a), ("B", tmp_path / "b.csv")], out_dir=tmp_path / "cmp",
+                                      n_resamples=50)
+    assert list(table.index) == ["Lung Opacity", "Effusion", "Mean"]  # shared, in A's order
+    np.testing.assert_allclose(table.loc[["Lung Opacity", "Effusion"], "AUROC B"],
+                               auroc(y[:, :2], np.column_stack([p[:, 0] ** 2, p[::-1, 1]])))
+    assert "left out, not in every run: A's Fracture; B's Cardiomegaly" in text
+    assert table.attrs["labels_left_out"] == {"A": ["Fracture"], "B": ["Cardiomegaly"]}
+    assert "B better than A on" in text and "of 2 pathologies" in text
+    assert "Cardiomegaly" in (tmp_path / "cmp" / "compare.md").read_text()
+    with pytest.raises(ValueError, match="share no label"):
+        report.compare_runs([("A", a.drop(columns=["prob_Lung Opacity", "label_Lung Opacity", "prob_Effusion",
+                                                   "label_Effusion"])), ("B", b)])

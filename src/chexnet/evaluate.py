@@ -6,6 +6,8 @@ When the split is ``test``, validation predictions are made as well: the operati
 (sensitivity / specificity / F1) are chosen on them, never on the test set. A cache whose meta.json records
 derived labels (:mod:`chexnet.derived`, e.g. nih-google's ``Nodule or mass`` = max(Nodule, Mass)) has them
 scored too, by their rules over the run's probabilities, marked as derived in every output.
+Every output covers the run's own labels (its ``cfg.labels``, in its order: NIH's 14 by default, or any labels
+of the vocabulary it was trained on); published AUROCs stand beside the labels that have one (NIH's 14).
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ from chexnet.choices import SELECT_RULES, TTA_MODES
 from chexnet.data.cache import cache_labels
 from chexnet.data.dataset import open_split
 from chexnet.engine import StepContext, predict_distributed
-from chexnet.labels import PATHOLOGIES
 from chexnet.preprocess import Preprocessing, input_transform
 from chexnet.runs import (
     is_other_data,
@@ -67,9 +68,6 @@ def evaluate_run(run: str | Path, checkpoint: str = "best", split: str = "test",
         run_info = read_run_info(run)
         loaded = load_run_model(run, checkpoint, trust_changed=trust_changed)
         model, cfg, path, spec = loaded.model, loaded.cfg, loaded.path, loaded.spec
-        if tuple(cfg.labels) != PATHOLOGIES:
-            raise ValueError(f"{run}: trained on {len(cfg.labels)} labels ({', '.join(cfg.labels)}); evaluation and "
-                             f"its reports cover the 14 NIH pathologies only (predict and localize work on any set)")
         cache, _, index, meta = resolve_cache(run, run_info, cache, spec)
         external = is_other_data(run_info, cache, meta)
         out = run / "eval" / "external" / cache.resolve().name if external else run / "eval"
@@ -85,7 +83,7 @@ def evaluate_run(run: str | Path, checkpoint: str = "best", split: str = "test",
             rows, probs, labels = predict_split(model, cfg, cache, index, meta, name, tta, info, ctx, batch_size)
             if info.is_main:  # every rank predicted its shard; only rank 0 writes
                 frames[name] = report.predictions_frame(rows["image"].to_numpy(), rows["patient_id"].to_numpy(),
-                                                        probs, labels)
+                                                        probs, labels, names=cfg.labels)
                 if name == split:
                     attributes = rows[["sex", "age", "view"]].reset_index(drop=True)
                     derived_y = rows[[d.name for d in derived]].to_numpy(np.float64)
@@ -102,11 +100,7 @@ def evaluate_run(run: str | Path, checkpoint: str = "best", split: str = "test",
                             f"run's training data{overlap_note}" if external else "the run's own cache")}
         if derived:
             context["derived labels"] = "; ".join(f"{d.name} = {d.text} (not a model output)" for d in derived)
-        run_thresholds = None
-        if external:
-            chosen, _, _ = saved_thresholds(run, loaded)
-            run_thresholds = None if chosen is None else [np.nan if chosen.get(n) is None else chosen[n]
-                                                          for n in PATHOLOGIES]
+        run_thresholds = _run_thresholds(run, loaded) if external else None
         table = report.write_evaluation(out / split, frames[split], frames.get("val"),
                                         threshold_method=threshold_method, n_resamples=n_resamples, context=context,
                                         attributes=attributes, thresholds=run_thresholds, derived=derived,
@@ -120,6 +114,15 @@ def evaluate_run(run: str | Path, checkpoint: str = "best", split: str = "test",
         return table
     finally:
         dist.teardown()
+
+
+def _run_thresholds(run: Path, loaded) -> list | None:
+    """The run's own operating points (thresholds.json, when it belongs to this checkpoint), one per label of
+    the run in its order, NaN for a label without one; None without such a file."""
+    chosen, _, _ = saved_thresholds(run, loaded)
+    if chosen is None:
+        return None
+    return [np.nan if chosen.get(n) is None else chosen[n] for n in loaded.cfg.labels]
 
 
 def _derived_labels(cache: Path, meta: dict, model_labels) -> list:
@@ -200,7 +203,8 @@ def _selection_note(cfg, path: Path, checkpoint: str) -> str:
 
 
 def compare(runs: list[str], split: str = "test", out: str | None = None, n_resamples: int = 2000, seed: int = 0):
-    """Compare evaluated runs on the same images (``chexnet evaluate`` first). Prints and returns the table."""
+    """Compare evaluated runs on the same images (``chexnet evaluate`` first), over the labels they all have
+    (:func:`chexnet.report.compare_runs`: the others are named). Prints and returns the table."""
     from chexnet import report
 
     csvs = []

@@ -4,7 +4,8 @@ Plots use matplotlib's object API (``Figure`` + Agg via ``savefig``), never pypl
 nothing here changes the global backend.
 
 The table row / column names the plots and :mod:`chexnet.report` share (``MEAN_ROW``, ``PUBLISHED_COLUMNS``)
-are defined here; report imports them.
+are defined here; report imports them. Every plot draws the labels of the table it is given (its rows but Mean,
+in order: the run's labels), so a figure is sized by their number.
 """
 
 from __future__ import annotations
@@ -14,21 +15,32 @@ import math
 import numpy as np
 import pandas as pd
 
-from chexnet.labels import PATHOLOGIES
-
 MEAN_ROW = "Mean"
 PUBLISHED_COLUMNS = {"chexnet2017": "CheXNet 2017", "wang2017": "Wang et al. 2017"}
+MAX_COLUMNS = 4  # panels per row of a curve grid (14 labels: 4 x 4, 16 x 16 inches)
+PANEL_INCHES = 4
 
 
 def _figure(n_panels: int, title: str):
+    """A grid of ``n_panels`` square panels, at most :data:`MAX_COLUMNS` per row; the spare ones hidden."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(16, 16), layout="constrained")
-    axes = fig.subplots(4, 4).ravel()
+    cols = max(1, min(MAX_COLUMNS, n_panels))
+    rows = max(1, math.ceil(n_panels / cols))
+    fig = Figure(figsize=(PANEL_INCHES * cols, PANEL_INCHES * rows), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
     for ax in axes[n_panels:]:
         ax.set_visible(False)
     fig.suptitle(title)
     return fig, axes
+
+
+def _labels(table: pd.DataFrame, p: np.ndarray) -> list[str]:
+    """The labels of an evaluation table (its rows before Mean), one per column of ``p``."""
+    names = [str(n) for n in table.index if n != MEAN_ROW][: p.shape[1]]
+    if len(names) != p.shape[1]:
+        raise ValueError(f"the table has {len(names)} labels for {p.shape[1]} columns of scores")
+    return names
 
 
 def _known(y: np.ndarray, p: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray]:
@@ -39,11 +51,13 @@ def _known(y: np.ndarray, p: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray
 
 
 def plot_roc(y: np.ndarray, p: np.ndarray, table: pd.DataFrame, path) -> None:
-    """ROC curve per pathology (4 x 4 grid, 14 panels), each from the rows whose label is known."""
+    """ROC curve per label of ``table`` (one panel each, the columns of ``y`` / ``p`` in its order), each from
+    the rows whose label is known."""
     from sklearn.metrics import roc_curve
 
-    fig, axes = _figure(len(PATHOLOGIES), "ROC curves")
-    for c, (ax, name) in enumerate(zip(axes, PATHOLOGIES)):
+    names = _labels(table, p)
+    fig, axes = _figure(len(names), "ROC curves")
+    for c, (ax, name) in enumerate(zip(axes, names)):
         ax.plot([0, 1], [0, 1], color="0.7", lw=0.8, ls="--")
         ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="1 - specificity", ylabel="sensitivity")
         if math.isnan(table.loc[name, "auroc"]):
@@ -60,11 +74,12 @@ def plot_roc(y: np.ndarray, p: np.ndarray, table: pd.DataFrame, path) -> None:
 
 
 def plot_pr(y: np.ndarray, p: np.ndarray, table: pd.DataFrame, path) -> None:
-    """Precision-recall curve per pathology, with the prevalence (chance) line; known labels only."""
+    """Precision-recall curve per label of ``table``, with the prevalence (chance) line; known labels only."""
     from sklearn.metrics import precision_recall_curve
 
-    fig, axes = _figure(len(PATHOLOGIES), "Precision-recall curves")
-    for c, (ax, name) in enumerate(zip(axes, PATHOLOGIES)):
+    names = _labels(table, p)
+    fig, axes = _figure(len(names), "Precision-recall curves")
+    for c, (ax, name) in enumerate(zip(axes, names)):
         ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="recall", ylabel="precision")
         yc, pc = _known(y, p, c)
         if not (yc == 1).any():
@@ -79,14 +94,15 @@ def plot_pr(y: np.ndarray, p: np.ndarray, table: pd.DataFrame, path) -> None:
     fig.savefig(path, dpi=80)
 
 
-def _grouped_bars(series: dict[str, np.ndarray], path, title: str, errors: dict | None = None) -> None:
-    """Grouped bar chart of AUROC per pathology (+ mean), one bar per series."""
+def _grouped_bars(series: dict[str, np.ndarray], labels, path, title: str, errors: dict | None = None) -> None:
+    """Grouped bar chart of AUROC per label of ``labels`` (a table's rows, Mean included), one bar per series;
+    an inch per label (and more for many series), at least 8."""
     from matplotlib.figure import Figure
 
-    labels = [*PATHOLOGIES, MEAN_ROW]
+    labels = [str(n) for n in labels]
     x = np.arange(len(labels))
     width = 0.8 / len(series)
-    fig = Figure(figsize=(max(12, 1.0 * len(labels) * max(1, len(series) / 3)), 5.5), layout="constrained")
+    fig = Figure(figsize=(max(8, 1.0 * len(labels) * max(1, len(series) / 3)), 5.5), layout="constrained")
     ax = fig.subplots()
     lowest = 0.5
     for i, (name, values) in enumerate(series.items()):
@@ -113,14 +129,19 @@ def _grouped_bars(series: dict[str, np.ndarray], path, title: str, errors: dict 
 
 
 def plot_auroc_vs_published(table: pd.DataFrame, path) -> None:
-    """This model's AUROC (with bootstrap CI) next to the published CheXNet / Wang et al. values."""
+    """This model's AUROC (with bootstrap CI) per label next to the published CheXNet / Wang et al. values, a
+    bar where a label has one (NIH's 14: "n/a" for the others); without any, this model's bars alone."""
     series = {"this model": table["auroc"].to_numpy()}
-    series.update({label: table[col].to_numpy() for col, label in PUBLISHED_COLUMNS.items()})
+    published = {label: table[col].to_numpy(dtype=float) for col, label in PUBLISHED_COLUMNS.items()}
+    series.update({label: values for label, values in published.items() if np.isfinite(values).any()})
     errors = {"this model": (table["auroc_ci_low"].to_numpy(), table["auroc_ci_high"].to_numpy())}
-    _grouped_bars(series, path, "Per-pathology AUROC vs published (different test splits; see report.md)", errors)
+    title = ("Per-label AUROC vs published (different test splits; see report.md)" if len(series) > 1 else
+             "Per-label AUROC (no published AUROC for these labels; see report.md)")
+    _grouped_bars(series, table.index, path, title, errors)
 
 
 def plot_compare(table: pd.DataFrame, names, path) -> None:
-    """Per-pathology AUROC of each run (``AUROC <name>`` columns of a comparison table), grouped bars."""
-    _grouped_bars({name: table[f"AUROC {name}"].to_numpy() for name in names}, path,
-                  "Per-pathology AUROC on the same test images")
+    """Per-label AUROC of each run (``AUROC <name>`` columns of a comparison table, rows its labels and Mean),
+    grouped bars."""
+    _grouped_bars({name: table[f"AUROC {name}"].to_numpy() for name in names}, table.index, path,
+                  "Per-label AUROC on the same test images")

@@ -3,16 +3,23 @@
 The predictions file is the contract between ``chexnet evaluate`` (which writes it)
 and everything here (which reads it)::
 
-    image, patient_id, prob_Atelectasis, ..., prob_Hernia, label_Atelectasis, ..., label_Hernia
+    image, patient_id, prob_<label>, ..., label_<label>, ...
 
-one row per image, pathologies in NIH order (:data:`chexnet.labels.PATHOLOGIES`).
-Use :func:`predictions_frame` / :func:`write_predictions` / :func:`read_predictions`.
+one row per image, one ``prob_`` and one ``label_`` column per label of the run, in the run's order (its
+``cfg.labels``; a run on NIH's 14 pathologies, :data:`chexnet.labels.PATHOLOGIES`, writes ``prob_Atelectasis``
+... ``prob_Hernia``, ``label_Atelectasis`` ... ``label_Hernia`` as it always did). A table's labels are read from
+its columns (:func:`predicted_labels`), so every file written so far reads back. Use :func:`predictions_frame` /
+:func:`write_predictions` / :func:`read_predictions`.
 
 A label cell is 1, 0 or empty: missing (the dataset lacks the label, or its value is uncertain);
-in arrays a missing label is NaN. Every per-pathology number counts the rows whose label is
-known; a pathology with no known label in the evaluated split is *not scored*: its AUROC is NaN
+in arrays a missing label is NaN. Every per-label number counts the rows whose label is
+known; a label with no known label value in the evaluated split is *not scored*: its AUROC is NaN
 (an empty cell in auroc.csv, ``null`` in metrics.json), its note says "not in this dataset", and
 metrics.json lists it under ``labels_not_scored``.
+
+Published AUROCs (:func:`published_auroc`) exist for NIH's 14 pathologies only: a run's other labels (e.g.
+CheXpert's ``Lung Opacity``) have none (NaN), which the notes say, and a published mean is given only when
+every label in the model's mean has a published number.
 
 Derived labels (:mod:`chexnet.derived`: a data set's label that no model output stands for, scored by a rule
 over the probabilities, e.g. ``Nodule or mass`` = max(Nodule, Mass)) are not in the predictions file: their
@@ -44,9 +51,27 @@ from chexnet.plots import (
     plot_roc,
 )
 
-PROB_COLUMNS = tuple(f"prob_{name}" for name in PATHOLOGIES)
-LABEL_COLUMNS = tuple(f"label_{name}" for name in PATHOLOGIES)
-PREDICTION_COLUMNS = ("image", "patient_id", *PROB_COLUMNS, *LABEL_COLUMNS)
+PROB_PREFIX, LABEL_PREFIX = "prob_", "label_"
+
+
+def prob_columns(labels=PATHOLOGIES) -> tuple[str, ...]:
+    """The probability columns of a predictions table for ``labels``: ``prob_<label>`` each, in order."""
+    return tuple(f"{PROB_PREFIX}{name}" for name in labels)
+
+
+def label_columns(labels=PATHOLOGIES) -> tuple[str, ...]:
+    """The label columns of a predictions table for ``labels``: ``label_<label>`` each, in order."""
+    return tuple(f"{LABEL_PREFIX}{name}" for name in labels)
+
+
+def prediction_columns(labels=PATHOLOGIES) -> tuple[str, ...]:
+    """Every column of a predictions table for ``labels``, in the file's order."""
+    return ("image", "patient_id", *prob_columns(labels), *label_columns(labels))
+
+
+PROB_COLUMNS = prob_columns()  # a run on NIH's 14 pathologies (the default labels)
+LABEL_COLUMNS = label_columns()
+PREDICTION_COLUMNS = prediction_columns()
 
 COMPARABILITY_NOTE = (
     "Published AUROCs were not measured on these images. CheXNet (Rajpurkar et al. 2017) "
@@ -55,6 +80,8 @@ COMPARABILITY_NOTE = (
     "Read them as context for the order of magnitude, not as a head-to-head benchmark."
 )
 NOT_SCORED_NOTE = "not in this dataset"
+NO_PUBLISHED_NOTE = ("No published AUROC for {labels}: the published numbers cover NIH's 14 pathologies only; "
+                     "a published mean is n/a unless every label in the model's mean has one.")
 DERIVED_NOTE = "derived: "  # the note of a derived label (chexnet.derived) begins with it, then its rule
 DERIVED_SECTION = (
     "Labels of this data set that no model output stands for, each scored by the rule its cache records "
@@ -73,42 +100,56 @@ THRESHOLD_NOTES = {
 # --------------------------------------------------------------------------- predictions file
 
 
-def predictions_frame(images, patient_ids, probs, labels) -> pd.DataFrame:
-    """Build the predictions table (see module doc) from arrays: probs/labels are (n, 14).
+def predictions_frame(images, patient_ids, probs, labels, names=PATHOLOGIES) -> pd.DataFrame:
+    """Build the predictions table (see module doc) from arrays: probs/labels are (n, k), one column per label
+    of ``names`` (the run's labels, in its order; default NIH's 14).
 
     Labels are 0/1 (int8 columns); when any is NaN (missing) the label columns are nullable ``Int8``,
     missing cells ``<NA>`` (written as empty CSV cells).
     """
     probs = np.asarray(probs, dtype=np.float64)
     labels = np.asarray(labels)
-    n = len(images)
-    if probs.shape != (n, len(PATHOLOGIES)) or labels.shape != (n, len(PATHOLOGIES)) or len(patient_ids) != n:
+    n, k = len(images), len(names)
+    if probs.shape != (n, k) or labels.shape != (n, k) or len(patient_ids) != n:
         raise ValueError(
-            f"expected {n} images with patient ids, probs and labels of shape ({n}, {len(PATHOLOGIES)}); "
-            f"got {len(patient_ids)} patient ids, probs {probs.shape}, labels {labels.shape}"
+            f"expected {n} images with patient ids, probs and labels of shape ({n}, {k}) (labels "
+            f"{', '.join(names)}); got {len(patient_ids)} patient ids, probs {probs.shape}, labels {labels.shape}"
         )
     df = pd.DataFrame({"image": list(images), "patient_id": list(patient_ids)})
     if labels.dtype.kind == "f" and np.isnan(labels).any():
-        label_frame = pd.DataFrame(labels, columns=LABEL_COLUMNS).astype("Int8")
+        label_frame = pd.DataFrame(labels, columns=label_columns(names)).astype("Int8")
     else:
-        label_frame = pd.DataFrame(labels.astype(np.int8), columns=LABEL_COLUMNS)
-    df = pd.concat([df, pd.DataFrame(probs, columns=PROB_COLUMNS), label_frame], axis=1)
+        label_frame = pd.DataFrame(labels.astype(np.int8), columns=label_columns(names))
+    df = pd.concat([df, pd.DataFrame(probs, columns=prob_columns(names)), label_frame], axis=1)
     return df
 
 
+def predicted_labels(df: pd.DataFrame) -> tuple[str, ...]:
+    """The labels of a predictions table, in its order: those of its ``prob_`` columns, then those that only
+    have a ``label_`` column (a table missing a column, which :func:`read_predictions` names)."""
+    names = [str(c)[len(prefix):] for prefix in (PROB_PREFIX, LABEL_PREFIX) for c in df.columns
+             if str(c).startswith(prefix) and len(str(c)) > len(prefix)]
+    return tuple(dict.fromkeys(names))
+
+
 def write_predictions(df: pd.DataFrame, path) -> None:
-    """Write a predictions table as CSV (floats at full precision, so re-reading is lossless)."""
-    atomic_write(path, df.loc[:, list(PREDICTION_COLUMNS)].to_csv(index=False, float_format="%.17g"))
+    """Write a predictions table as CSV, its labels in its order (floats at full precision, so re-reading is
+    lossless)."""
+    columns = list(prediction_columns(predicted_labels(df)))
+    atomic_write(path, df.loc[:, columns].to_csv(index=False, float_format="%.17g"))
 
 
 def _validate_predictions(df: pd.DataFrame, where: str) -> pd.DataFrame:
-    missing = [c for c in PREDICTION_COLUMNS if c not in df.columns]
+    names = predicted_labels(df)
+    if not names:
+        raise ValueError(f"{where}: not a predictions table; no prob_<label> or label_<label> columns")
+    missing = [c for c in prediction_columns(names) if c not in df.columns]
     if missing:
         raise ValueError(f"{where}: not a predictions table; missing columns {missing[:5]}{' ...' if len(missing) > 5 else ''}")
     dup = df["image"].duplicated(keep=False)
     if dup.any():
         raise ValueError(f"{where}: duplicate image rows: {sorted(set(df.loc[dup, 'image']))[:10]}")
-    labels = df.loc[:, list(LABEL_COLUMNS)].to_numpy()
+    labels = df.loc[:, list(label_columns(names))].to_numpy()
     missing = pd.isna(labels)
     if missing.any():  # missing labels (NaN / <NA>, an empty CSV cell) are allowed
         labels = np.where(missing, 0, labels.astype(object))
@@ -127,11 +168,13 @@ def read_predictions(path) -> pd.DataFrame:
 
 
 def prediction_arrays(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(images, patient_ids, probs (n, 14) float64, labels (n, 14)) from a predictions table.
+    """(images, patient_ids, probs (n, k) float64, labels (n, k)) from a predictions table, one column per
+    label of :func:`predicted_labels`, in its order.
 
     Labels are uint8 0/1, or float64 with NaN where missing when any label is missing.
     """
-    label_block = df.loc[:, list(LABEL_COLUMNS)]
+    names = predicted_labels(df)
+    label_block = df.loc[:, list(label_columns(names))]
     if label_block.isna().to_numpy().any():
         labels = label_block.to_numpy(dtype=np.float64, na_value=np.nan)
     else:
@@ -139,7 +182,7 @@ def prediction_arrays(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndar
     return (
         df["image"].to_numpy(),
         df["patient_id"].to_numpy(),
-        df.loc[:, list(PROB_COLUMNS)].to_numpy(dtype=np.float64),
+        df.loc[:, list(prob_columns(names))].to_numpy(dtype=np.float64),
         labels,
     )
 
@@ -147,8 +190,9 @@ def prediction_arrays(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndar
 # --------------------------------------------------------------------------- published results
 
 
-def published_auroc() -> pd.DataFrame:
-    """Published per-pathology test AUROC (pathology x source), shipped with the package.
+def published_auroc(labels=PATHOLOGIES) -> pd.DataFrame:
+    """Published per-pathology test AUROC (label x source), shipped with the package, one row per label of
+    ``labels`` in its order: NaN for a label without published numbers (all but NIH's 14).
 
     ``df.attrs["citations"]`` maps each source column to its reference;
     ``df.attrs["notes"]`` keeps the file's other comment lines.
@@ -158,7 +202,7 @@ def published_auroc() -> pd.DataFrame:
     rows = [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
     header = rows[0].split(",")
     df = pd.DataFrame([r.split(",") for r in rows[1:]], columns=header).set_index("pathology").astype(float)
-    df = df.reindex(list(PATHOLOGIES))
+    df = df.reindex(list(labels))
     citations, notes = {}, []
     for line in comments:
         key, sep, rest = line.partition(":")
@@ -185,29 +229,33 @@ def evaluation_table(
     seed: int = 0,
     alpha: float = 0.05,
     thresholds=None,
+    labels=PATHOLOGIES,
 ) -> pd.DataFrame:
-    """Per-pathology metrics (14 rows in NIH order + "Mean").
+    """Per-label metrics: one row per label of ``labels`` (the columns of ``y`` and ``p``, in order; default
+    NIH's 14) + "Mean".
 
     Operating points: chosen on ``y_val`` / ``p_val`` (the validation split), or ``thresholds`` as given (one per
-    pathology, NaN for none: the run's own, for an external data set), or none.
+    label, NaN for none: the run's own, for an external data set), or none.
 
     Columns: prevalence, n_pos, auroc, auroc_ci_low, auroc_ci_high (patient bootstrap,
     percentile, ``1 - alpha``), auprc, threshold (chosen on ``y_val``/``p_val`` with
     ``threshold_method``), sensitivity, specificity, f1, chexnet2017, wang2017 (published
-    AUROC) and note. A pathology without positive or negative cases has NaN metrics (n/a)
-    and is left out of every mean; the published means use the same pathologies.
-    Without validation predictions the thresholded metrics are NaN. ``df.attrs`` keeps
-    the settings and notes.
+    AUROC; NaN for a label without one, see :func:`published_auroc`) and note. A label without positive or
+    negative cases has NaN metrics (n/a) and is left out of every mean; the published means use the same labels,
+    and are NaN when one of them has no published number. Without validation predictions the thresholded
+    metrics are NaN. ``df.attrs`` keeps the settings and notes (``labels_without_published``: the labels that
+    have no published AUROC).
 
     Labels may be NaN (missing): prevalence and n_pos count the known rows, every metric uses
     a pathology's known rows only, and a pathology with no known label is not scored (NaN
     metrics, n_pos <NA>, note "not in this dataset", listed in ``attrs["labels_not_scored"]``).
     """
+    labels = tuple(labels)
     yy, known, p = metrics._as_2d_known(y, p)
-    if yy.shape[1] != len(PATHOLOGIES):
-        raise ValueError(f"expected {len(PATHOLOGIES)} classes; got {yy.shape[1]}")
+    if yy.shape[1] != len(labels):
+        raise ValueError(f"expected {len(labels)} classes ({', '.join(labels)}); got {yy.shape[1]}")
     y = metrics._with_missing(yy, known)  # bool, or float with NaN where missing: what the metrics take
-    table, label_notes, ci, scored, defined = _ranking_metrics(y, p, patient_ids, PATHOLOGIES, n_resamples, seed,
+    table, label_notes, ci, scored, defined = _ranking_metrics(y, p, patient_ids, labels, n_resamples, seed,
                                                                alpha)
 
     notes = []
@@ -223,7 +271,7 @@ def evaluation_table(
         threshold_source = "run"
         notes.append("Thresholds: the run's own (thresholds.json, chosen on its validation split), not this data set's.")
     else:
-        thresholds = np.full(len(PATHOLOGIES), np.nan)
+        thresholds = np.full(len(labels), np.nan)
         threshold_source = None
         notes.append("No validation predictions were given: no thresholds, so no sensitivity/specificity/F1.")
     table["threshold"] = thresholds
@@ -231,28 +279,32 @@ def evaluation_table(
         if key != "ppv":
             table[key] = values
 
-    published = published_auroc()
-    for col in PUBLISHED_COLUMNS:
-        table[col] = published[col]
+    unpublished = _add_published(table)
+    if unpublished:
+        notes.append(NO_PUBLISHED_NOTE.format(labels=", ".join(unpublished)))
 
     table["note"] = label_notes
-    not_scored = [str(n) for n in np.array(PATHOLOGIES)[~scored]]
+    names = np.array(labels, dtype=object)
+    not_scored = [str(n) for n in names[~scored]]
     if not_scored:
         notes.append(f"Not scored (no known label in this split): {', '.join(not_scored)}; left out of all means.")
     if not (defined | ~scored).all():
-        skipped = ", ".join(np.array(PATHOLOGIES)[~defined & scored])
+        skipped = ", ".join(names[~defined & scored])
         notes.append(f"AUROC is n/a for {skipped} (a single class in this split); left out of all means.")
     if threshold_source and np.isnan(thresholds).any():
-        skipped = ", ".join(np.array(PATHOLOGIES)[np.isnan(thresholds)])
+        skipped = ", ".join(names[np.isnan(thresholds)])
         notes.append(f"No threshold for {skipped}: the validation split lacks positive (or negative) cases.")
 
     mean = table.loc[defined].drop(columns=["n_pos", "note"]).mean()  # floats only
     mean["prevalence"] = table["prevalence"].mean()
     mean["auroc_ci_low"], mean["auroc_ci_high"] = ci.mean_low, ci.mean_high
     mean["threshold"] = np.nan  # an average threshold means nothing
+    for col in PUBLISHED_COLUMNS:  # a published mean over fewer labels than the model's would not compare
+        if table.loc[defined, col].isna().any():
+            mean[col] = np.nan
     mean_row = mean.to_frame(MEAN_ROW).T
     mean_row["n_pos"] = pd.array([pd.NA], dtype="Int64")
-    mean_row["note"] = "" if defined.all() else f"mean over {int(defined.sum())} of {len(PATHOLOGIES)}"
+    mean_row["note"] = "" if defined.all() else f"mean over {int(defined.sum())} of {len(labels)}"
     table = pd.concat([table, mean_row[table.columns]])
     table.index.name = "pathology"
 
@@ -266,8 +318,18 @@ def evaluation_table(
         threshold_source=threshold_source,
         notes=notes,
         labels_not_scored=not_scored,
+        labels_without_published=unpublished,
     )
     return table
+
+
+def _add_published(table: pd.DataFrame) -> list[str]:
+    """Add the published AUROC columns (:data:`PUBLISHED_COLUMNS`) to ``table`` (indexed by label); returns the
+    labels that have no published number (NaN in every column)."""
+    published = published_auroc(table.index)
+    for col in PUBLISHED_COLUMNS:
+        table[col] = published[col].to_numpy()
+    return [str(n) for n in table.index[published[list(PUBLISHED_COLUMNS)].isna().all(axis=1).to_numpy()]]
 
 
 def _ranking_metrics(y, p, patient_ids, names, n_resamples: int, seed: int, alpha: float):
@@ -373,7 +435,8 @@ _DISPLAY = {
 def _text_cells(df: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     """Header and string cells; AUROC and its CI are merged into one "AUROC [95% CI]" cell."""
     has_ci = {"auroc", "auroc_ci_low", "auroc_ci_high"} <= set(df.columns)
-    cols = [c for c in df.columns if not (has_ci and c in ("auroc_ci_low", "auroc_ci_high"))]
+    cols = [c for c in df.columns if not (has_ci and c in ("auroc_ci_low", "auroc_ci_high"))
+            and not (c in PUBLISHED_COLUMNS and df[c].isna().all())]  # no label has a published number
     if "note" in cols and not df["note"].astype(bool).any():
         cols.remove("note")
     level = int(round(100 * (1 - df.attrs.get("alpha", 0.05))))
@@ -448,9 +511,10 @@ def write_evaluation(
     derived_y=None,
 ) -> pd.DataFrame:
     """Evaluate a predictions table and write ``metrics.json``, ``auroc.csv``, ``report.md``,
-    ``roc.png``, ``pr.png`` and ``auroc_vs_published.png`` into ``out_dir``.
+    ``roc.png``, ``pr.png`` and ``auroc_vs_published.png`` into ``out_dir``: one row (and plot panel) per label
+    of the table (:func:`predicted_labels`, in its order), published AUROCs beside those that have one.
 
-    ``val_predictions_df`` (same format) supplies the thresholds; ``context`` (e.g. run,
+    ``val_predictions_df`` (same format, same labels) supplies the thresholds; ``context`` (e.g. run,
     checkpoint, split, tta) is recorded in metrics.json and report.md. ``attributes`` (columns
     sex, age, view; one row per prediction, same order) adds ``subgroups.csv`` and a subgroup
     section to report.md (:mod:`chexnet.subgroups`). Returns the table (:func:`with_derived`'s).
@@ -467,21 +531,24 @@ def write_evaluation(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     predictions_df = _validate_predictions(predictions_df, "predictions")
+    names = predicted_labels(predictions_df)
     images, patients, p, y = prediction_arrays(predictions_df)
     metrics.check_finite(p, images)
     y_val = p_val = None
     if val_predictions_df is not None:
         val_predictions_df = _validate_predictions(val_predictions_df, "validation predictions")
+        if predicted_labels(val_predictions_df) != names:
+            raise ValueError(f"validation predictions have labels {list(predicted_labels(val_predictions_df))}; "
+                             f"the predictions have {list(names)}")
         val_images, _, p_val, y_val = prediction_arrays(val_predictions_df)
         metrics.check_finite(p_val, val_images)
     table = evaluation_table(
         y, p, patients, y_val, p_val, threshold_method=threshold_method, n_resamples=n_resamples, seed=seed,
-        alpha=alpha, thresholds=thresholds,
+        alpha=alpha, thresholds=thresholds, labels=names,
     )
-    extra = _write_derived(out_dir, images, patients, p, derived, derived_y, n_resamples, seed, alpha)
+    extra = _write_derived(out_dir, images, patients, p, names, derived, derived_y, n_resamples, seed, alpha)
     context = dict(context or {})
-    published = published_auroc()
-    citations = {k: v for k, v in published.attrs["citations"].items() if k in PUBLISHED_COLUMNS}
+    citations = _citations(table)
 
     full = with_derived(table, extra)
     atomic_write(out_dir / "auroc.csv", full.to_csv(float_format="%.6f"))
@@ -493,7 +560,8 @@ def write_evaluation(
         "mean": table.loc[MEAN_ROW].to_dict(),
         "labels_not_scored": list(table.attrs["labels_not_scored"]),
         "derived_labels": _derived_json(extra, derived),
-        "notes": table.attrs["notes"] + ([DERIVED_SECTION] if extra is not None else []) + [COMPARABILITY_NOTE],
+        "notes": table.attrs["notes"] + ([DERIVED_SECTION] if extra is not None else [])
+        + ([COMPARABILITY_NOTE] if citations else []),
         "published_sources": citations,
     }
     atomic_write(out_dir / "metrics.json", json.dumps(_json_safe(payload), indent=2) + "\n")
@@ -503,18 +571,27 @@ def write_evaluation(
     plot_auroc_vs_published(table, out_dir / "auroc_vs_published.png")
     sub_md = None
     if attributes is not None:
-        sub = subgroups.subgroup_table(y, p, patients, attributes, n_resamples=n_resamples, seed=seed, alpha=alpha)
+        sub = subgroups.subgroup_table(y, p, patients, attributes, n_resamples=n_resamples, seed=seed, alpha=alpha,
+                                       labels=names)
         atomic_write(out_dir / "subgroups.csv", sub.to_csv(index=False, float_format="%.6f"))
         sub_md = subgroups.subgroup_markdown(sub)
     atomic_write(out_dir / "report.md", _report_markdown(table, context, citations, sub_md, extra))
     return full
 
 
+def _citations(table: pd.DataFrame) -> dict[str, str]:
+    """{published column: its reference} when some label of ``table`` has a published AUROC; else {}."""
+    if set(table.index.drop(MEAN_ROW)) <= set(table.attrs["labels_without_published"]):
+        return {}
+    return {k: v for k, v in published_auroc().attrs["citations"].items() if k in PUBLISHED_COLUMNS}
+
+
 DERIVED_COLUMNS = ("prevalence", "n_pos", "auroc", "auroc_ci_low", "auroc_ci_high", "auprc", "note")
 
 
-def _write_derived(out_dir: Path, images, patients, p, derived, derived_y, n_resamples, seed, alpha):
-    """Score the derived labels (:func:`derived_table`) and write ``derived.csv``; None when there are none."""
+def _write_derived(out_dir: Path, images, patients, p, names, derived, derived_y, n_resamples, seed, alpha):
+    """Score the derived labels (:func:`derived_table`) by their rules over ``p`` (columns: the labels ``names``)
+    and write ``derived.csv``; None when there are none."""
     derived = list(derived)
     if not derived:
         return None
@@ -522,7 +599,7 @@ def _write_derived(out_dir: Path, images, patients, p, derived, derived_y, n_res
     if derived_y.shape != (len(images), len(derived)):
         raise ValueError(f"derived labels: expected values of shape ({len(images)}, {len(derived)}); "
                          f"got {derived_y.shape}")
-    scores = np.column_stack([d.score(p, PATHOLOGIES) for d in derived])
+    scores = np.column_stack([d.score(p, names) for d in derived])
     frame = pd.DataFrame({"image": list(images), "patient_id": list(patients)})
     for j, d in enumerate(derived):
         frame[f"score_{d.name}"] = scores[:, j]
@@ -566,9 +643,10 @@ def _report_markdown(table: pd.DataFrame, context: dict, citations: dict, subgro
                   f"{subgroups.MIN_POSITIVES} positives. Also in `subgroups.csv`.", "", subgroups_md, ""]
     lines += ["## Notes", ""]
     lines += [f"- {n}" for n in a["notes"]]
-    lines += [f"- {COMPARABILITY_NOTE}", ""]
+    lines += [f"- {COMPARABILITY_NOTE}", ""] if citations else [""]
     lines += ["## Published sources", ""]
-    lines += [f"- `{k}` ({PUBLISHED_COLUMNS[k]}): {v}" for k, v in citations.items()]
+    lines += [f"- `{k}` ({PUBLISHED_COLUMNS[k]}): {v}" for k, v in citations.items()] or [
+        "- none: no label of this run has a published AUROC (the published numbers cover NIH's 14 pathologies)"]
     lines += ["", "## Plots", "", "![ROC](roc.png)", "", "![PR](pr.png)", "", "![AUROC vs published](auroc_vs_published.png)", ""]
     return "\n".join(lines)
 
@@ -576,10 +654,39 @@ def _report_markdown(table: pd.DataFrame, context: dict, citations: dict, subgro
 # --------------------------------------------------------------------------- comparison
 
 
+def _read_runs(prediction_csvs) -> dict[str, pd.DataFrame]:
+    """{name: validated predictions table} from (name, path or DataFrame) pairs; names must be unique, the
+    probabilities finite."""
+    frames = {}
+    for name, src in prediction_csvs:
+        if name in frames:
+            raise ValueError(f"run name {name!r} given twice; names must be unique")
+        df = _validate_predictions(src, str(name)) if isinstance(src, pd.DataFrame) else read_predictions(src)
+        metrics.check_finite(df.loc[:, list(prob_columns(predicted_labels(df)))].to_numpy(dtype=float),
+                             df["image"].to_numpy())
+        frames[name] = df
+    return frames
+
+
+def _shared_labels(frames: dict[str, pd.DataFrame]) -> tuple[tuple[str, ...], dict[str, list[str]]]:
+    """(the labels every run has, in the first run's order; {run: its labels the others do not all have}, for
+    the runs that have such). ValueError when the runs share no label."""
+    per_run = {name: predicted_labels(df) for name, df in frames.items()}
+    first = next(iter(per_run.values()))
+    shared = tuple(n for n in first if all(n in labels for labels in per_run.values()))
+    if not shared:
+        raise ValueError("the runs share no label: " + "; ".join(f"{name}: {', '.join(labels)}"
+                                                                for name, labels in per_run.items()))
+    differ = {name: [n for n in labels if n not in shared] for name, labels in per_run.items()}
+    return shared, {name: left for name, left in differ.items() if left}
+
+
 def _align(frames: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
-    """Check all runs cover the same images with the same labels; reorder to the first run's order."""
+    """Check all runs cover the same images with the same labels (tables with the same label columns); reorder
+    to the first run's order."""
     names = list(frames)
     ref_name, ref = names[0], frames[names[0]]
+    columns = list(label_columns(predicted_labels(ref)))
     ref_images = pd.Index(ref["image"])
     out = {ref_name: ref.reset_index(drop=True)}
     for name in names[1:]:
@@ -594,8 +701,8 @@ def _align(frames: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
                 "Evaluate both on the same split (same cache and split file) before comparing."
             )
         aligned = df.set_index("image").loc[ref_images].reset_index()
-        this_labels = aligned.loc[:, list(LABEL_COLUMNS)].to_numpy(dtype=np.float64, na_value=np.nan)
-        ref_labels = ref.loc[:, list(LABEL_COLUMNS)].to_numpy(dtype=np.float64, na_value=np.nan)
+        this_labels = aligned.loc[:, columns].to_numpy(dtype=np.float64, na_value=np.nan)
+        ref_labels = ref.loc[:, columns].to_numpy(dtype=np.float64, na_value=np.nan)
         both_missing = np.isnan(this_labels) & np.isnan(ref_labels)  # missing in both runs: the same label
         mismatch = ((this_labels != ref_labels) & ~both_missing).any(axis=1)
         if mismatch.any():
@@ -609,38 +716,38 @@ def _align(frames: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
 
 def compare_runs(prediction_csvs, out_dir=None, alpha: float = 0.05, n_resamples: int = 2000,
                  seed: int = 0) -> tuple[pd.DataFrame, str]:
-    """Compare runs evaluated on the same images: per-pathology AUROC, wins and paired p-values.
+    """Compare runs evaluated on the same images: per-label AUROC, wins and paired p-values.
 
     ``prediction_csvs`` is a list of (name, path or predictions DataFrame); the first is
-    the reference A. For each other run B the table has columns ``AUROC <name>`` per
-    run, ``delta <B>`` (B - A) and ``p <B>``: two-sided, unadjusted for 14 comparisons, from
+    the reference A. The runs are compared on the labels they all have (rows in A's order); the labels only some
+    have are left out, named in the text and ``table.attrs["labels_left_out"]`` ({run: labels}). For each other
+    run B the table has columns ``AUROC <name>`` per
+    run, ``delta <B>`` (B - A) and ``p <B>``: two-sided, unadjusted for the number of labels, from
     :func:`chexnet.metrics.paired_auroc_test` -- a paired bootstrap over patients (``n_resamples``,
     ``seed``) when a patient has several images, as in NIH (the CIs are clustered by patient too), and
     the exact DeLong test only when every patient has one image. The text and ``compare.md`` name the
     method (``table.attrs["method"]``). Runs on different image sets are refused; the same set in a
     different order is aligned by image name. With ``out_dir``, writes ``compare.csv``, ``compare.md``
     and ``compare.png``. Returns (table, text summary). Missing labels (empty cells, NaN) are left out
-    per pathology; a pathology with no known label is not scored (NaN AUROC, left out of counts and means).
+    per label; a label with no known value is not scored (NaN AUROC, left out of counts and means).
     """
     if len(prediction_csvs) < 2:
         raise ValueError("compare needs at least two runs")
-    frames = {}
-    for name, src in prediction_csvs:
-        if name in frames:
-            raise ValueError(f"run name {name!r} given twice; names must be unique")
-        df = _validate_predictions(src, str(name)) if isinstance(src, pd.DataFrame) else read_predictions(src)
-        metrics.check_finite(df.loc[:, list(PROB_COLUMNS)].to_numpy(dtype=float), df["image"].to_numpy())
-        frames[name] = df
-    frames = _align(frames)
+    frames = _read_runs(prediction_csvs)
+    labels, left_out = _shared_labels(frames)
+    frames = _align({name: df.loc[:, list(prediction_columns(labels))] for name, df in frames.items()})
     names = list(frames)
     a_name = names[0]
     _, patients, p_a, y = prediction_arrays(frames[a_name])
     defined = metrics.defined_classes(y)
 
-    table = pd.DataFrame(index=pd.Index(list(PATHOLOGIES), name="pathology"))
+    table = pd.DataFrame(index=pd.Index(list(labels), name="pathology"))
     for name in names:
         table[f"AUROC {name}"] = metrics.auroc(y, prediction_arrays(frames[name])[2])
     lines = [f"{len(y)} images of {len(np.unique(patients))} patients; reference run A = {a_name!r}."]
+    if left_out:
+        lines.append(f"compared on the {len(labels)} labels every run has; left out, not in every run: "
+                     + "; ".join(f"{name}'s {', '.join(n)}" for name, n in left_out.items()) + ".")
     method = None
     for b_name in names[1:]:
         p_b = prediction_arrays(frames[b_name])[2]
@@ -657,18 +764,20 @@ def compare_runs(prediction_csvs, out_dir=None, alpha: float = 0.05, n_resamples
             f"{int((sig & (delta < 0)).sum())} worse."
         )
     scored = ~np.isnan(y).all(axis=0) if y.dtype.kind == "f" else np.ones(y.shape[1], dtype=bool)
+    label_names = np.array(labels, dtype=object)
     if not (defined | ~scored).all():
         lines.append(f"n/a (single class in this split, left out of counts and means): "
-                     f"{', '.join(np.array(PATHOLOGIES)[~defined & scored])}.")
+                     f"{', '.join(label_names[~defined & scored])}.")
     if not scored.all():
         lines.append(f"not scored (no known label in this split, left out of counts and means): "
-                     f"{', '.join(np.array(PATHOLOGIES)[~scored])}.")
+                     f"{', '.join(label_names[~scored])}.")
     lines.append(f"p-values: {method}, two-sided.")
     mean = table.loc[defined].mean()
     for b_name in names[1:]:
         mean[f"p {b_name}"] = np.nan
     table.loc[MEAN_ROW] = mean
     table.attrs["method"] = method
+    table.attrs["labels_left_out"] = left_out
     text = "\n".join(lines)
 
     if out_dir is not None:

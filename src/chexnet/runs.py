@@ -144,10 +144,11 @@ THRESHOLDS = "thresholds.json"
 
 
 def save_thresholds(run: Path, loaded: LoadedRun, table, method: str) -> None:
-    """RUN/thresholds.json: the per-pathology operating points chosen on the validation split for this checkpoint
-    (``chexnet predict`` and ``chexnet export`` pick them up; they belong to that checkpoint only)."""
+    """RUN/thresholds.json: the per-label operating points (the run's labels, ``loaded.cfg.labels``) chosen on the
+    validation split for this checkpoint (``chexnet predict`` and ``chexnet export`` pick them up; they belong to
+    that checkpoint only)."""
     thresholds = {name: (None if table.loc[name, "threshold"] != table.loc[name, "threshold"] else
-                         float(table.loc[name, "threshold"])) for name in PATHOLOGIES}
+                         float(table.loc[name, "threshold"])) for name in loaded.cfg.labels}
     atomic_write(run / THRESHOLDS, json.dumps({
         "checkpoint": loaded.path.name, "epoch": loaded.epoch, "global_step": loaded.global_step,
         "method": method, "chosen_on": "val", "thresholds": thresholds}, indent=2) + "\n")

@@ -2,16 +2,16 @@
 
 A model can be good on average and poor for a group (AP films come from sicker, bed-bound patients; the very
 old and the very young are few). ``chexnet evaluate`` writes the table below as ``subgroups.csv`` and as a
-section of ``report.md``. One row per (group, subgroup, pathology)::
+section of ``report.md``. One row per (group, subgroup, label), labels the run's, in its order::
 
     group, subgroup, pathology, n, n_pos, auroc, auroc_ci_low, auroc_ci_high
 
-``n`` images of the subgroup, ``n_pos`` of them positive for the pathology. The AUROC and its 95% CI
-(percentile bootstrap over the subgroup's patients) are left blank where a cell has fewer than
+``n`` images of the subgroup, ``n_pos`` of them positive for the label (the ``pathology`` column). The AUROC and
+its 95% CI (percentile bootstrap over the subgroup's patients) are left blank where a cell has fewer than
 :data:`MIN_POSITIVES` positives (or no negative): too few to say anything.
 
 Labels may be NaN (missing): ``n_pos`` counts known positives, "no negative" means no known negative,
-and the AUROC and CI use the cell's known rows only; a pathology missing for the whole subgroup is blank.
+and the AUROC and CI use the cell's known rows only; a label missing for the whole subgroup is blank.
 """
 
 from __future__ import annotations
@@ -50,13 +50,16 @@ def subgroup_masks(attributes: pd.DataFrame) -> list[tuple[str, str, np.ndarray]
 
 
 def subgroup_table(y, p, patient_ids, attributes: pd.DataFrame, n_resamples: int = 1000, seed: int = 0,
-                   alpha: float = 0.05) -> pd.DataFrame:
-    """The long table described in the module docstring (labels ``y`` (NaN: missing) and scores ``p`` are (n, 14))."""
+                   alpha: float = 0.05, labels=PATHOLOGIES) -> pd.DataFrame:
+    """The long table described in the module docstring: labels ``y`` (NaN: missing) and scores ``p`` are (n, k),
+    one column per label of ``labels`` (default NIH's 14)."""
     yy, known, p = metrics._as_2d_known(y, p)
     y = metrics._with_missing(yy, known)  # bool, or float with NaN where missing
     patient_ids = np.asarray(patient_ids)
     if len(attributes) != len(y):
         raise ValueError(f"subgroup attributes have {len(attributes)} rows for {len(y)} predictions")
+    if len(labels) != y.shape[1]:
+        raise ValueError(f"{len(labels)} label names ({', '.join(labels)}) for {y.shape[1]} columns of labels")
     rows = []
     for group, sub, mask in subgroup_masks(attributes.reset_index(drop=True)):
         ys, ps = y[mask], p[mask]
@@ -71,13 +74,13 @@ def subgroup_table(y, p, patient_ids, attributes: pd.DataFrame, n_resamples: int
             ci = metrics.bootstrap_auroc_ci(ys[:, cols], ps[:, cols], groups=patient_ids[mask],
                                             n_resamples=n_resamples, seed=seed, alpha=alpha)
             low[cols], high[cols] = ci.low, ci.high
-        for c, name in enumerate(PATHOLOGIES[: y.shape[1]]):
+        for c, name in enumerate(labels):
             rows.append((group, sub, name, int(mask.sum()), int(n_pos[c]), auc[c], low[c], high[c]))
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
 def subgroup_markdown(table: pd.DataFrame) -> str:
-    """A pathology x subgroup Markdown table of "AUROC [CI]" cells (blank: fewer than 5 positives)."""
+    """A label x subgroup Markdown table of "AUROC [CI]" cells (blank: fewer than 5 positives)."""
     keys = list(dict.fromkeys(zip(table["group"], table["subgroup"])))
     header = ["pathology"] + [f"{g} {s}" for g, s in keys]
     n_row = ["images (n)"] + [str(int(table[(table["group"] == g) & (table["subgroup"] == s)]["n"].iloc[0]))

@@ -133,3 +133,48 @@ def test_an_nih_run_on_nih_expert_labels_scores_the_derived_findings(trained_run
     assert "| Nodule or mass (derived: max(Nodule, Mass)) |" in md and "mean over scored model labels" in md
     assert "derived labels (scored by a rule over the model's outputs, not model outputs): Nodule or mass" in md
     assert "Nodule or mass (derived: max(Nodule, Mass))" in proc.stdout
+
+
+def test_a_run_on_a_subset_of_labels_is_evaluated_and_compared_on_its_own_labels(tiny_cache, tiny_cfg, trained_run,
+                                                                                  copy_run, tmp_path, chexnet_main):
+    """A run trained on 3 of NIH's labels, not in NIH's order: evaluate (and the cross-dataset table) cover exactly
+    those, in the run's order, AUROC as sklearn's on its predictions; compare with an NIH-14 run uses the 3 shared
+    labels and names the others."""
+    from sklearn.metrics import roc_auc_score
+
+    from chexnet.evaluate import evaluate_across
+    from chexnet.train import train
+
+    labels = ["Effusion", "Cardiomegaly", "Pneumothorax"]
+    run = tmp_path / "subset"
+    train(tiny_cfg(labels=labels), tiny_cache, run, progress=False)
+    long = evaluate_across(run, [tiny_cache], n_resamples=20)
+
+    out = run / "eval" / "test"
+    for f in (*OUTPUTS, "subgroups.csv"):
+        assert (out / f).stat().st_size > 0, f
+    preds = pd.read_csv(out / "predictions.csv", dtype={"image": str})
+    assert list(preds.columns) == ["image", "patient_id", *(f"prob_{n}" for n in labels),
+                                   *(f"label_{n}" for n in labels)]
+    assert list(pd.read_csv(run / "eval" / "val" / "predictions.csv").columns) == list(preds.columns)
+    table = pd.read_csv(out / "auroc.csv", index_col=0)
+    assert list(table.index) == [*labels, "Mean"]
+    for name in labels:
+        y, p = preds[f"label_{name}"].to_numpy(), preds[f"prob_{name}"].to_numpy()
+        if 0 < y.sum() < len(y):
+            assert table.loc[name, "auroc"] == pytest.approx(roc_auc_score(y, p), abs=1e-6)
+    assert table.loc["Effusion", "chexnet2017"] == pytest.approx(0.8638)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert list(metrics["per_pathology"]) == labels
+    assert list(dict.fromkeys(pd.read_csv(out / "subgroups.csv")["pathology"])) == labels
+    assert list(json.loads((run / "thresholds.json").read_text())["thresholds"]) == labels
+    assert list(dict.fromkeys(long["label"])) == labels
+    assert (run / "eval" / "external" / "cross_dataset.png").stat().st_size > 0
+
+    nih = copy_run(trained_run, "nih")
+    chexnet_main("evaluate", nih, "--bootstrap", "20")
+    proc = chexnet_main("compare", run, nih, "--resamples", "50")
+    left = ", ".join(n for n in PATHOLOGIES if n not in labels)
+    assert f"compared on the 3 labels every run has; left out, not in every run: nih's {left}." in proc.stdout
+    compared = pd.read_csv(nih / "eval" / "test" / "compare" / "compare.csv", index_col=0)
+    assert list(compared.index) == [*labels, "Mean"]
