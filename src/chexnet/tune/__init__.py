@@ -3,7 +3,7 @@
 ::
 
     chexnet tune --cache cache/nih-256 --out studies/s1 --config keras-horovod --space report --trials 50
-    chexnet tune --cache cache/nih-256 --out studies/s1 --storage postgresql://u:p@db/chexnet ...   # many machines
+    chexnet tune --cache cache/nih-256 --out studies/s1 --storage postgresql+psycopg://u:p@db/chexnet  # many machines
     chexnet tune --summary studies/s1
 
 ``STUDY/`` holds ``study.db`` (SQLite; or any Optuna RDB URL with ``--storage``), ``trials/NNNN/`` (one run
@@ -27,7 +27,8 @@ labels, the input size) and every model the space can draw, built once with its 
 running ones on other machines included; trials enqueued with Optuna's ``enqueue_trial`` wait, and run first),
 so running the same command again resumes an interrupted study and a larger N extends it. Processes that start
 a trial at the same moment can overshoot N by one each. Every trial's heartbeat is recorded in the storage: a
-trial whose process died (killed, machine lost) is marked FAILED by the next process that starts a trial.
+trial whose process died (killed, machine lost) is marked FAILED by the next process that starts a trial, or
+by the next ``chexnet tune`` on the study even if it has nothing to run.
 
 Modules: ``study`` (TuneOptions, the checks, the study and its loop), ``trials`` (TrialSetup, the objective;
 training in this process or in K; the pruning callback and the pruner), ``storage`` (URLs, the RDB storage,

@@ -1,10 +1,12 @@
 """Where a study lives: its storage URL (SQLite in STUDY/study.db by default, or any Optuna RDB URL), the RDB
 storage with SQLite lock waits and heartbeats, retries while the database is busy, a trial found by number,
-and the URL as messages show it (without its password)."""
+and the URL as messages and records show it (without its password)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -46,8 +48,13 @@ def open_storage(url: str, heartbeat: bool = True):
                      else {"pool_pre_ping": True})  # long trials: reconnect if the server dropped an idle link
     hb = {"heartbeat_interval": HEARTBEAT_S, "grace_period": GRACE_S} if heartbeat else {}
     with quiet_optuna() as optuna:  # heartbeats are experimental
-        return retry(lambda: optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **hb),
-                     f"storage {display_url(url)}", also=(sqlalchemy.exc.IntegrityError,))
+        try:
+            return retry(lambda: optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **hb),
+                         f"storage {display_url(url)}", also=(sqlalchemy.exc.IntegrityError,))
+        except ImportError as exc:  # SQLAlchemy found no driver for the URL's dialect
+            raise RuntimeError(f"storage {display_url(url)}: no database driver for it ({exc.__cause__ or exc}); "
+                               f"for PostgreSQL: pip install 'chexnet[postgres]' (psycopg) and a "
+                               f"postgresql+psycopg:// URL") from exc
 
 
 def display_url(url: str) -> str:
@@ -57,6 +64,18 @@ def display_url(url: str) -> str:
         user = tail.split("@", 1)[0].split(":", 1)[0]
         return f"{head}{sep}{user}:***@{tail.split('@', 1)[1]}"
     return url
+
+
+@contextlib.contextmanager
+def argv_without_passwords():
+    """``sys.argv`` with every URL's password hidden (:func:`display_url`), for the block: a trial's training
+    records ``sys.argv`` in its run.json, and ``--storage URL``'s password must not be written there."""
+    saved = sys.argv
+    sys.argv = [display_url(a) for a in saved]
+    try:
+        yield
+    finally:
+        sys.argv = saved
 
 
 def study_and_trial_id(storage, study_name: str, number: int) -> tuple[int, int]:

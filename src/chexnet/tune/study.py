@@ -83,11 +83,13 @@ def _tune(base: TrainConfig, opts: TuneOptions) -> dict:
                        study_name=name, pruner=pruner, storage=storage, nproc_per_trial=opts.nproc_per_trial)
     ran: list[int] = []
     failed_with = None
+    _fail_dead_trials(study)  # also when no trial starts here (Optuna checks only when one does)
     already = _started(study)
     if already >= opts.trials:
         note(f"the study holds {already} trial(s), --trials {opts.trials}: nothing to run (raise --trials to add more)")
     else:
         failed_with = _optimize(study, setup, opts, already, ran)
+        _fail_dead_trials(study)  # those that went silent during this process's last trial
     table = write_outputs(study, study_dir, plots=True)
     print(format_table(table))
     print_best(study, study_dir)
@@ -165,6 +167,14 @@ def repeated_failure(study, times: int = SAME_FAILURES_STOP) -> str | None:
     if all(e == last[0] for e in errors):
         return f"every trial so far failed with: {last[0]}"
     return f"every trial so far failed, the last {times} with: {last[0]}"
+
+
+def _fail_dead_trials(study) -> None:
+    """Mark FAILED the running trials whose heartbeat stopped more than GRACE_S ago (their process was killed,
+    their machine lost): Optuna does it only when a trial starts, so a study that was already full when a process
+    died kept that trial RUNNING for good."""
+    with quiet_optuna() as optuna:  # experimental
+        retry(lambda: optuna.storages.fail_stale_trials(study), f"study {study.study_name}")
 
 
 def _started(study) -> int:

@@ -24,7 +24,7 @@ from chexnet.choices import PRUNERS, SELECT_RULES
 from chexnet.config import TrainConfig, apply_overrides, config_from_dict, save_config
 from chexnet.searchspace import SearchSpace
 from chexnet.tune._optuna import optuna_module
-from chexnet.tune.storage import frozen_trial, open_storage, study_and_trial_id
+from chexnet.tune.storage import argv_without_passwords, frozen_trial, open_storage, study_and_trial_id
 
 OBJECTIVES = SELECT_RULES  # a study optimises what its trials select best.pt by
 
@@ -174,7 +174,8 @@ class TrialSetup:
         else:
             from chexnet.train import train
 
-            train(cfg, self.cache, run_dir, progress=False, epoch_callback=TrialReporter(trial, cfg.select))
+            with argv_without_passwords():  # run.json records argv: chexnet tune ... --storage URL
+                train(cfg, self.cache, run_dir, progress=False, epoch_callback=TrialReporter(trial, cfg.select))
 
 
 # ------------------------------------------------------------------------------------ reporting from training
@@ -224,7 +225,8 @@ def trial_worker(storage: str, study_name: str, number: int, pruner: dict, cache
     from chexnet.train import train
 
     try:
-        train(cfg, cache, run, progress=False, epoch_callback=TrialReporter(attach, cfg.select))
+        with argv_without_passwords():  # run.json records argv: chexnet tune-trial --storage URL ...
+            train(cfg, cache, run, progress=False, epoch_callback=TrialReporter(attach, cfg.select))
     except Exception as exc:
         if is_main:  # the parent records this message (the launcher only knows the exit code)
             with contextlib.suppress(Exception):
