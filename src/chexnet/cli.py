@@ -375,6 +375,21 @@ def _add_serve(sub) -> None:
                    help="refuse images with more pixels than this, from the header, before decoding (default 100 megapixels)")
     p.add_argument("--workers", type=int, default=1, help="server processes, each with its own model and batcher "
                    "(default 1; the cores are shared between them)")
+    g = p.add_argument_group("slow and hostile clients", "limits that keep a server answering while some clients "
+                             "send a few bytes at a time or too much at once; each is per worker process")
+    g.add_argument("--header-timeout", type=float, default=10.0, metavar="S", help="the request line and headers "
+                   "must arrive within S seconds (default 10); else 408 and the connection closes (one that sends "
+                   "nothing just closes). Idle kept-alive connections close after 5 s")
+    g.add_argument("--body-timeout", type=float, default=60.0, metavar="S", help="an upload's body must arrive "
+                   "within S seconds of its headers (default 60); else 408. Raise it for slow links")
+    g.add_argument("--max-header-kb", type=int, default=16, metavar="KB", help="largest request line + headers, "
+                   "KiB (default 16); 431 over it, refused before more is buffered")
+    g.add_argument("--max-uploads", type=int, default=32, metavar="N", help="uploads read or decoded at once "
+                   "(default 32; each holds up to --max-upload-mb in memory); 503 with Retry-After over it")
+    g.add_argument("--max-queue", type=int, default=128, metavar="N", help="decoded images waiting for a forward "
+                   "pass (default 128); 503 with Retry-After over it")
+    g.add_argument("--max-connections", type=int, default=512, metavar="N", help="open connections and requests in "
+                   "progress (uvicorn's limit_concurrency; default 512); requests beyond it get 503 with Retry-After")
 
 
 def _add_localize(sub) -> None:
@@ -552,7 +567,9 @@ def cmd_serve(args) -> int:
         model=args.model, checkpoint=args.checkpoint, threshold=parse_threshold(args.threshold), host=args.host,
         port=args.port, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, token_file=args.token_file,
         max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels, workers=args.workers,
-        trust_changed=args.trust_changed))
+        trust_changed=args.trust_changed, header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout,
+        max_header_kb=args.max_header_kb, max_uploads=args.max_uploads, max_queue=args.max_queue,
+        max_connections=args.max_connections))
 
 
 def cmd_localize(args) -> int:

@@ -14,6 +14,7 @@ import sys
 from chexnet.serve.config import ENV, ServeConfig
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+KEEP_ALIVE_S = 5  # an idle kept-alive connection closes after it (uvicorn's timeout_keep_alive)
 
 
 def serve(cfg: ServeConfig) -> int:
@@ -24,6 +25,8 @@ def serve(cfg: ServeConfig) -> int:
     uvicorn = require("uvicorn", "serve", "chexnet serve")
     cfg.check()
     os.environ[ENV] = cfg.to_env()
+    from chexnet.serve.protocol import GuardedH11Protocol  # passed as a class: uvicorn takes one in every version
+
     if cfg.host not in LOCAL_HOSTS:
         print(f"chexnet serve: listening on {cfg.host}, beyond this machine. Put a TLS reverse proxy in front "
               f"(uploads are medical images){'' if cfg.token_file else ' and use --token-file'}.", file=sys.stderr)
@@ -33,9 +36,12 @@ def serve(cfg: ServeConfig) -> int:
     # nothing turns that into a normal return, so a SIGTERM stop exits 0 as supervisors expect.
     previous = {s: signal.signal(s, lambda sig, frame: None) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
+        # h11 with chexnet's guards (header deadline, 431, 503 + Retry-After, unread bodies: see protocol.py)
         uvicorn.run("chexnet.serve.app:app_from_env", factory=True, host=cfg.host, port=cfg.port,
                     workers=cfg.workers if cfg.workers > 1 else None, access_log=False, log_level="info",
-                    timeout_graceful_shutdown=60, server_header=False)
+                    timeout_graceful_shutdown=60, server_header=False,
+                    http=GuardedH11Protocol, timeout_keep_alive=KEEP_ALIVE_S,
+                    h11_max_incomplete_event_size=cfg.max_header_kb * 1024, limit_concurrency=cfg.max_connections)
     finally:
         for s, h in previous.items():
             signal.signal(s, h)

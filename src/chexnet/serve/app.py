@@ -8,6 +8,12 @@ the model's identity, timing and request id), ``POST /v1/heatmap?finding=NAME`` 
 The model loads during start-up, before the process accepts connections; if it fails to load, the server stays
 up and ``/readyz`` and every ``/v1`` route answer 503 with the reason. Everything that touches the network
 runs on one model thread; decoding runs in worker threads; the event loop only moves bytes.
+
+Memory stays bounded under any load: at most ``max_uploads`` uploads are read or decoded at once and at most
+``max_queue`` decoded images wait for a forward pass; beyond either, 503 with ``Retry-After`` at once. A body
+over ``max_upload_mb`` is refused from its Content-Length before it is read (or where it crosses the limit),
+and one that does not arrive within ``body_timeout_s`` is answered 408. Headers (their size and deadline) and
+connections are guarded below the app, in :mod:`chexnet.serve.protocol`.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import asyncio
 import hmac
 import logging
 import time
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from importlib import resources
@@ -25,12 +32,13 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from chexnet.data.imageio import ImageReadError
-from chexnet.serve.batcher import Batcher
+from chexnet.serve.batcher import Batcher, QueueFull
 from chexnet.serve.config import ServeConfig, read_token
 from chexnet.serve.telemetry import AccessLog, Metrics, log
-from chexnet.serve.uploads import UploadError, read_upload
+from chexnet.serve.uploads import UploadError, check_declared_size, read_upload
 
 IMAGE_STATUS = {"too_many_pixels": 413}  # every other unreadable upload is 422
+RETRY = {"Retry-After": "1"}  # on the 503s of a full server (uploads, queue)
 SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store",
                     "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; "
                                                "object-src 'none'; frame-ancestors 'none'"}
@@ -52,7 +60,21 @@ class State:
         self.load_error: str | None = None
         self.model_thread = ThreadPoolExecutor(1, thread_name_prefix="chexnet-model")
         self.batcher: Batcher | None = None
-        self.metrics = Metrics(lambda: self.batcher.depth() if self.batcher else 0)
+        self.uploads = 0  # being read or decoded now (at most cfg.max_uploads)
+        self.metrics = Metrics(lambda: self.batcher.depth() if self.batcher else 0, lambda: self.uploads)
+
+    @contextmanager
+    def upload_slot(self):
+        """One of ``max_uploads``, held while an upload is read and decoded: 503 with Retry-After when all are
+        taken (by slow clients, say), so that uploads in memory stay bounded and a full server answers at once."""
+        if self.uploads >= self.cfg.max_uploads:
+            raise ApiError(503, "busy", f"{self.uploads} uploads are being read already (--max-uploads); retry "
+                                        f"shortly", RETRY)
+        self.uploads += 1
+        try:
+            yield
+        finally:
+            self.uploads -= 1
 
     def ready_model(self):
         if self.model is None:
@@ -81,7 +103,7 @@ def create_app(cfg: ServeConfig) -> FastAPI:
     async def lifespan(app: FastAPI):
         loop = asyncio.get_running_loop()
         state.batcher = Batcher(lambda rows: state.model.probabilities(rows), state.model_thread, cfg.max_batch,
-                                cfg.max_wait_ms, state.metrics.on_batch)
+                                cfg.max_wait_ms, state.metrics.on_batch, cfg.max_queue)
         state.batcher.start()
         # loaded before this process accepts a connection: with --workers N no worker takes requests it cannot
         # answer yet (the socket is shared); a model that fails to load leaves the server up to say why
@@ -111,10 +133,27 @@ def create_app(cfg: ServeConfig) -> FastAPI:
         if not hmac.compare_digest(given.strip().encode("utf-8"), state.token):
             raise ApiError(403, "forbidden", "wrong token")
 
+    def refuse_early(request: Request, queue: bool = True) -> None:
+        """What can be refused before a byte of the body is read: too large by Content-Length, a full queue."""
+        try:
+            check_declared_size(request, cfg.max_upload_bytes)
+        except UploadError as exc:
+            raise ApiError(exc.status, exc.kind, exc.message) from None
+        if queue and state.batcher.full():
+            raise ApiError(503, "queue_full", f"{state.batcher.depth()} images wait for a forward pass already "
+                                              f"(--max-queue); retry shortly", RETRY)
+
+    async def submit(row):
+        try:
+            return await state.batcher.submit(row)
+        except QueueFull as exc:
+            raise ApiError(503, "queue_full", f"{exc}; retry shortly", RETRY) from None
+
     async def upload_and_decode(request: Request, keep_original: bool = False, row: bool = True):
+        """Read and decode the upload; the caller holds an upload slot."""
         model = state.ready_model()
         try:
-            upload = await read_upload(request, cfg.max_upload_bytes)
+            upload = await read_upload(request, cfg.max_upload_bytes, timeout=cfg.body_timeout_s)
         except UploadError as exc:
             raise ApiError(exc.status, exc.kind, exc.message) from None
         started = time.perf_counter()
@@ -143,8 +182,11 @@ def create_app(cfg: ServeConfig) -> FastAPI:
     @app.post("/v1/predict", dependencies=v1, summary="14 probabilities and the findings above threshold")
     async def predict(request: Request):
         t0 = time.perf_counter()
-        model, upload, row, _, decode_ms = await upload_and_decode(request)
-        probs, timing = await state.batcher.submit(row)
+        state.ready_model()
+        refuse_early(request)
+        with state.upload_slot():
+            model, upload, row, _, decode_ms = await upload_and_decode(request)
+        probs, timing = await submit(row)
         return {**model.result(upload.name, probs),
                 "model": model.identity,
                 "timing_ms": {"decode": round(decode_ms, 2), "queue": round(timing.queue_ms, 2),
@@ -158,29 +200,36 @@ def create_app(cfg: ServeConfig) -> FastAPI:
         from chexnet.serve.model import png_bytes
 
         name = finding_of(state.ready_model(), finding)
-        model, _, row, original, _ = await upload_and_decode(request, keep_original=True)
-        probs, _ = await state.batcher.submit(row)  # the probabilities /v1/predict gives, for the caption
-        image = await asyncio.get_running_loop().run_in_executor(state.model_thread, model.heatmap, row, original,
-                                                                 name, probs)
+        refuse_early(request)
+        with state.upload_slot():  # held to the end: the decoded original stays in memory until the overlay is drawn
+            model, _, row, original, _ = await upload_and_decode(request, keep_original=True)
+            probs, _ = await submit(row)  # the probabilities /v1/predict gives, for the caption
+            image = await asyncio.get_running_loop().run_in_executor(state.model_thread, model.heatmap, row,
+                                                                     original, name, probs)
+            png = await asyncio.to_thread(png_bytes, image)
         prob = float(probs[model.labels.index(name)])
-        return Response(await asyncio.to_thread(png_bytes, image), media_type="image/png",
-                        headers={"X-Finding": name, "X-Probability": f"{prob:.6f}"})
+        return Response(png, media_type="image/png", headers={"X-Finding": name, "X-Probability": f"{prob:.6f}"})
 
     @app.post("/v1/image", dependencies=v1, summary="the decoded X-ray as PNG (the viewer shows DICOM with it)",
               response_class=Response)
     async def image(request: Request):
         from chexnet.serve.model import gray_png
 
-        _, _, _, original, _ = await upload_and_decode(request, keep_original=True, row=False)
-        return Response(await asyncio.to_thread(gray_png, original), media_type="image/png")
+        state.ready_model()
+        refuse_early(request, queue=False)
+        with state.upload_slot():
+            _, _, _, original, _ = await upload_and_decode(request, keep_original=True, row=False)
+            png = await asyncio.to_thread(gray_png, original)
+        return Response(png, media_type="image/png")
 
     @app.get("/v1/model", dependencies=v1, summary="labels, thresholds and the input contract")
     async def model_info():
         model = state.ready_model()
         return {**model.describe(),
                 "input": {"field": "file", "formats": ["PNG", "JPEG", "TIFF", "DICOM"],
-                          "max_upload_bytes": cfg.max_upload_bytes, "max_pixels": cfg.max_pixels},
-                "batching": {"max_batch": cfg.max_batch, "max_wait_ms": cfg.max_wait_ms}}
+                          "max_upload_bytes": cfg.max_upload_bytes, "max_pixels": cfg.max_pixels,
+                          "body_timeout_s": cfg.body_timeout_s, "max_uploads": cfg.max_uploads},
+                "batching": {"max_batch": cfg.max_batch, "max_wait_ms": cfg.max_wait_ms, "max_queue": cfg.max_queue}}
 
     @app.get("/healthz", summary="liveness")
     async def healthz():

@@ -1,9 +1,9 @@
 """Dynamic batching: concurrent requests share one forward pass.
 
 Requests put their decoded cache row on a queue; one task takes the first, then waits at most ``max_wait_ms``
-for more, up to ``max_batch``, and runs the batch on the model thread (never on the event loop). Rows that
-could not be decoded never reach the queue, and if a batch's forward pass fails, its rows are retried one by
-one, so one request cannot fail another.
+for more, up to ``max_batch``, and runs the batch on the model thread (never on the event loop). The queue holds
+at most ``max_queue`` rows (QueueFull beyond). Rows that could not be decoded never reach it, and if a batch's
+forward pass fails, its rows are retried one by one, so one request cannot fail another.
 """
 
 from __future__ import annotations
@@ -17,6 +17,10 @@ from dataclasses import dataclass
 import numpy as np
 
 
+class QueueFull(Exception):
+    """The queue holds ``max_queue`` rows already: the caller answers 503 with Retry-After."""
+
+
 @dataclass
 class Timing:
     queue_ms: float
@@ -26,8 +30,9 @@ class Timing:
 
 class Batcher:
     def __init__(self, infer, executor: Executor, max_batch: int = 16, max_wait_ms: float = 10.0,
-                 on_batch=None):
+                 on_batch=None, max_queue: int | None = None):
         self.infer, self.executor = infer, executor
+        self.max_queue = max_queue  # None: unbounded
         self.max_batch, self.max_wait = max_batch, max_wait_ms / 1000.0
         self.on_batch = on_batch  # called with (batch size, seconds of inference)
         self.waiting: collections.deque = collections.deque()
@@ -36,6 +41,9 @@ class Batcher:
 
     def depth(self) -> int:
         return len(self.waiting)
+
+    def full(self) -> bool:
+        return self.max_queue is not None and len(self.waiting) >= self.max_queue
 
     def start(self) -> None:
         self.task = asyncio.get_running_loop().create_task(self._run(), name="chexnet-batcher")
@@ -54,7 +62,9 @@ class Batcher:
                 future.set_exception(RuntimeError("server shutting down"))
 
     async def submit(self, row: np.ndarray) -> tuple[np.ndarray, Timing]:
-        """The row's probabilities, once its batch has run."""
+        """The row's probabilities, once its batch has run; QueueFull if ``max_queue`` rows wait already."""
+        if self.full():
+            raise QueueFull(f"{len(self.waiting)} images wait for a forward pass already (--max-queue)")
         future = asyncio.get_running_loop().create_future()
         self.waiting.append((row, future, time.perf_counter()))
         self.arrived.set()

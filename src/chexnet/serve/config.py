@@ -26,6 +26,15 @@ class ServeConfig:
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     workers: int = 1
     trust_changed: bool = False  # run directories only: load a checkpoint whose SHA-256 run.json does not record
+    raw: bool = False  # run directories only: the model's own probabilities, not the run's calibrator's
+    operating_point: str | None = None  # a threshold rule evaluate stored (thresholds.json / the ONNX metadata)
+    # slow and hostile clients (see chexnet.serve.protocol and the app's upload routes)
+    header_timeout_s: float = 10.0  # request line + headers must arrive within this; else 408 and closed
+    body_timeout_s: float = 60.0  # an upload's body must arrive within this once its headers have; else 408
+    max_header_kb: int = 16  # request line + headers; 431 over it (h11_max_incomplete_event_size)
+    max_uploads: int = 32  # uploads being read or decoded at once (each up to max_upload_mb); 503 over it
+    max_queue: int = 128  # decoded images waiting for a forward pass; 503 over it
+    max_connections: int = 512  # open connections (uvicorn's limit_concurrency); 503 over it
 
     @property
     def onnx(self) -> bool:
@@ -51,6 +60,13 @@ class ServeConfig:
             raise ValueError(f"--max-wait-ms must not be negative, got {self.max_wait_ms}")
         if self.max_upload_mb <= 0:
             raise ValueError(f"--max-upload-mb must be positive, got {self.max_upload_mb}")
+        for flag, value in (("--header-timeout", self.header_timeout_s), ("--body-timeout", self.body_timeout_s)):
+            if not value > 0:
+                raise ValueError(f"{flag} must be positive seconds, got {value}")
+        for flag, value, least in (("--max-header-kb", self.max_header_kb, 1), ("--max-uploads", self.max_uploads, 1),
+                                   ("--max-queue", self.max_queue, 1), ("--max-connections", self.max_connections, 2)):
+            if value < least:
+                raise ValueError(f"{flag} must be at least {least}, got {value}")
         if self.workers < 1:
             raise ValueError(f"--workers must be at least 1, got {self.workers}")
         if not 0 < self.port < 65536:

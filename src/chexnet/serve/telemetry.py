@@ -11,6 +11,7 @@ import time
 import uuid
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 log = logging.getLogger("chexnet.serve")
@@ -18,12 +19,24 @@ log = logging.getLogger("chexnet.serve")
 ROUTES = ("/v1/predict", "/v1/heatmap", "/v1/image", "/v1/model", "/healthz", "/readyz", "/metrics", "/")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+# connections the slow-client guards of chexnet.serve.protocol closed or refused, by reason (this process's)
+CONNECTION_CUTS = {"header_timeout": 0, "idle": 0, "headers_too_large": 0, "over_connection_limit": 0,
+                   "unread_body": 0}
+
+
+class _ConnectionCuts:
+    def collect(self):
+        family = CounterMetricFamily("chexnet_connections_cut", "Connections the slow-client guards closed or "
+                                     "refused, by reason", labels=["reason"])
+        for reason, n in CONNECTION_CUTS.items():
+            family.add_metric([reason], n)
+        yield family
 
 
 class Metrics:
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self, queue_depth=lambda: 0):
+    def __init__(self, queue_depth=lambda: 0, uploads_in_flight=lambda: 0):
         self.registry = r = CollectorRegistry()
         self.requests = Counter("chexnet_requests", "HTTP requests by route and status", ["route", "status"],
                                 registry=r)
@@ -36,6 +49,10 @@ class Metrics:
                                    buckets=LATENCY_BUCKETS, registry=r)
         self.queue = Gauge("chexnet_queue_depth", "Decoded images waiting for a forward pass", registry=r)
         self.queue.set_function(queue_depth)
+        self.uploads = Gauge("chexnet_uploads_in_flight", "Uploads being read or decoded (at most --max-uploads)",
+                             registry=r)
+        self.uploads.set_function(uploads_in_flight)
+        r.register(_ConnectionCuts())
 
     def on_batch(self, size: int, seconds: float) -> None:
         self.batch.observe(size)

@@ -7,12 +7,13 @@ with python-multipart's streaming parser.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from pathlib import PurePosixPath, PureWindowsPath
 
 
 class UploadError(Exception):
-    """A request whose upload cannot be used: ``status`` (400 or 413), ``kind`` (for counters) and a message."""
+    """A request whose upload cannot be used: ``status`` (400, 408 or 413), ``kind`` (for counters) and a message."""
 
     def __init__(self, status: int, kind: str, message: str):
         super().__init__(message)
@@ -32,19 +33,35 @@ def _filename(raw: str | None) -> str:
     return name[:200] or "upload"
 
 
-async def read_upload(request, limit: int, field: str = "file") -> Upload:
-    """The part named ``field`` of a ``multipart/form-data`` request, at most ``limit`` bytes of body in all."""
-    from python_multipart.multipart import MultipartParser, parse_options_header
+def check_declared_size(request, limit: int) -> None:
+    """413 from the Content-Length header alone, before a byte of the body is read."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise UploadError(413, "upload_too_large", f"upload of {int(declared):,} bytes is over the limit of "
+                                                   f"{limit:,} bytes (--max-upload-mb)")
+
+
+async def read_upload(request, limit: int, field: str = "file", timeout: float | None = None) -> Upload:
+    """The part named ``field`` of a ``multipart/form-data`` request, at most ``limit`` bytes of body in all,
+    the whole body within ``timeout`` seconds (408 after it: a client sending a few bytes at a time)."""
+    from python_multipart.multipart import parse_options_header
 
     ctype, params = parse_options_header(request.headers.get("content-type"))
     if ctype != b"multipart/form-data" or not params.get(b"boundary"):
         raise UploadError(400, "bad_request", f"expected a multipart/form-data upload with a '{field}' field "
                                               f"(e.g. curl -F {field}=@xray.png), got content type "
                                               f"{ctype.decode('latin-1') or 'none'}")
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise UploadError(413, "upload_too_large", f"upload of {int(declared):,} bytes is over the limit of "
-                                                   f"{limit:,} bytes (--max-upload-mb)")
+    check_declared_size(request, limit)
+    try:
+        return await asyncio.wait_for(_read_parts(request, limit, field, params[b"boundary"]), timeout)
+    except asyncio.TimeoutError:
+        raise UploadError(408, "body_timeout", f"the upload did not arrive within {timeout:g} s "
+                                               f"(--body-timeout)") from None
+
+
+async def _read_parts(request, limit: int, field: str, boundary: bytes) -> Upload:
+    from python_multipart.multipart import MultipartParser, parse_options_header
+
     parts: list[dict] = []
     header = {"field": b"", "value": b""}
 
@@ -64,7 +81,7 @@ async def read_upload(request, limit: int, field: str = "file") -> Upload:
     def on_part_data(data, start, end):
         parts[-1]["data"] += data[start:end]
 
-    parser = MultipartParser(params[b"boundary"], {
+    parser = MultipartParser(boundary, {
         "on_part_begin": on_part_begin, "on_header_field": on_header_field, "on_header_value": on_header_value,
         "on_header_end": on_header_end, "on_part_data": on_part_data})
     size = 0
