@@ -92,6 +92,18 @@ def test_the_table_has_every_metric_with_cis_around_it_and_a_mean_row():
     assert again.equals(table)
 
 
+def test_the_vectorised_metrics_equal_the_direct_ones_with_and_without_weights():
+    rng = np.random.default_rng(9)
+    y, p = _reference(500, rng)
+    w = rng.integers(0, 3, 500).astype(float)
+    for weights in (None, w):
+        got = C.label_metrics(y, p, weights)
+        assert got["ece"] == pytest.approx(C.ece(y, p, weights=weights))
+        assert got["ece_mass"] == pytest.approx(C.ece_mass(y, p, weights=weights))
+        assert got["mce"] == pytest.approx(C.mce(y, p, weights=weights))
+        assert got["brier"] == pytest.approx(C.brier(y, p, weights)) and got["nll"] == pytest.approx(C.nll(y, p, weights))
+
+
 def test_reliability_points():
     p = np.array([0.01, 0.02, 0.5, 0.52, 0.99])
     y = np.array([0, 0, 1, 0, 1.0])

@@ -105,37 +105,85 @@ def logit(p) -> np.ndarray:
 def _newton_logistic(x: np.ndarray, y: np.ndarray, w: np.ndarray, offset: np.ndarray, fit_slope: bool,
                      steps: int = 50) -> tuple[float, float]:
     """Weighted ML of ``logit P = a + b x + offset`` (b fixed at 0 without ``fit_slope``): (a, b)."""
-    theta = np.zeros(2 if fit_slope else 1)
-    design = np.column_stack([np.ones_like(x), x]) if fit_slope else np.ones((len(x), 1))
+    a, b = _newton_many(x, y, np.asarray(w, np.float64)[None, :], offset, fit_slope, steps)
+    return float(a[0]), float(b[0])
+
+
+def _newton_many(x, y, W, offset, fit_slope: bool, steps: int = 50) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_newton_logistic` for each row of weights ``W`` (R, n) at once: arrays (a, b) of length R."""
+    from scipy.special import expit
+
+    R = W.shape[0]
+    a, b = np.zeros(R), np.zeros(R)
     for _ in range(steps):
-        eta = design @ theta + offset
-        mu = 1.0 / (1.0 + np.exp(-eta))
-        grad = design.T @ (w * (y - mu))
-        hess = (design * (w * mu * (1 - mu))[:, None]).T @ design + 1e-12 * np.eye(len(theta))
-        step = np.linalg.solve(hess, grad)
-        theta += step
-        if np.abs(step).max() < 1e-10:
+        mu = expit(a[:, None] + (b[:, None] * x if fit_slope else 0.0) + offset)
+        r, v = W * (y - mu), W * mu * (1 - mu)
+        g0, h00 = r.sum(1), v.sum(1) + 1e-12
+        if fit_slope:
+            g1, h01, h11 = r @ x, v @ x, v @ (x * x) + 1e-12
+            det = h00 * h11 - h01 * h01
+            da, db = (h11 * g0 - h01 * g1) / det, (h00 * g1 - h01 * g0) / det
+        else:
+            da, db = g0 / h00, np.zeros(R)
+        a, b = a + da, b + db
+        if max(np.abs(da).max(), np.abs(db).max()) < 1e-10:
             break
-    return float(theta[0]), float(theta[1]) if fit_slope else 0.0
+    return a, b
 
 
 def slope_intercept(y, p, weights=None) -> tuple[float, float]:
     """(calibration slope, calibration intercept) of the module docstring; NaN without both classes."""
     y, p, w = _known(y, p, weights)
-    if not len(y) or y.min() == y.max():
+    if not len(y):
         return math.nan, math.nan
-    z = logit(p)
-    _, slope = _newton_logistic(z, y, w, np.zeros_like(z), fit_slope=True)
-    intercept, _ = _newton_logistic(z, y, w, z, fit_slope=False)
-    return slope, intercept
+    m = _weighted_metrics(y, p, w[None, :])
+    return float(m[0, METRICS.index("slope")]), float(m[0, METRICS.index("intercept")])
+
+
+def _weighted_metrics(y: np.ndarray, p: np.ndarray, W: np.ndarray, n_bins: int = N_BINS) -> np.ndarray:
+    """Every metric of :data:`METRICS` for each row of weights ``W`` (R, n) over known rows ``y``, ``p``: (R, 7).
+    One implementation for the point estimate (one row of weights) and the bootstrap (one row per resample)."""
+    R = W.shape[0]
+    out = np.full((R, len(METRICS)), np.nan)
+    total = W.sum(1)
+    ok = total > 0
+    if not len(y) or not ok.any():
+        return out
+    tot = np.where(ok, total, 1.0)
+    onehot = np.zeros((len(p), n_bins))
+    onehot[np.arange(len(p)), _width_bins(p, n_bins)] = 1.0
+    wb, pb, yb = W @ onehot, W @ (onehot * p[:, None]), W @ (onehot * y[:, None])
+    gap = np.abs(pb - yb)
+    out[:, 0] = gap.sum(1) / tot
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out[:, 2] = np.where(wb > 0, gap / np.where(wb > 0, wb, 1.0), -np.inf).max(1)
+    order = np.argsort(p, kind="stable")
+    ws = W[:, order]
+    before = np.cumsum(ws, axis=1) - ws
+    bins = np.minimum((n_bins * before / tot[:, None]).astype(np.int64), n_bins - 1)
+    flat = (np.arange(R)[:, None] * n_bins + bins).ravel()
+    diff = np.bincount(flat, weights=(ws * (p[order] - y[order])).ravel(), minlength=R * n_bins)
+    out[:, 1] = np.abs(diff.reshape(R, n_bins)).sum(1) / tot
+    q = np.clip(p, EPS, 1 - EPS)
+    out[:, 3] = W @ ((p - y) ** 2) / tot
+    out[:, 4] = W @ (-(y * np.log(q) + (1 - y) * np.log1p(-q))) / tot
+    pos = W @ y
+    both = ok & (pos > 0) & (pos < total)
+    if both.any():
+        z = logit(p)
+        _, slope = _newton_many(z, y, W[both], np.zeros_like(z), fit_slope=True)
+        intercept, _ = _newton_many(z, y, W[both], z, fit_slope=False)
+        out[both, 5], out[both, 6] = slope, intercept
+    out[~ok] = np.nan
+    return out
 
 
 def label_metrics(y, p, weights=None, n_bins: int = N_BINS) -> dict[str, float]:
     """Every metric of :data:`METRICS` for one label."""
-    slope, intercept = slope_intercept(y, p, weights)
-    return {"ece": ece(y, p, n_bins, weights), "ece_mass": ece_mass(y, p, n_bins, weights),
-            "mce": mce(y, p, n_bins, weights), "brier": brier(y, p, weights), "nll": nll(y, p, weights),
-            "slope": slope, "intercept": intercept}
+    y, p, w = _known(y, p, weights)
+    if not len(y):
+        return {m: math.nan for m in METRICS}
+    return dict(zip(METRICS, map(float, _weighted_metrics(y, p, w[None, :], n_bins)[0])))
 
 
 def reliability(y, p, n_bins: int = N_BINS) -> pd.DataFrame:
@@ -189,8 +237,9 @@ def calibration_table(y, p, labels, groups=None, n_resamples: int = 1000, seed: 
     return table
 
 
-def _bootstrap(y, p, groups, n_resamples: int, seed: int, n_bins: int) -> np.ndarray | None:
-    """(n_resamples, labels, metrics) over patient resamples drawn as chexnet.metrics.bootstrap_auroc_ci draws."""
+def _bootstrap(y, p, groups, n_resamples: int, seed: int, n_bins: int, block: int = 100) -> np.ndarray | None:
+    """(n_resamples, labels, metrics) over patient resamples drawn as chexnet.metrics.bootstrap_auroc_ci draws
+    (``block`` resamples at a time: memory ~ 8 * block * rows bytes per label)."""
     if n_resamples <= 0 or not len(y):
         return None
     gid = np.arange(len(y)) if groups is None else np.unique(np.asarray(groups), return_inverse=True)[1]
@@ -198,9 +247,11 @@ def _bootstrap(y, p, groups, n_resamples: int, seed: int, n_bins: int) -> np.nda
     rng = np.random.default_rng(seed)
     uniform = np.full(n_groups, 1.0 / n_groups)
     out = np.full((n_resamples, y.shape[1], len(METRICS)), np.nan)
-    for r in range(n_resamples):
-        weights = rng.multinomial(n_groups, uniform).astype(np.float64)[gid]
+    for start in range(0, n_resamples, block):
+        b = min(block, n_resamples - start)
+        weights = rng.multinomial(n_groups, uniform, size=b).astype(np.float64)[:, gid]
         for c in range(y.shape[1]):
-            values = label_metrics(y[:, c], p[:, c], weights, n_bins)
-            out[r, c] = [values[m] for m in METRICS]
+            k = np.isfinite(y[:, c])
+            if k.any():
+                out[start:start + b, c] = _weighted_metrics(y[k, c], p[k, c], weights[:, k], n_bins)
     return out

@@ -20,7 +20,8 @@ offered: it creates ties that change AUROC and has no clean ONNX form.
 On disk (:func:`save`, ``RUN/calibrator.json``): ``{"method", "checkpoint", "epoch", "global_step",
 "fitted_on": "val", "labels": [...], "slope": [...], "intercept": [...], "temperature": [... or null],
 "shared": [label names], "at_bound": [label names], "shared_temperature", "val_nll_before", "val_nll_after",
-"n", "positives"}`` (lists in the run's label order); it belongs to the checkpoint whose epoch and step it
+"n", "positives", "thresholds": {"method", "raw", "calibrated"}}`` (lists in the run's label order;
+``thresholds``: the run's validation thresholds, per label, before and after); it belongs to the checkpoint whose epoch and step it
 records and is refused for another (:func:`saved_calibrator`).
 """
 
@@ -60,6 +61,19 @@ class Calibrator:
     epoch: int | None = None
     global_step: int | None = None
     fitted_on: str = "val"
+    thresholds: dict = field(default_factory=dict)  # {"method", "raw": {label: t}, "calibrated": {label: t}}
+
+    def unmap_thresholds(self, values) -> np.ndarray:
+        """Thresholds on calibrated probabilities back on the raw scale (the inverse of :meth:`map_thresholds`)."""
+        t = np.asarray(values, np.float64)
+        z = (logit(np.where(np.isfinite(t), t, 0.5)) - np.asarray(self.intercept)) / np.asarray(self.slope)
+        return _ends(t, np.where(np.isfinite(t), 1.0 / (1.0 + np.exp(-z)), np.nan))
+
+    def map_thresholds(self, values) -> np.ndarray:
+        """Raw thresholds (one per label, NaN kept) as thresholds on calibrated probabilities: the same decisions."""
+        raw = np.asarray(values, np.float64)
+        return _ends(raw, np.where(np.isfinite(raw), self.apply(np.where(np.isfinite(raw), raw, 0.5)[None, :])[0],
+                                   np.nan))
 
     def apply(self, p) -> np.ndarray:
         """Calibrated probabilities of ``p`` ((N, labels) in :attr:`labels` order), float64."""
@@ -82,6 +96,11 @@ class Calibrator:
         if not all(math.isfinite(s) and s > 0 for s in cal.slope):
             raise ValueError("calibrator: every slope must be finite and > 0 (an increasing map)")
         return cal
+
+
+def _ends(t: np.ndarray, mapped: np.ndarray) -> np.ndarray:
+    """A threshold of 1 (nothing positive) or 0 (everything) stays so on either scale."""
+    return np.where(t >= 1.0, 1.0, np.where(t <= 0.0, 0.0, mapped))
 
 
 def _nll(z: np.ndarray, y: np.ndarray, slope: float, intercept: float = 0.0) -> float:

@@ -286,9 +286,12 @@ def _add_combine(sub) -> None:
 def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="per-pathology AUROC with CIs, thresholds, plots, published baselines",
                        description="Evaluate a run's checkpoint on a split: predictions.csv, metrics.json, auroc.csv, "
-                       "subgroups.csv (sex, age band, view), report.md and ROC / PR / published-comparison plots in "
-                       "RUN/eval/<split>/. AUROC 95%% CIs come from a bootstrap over patients; thresholds are chosen "
-                       "on the validation split.")
+                       "subgroups.csv (sex, age band, view), calibration.csv (ECE, MCE, Brier, NLL, calibration "
+                       "slope and intercept), operating_points.csv (sensitivity, specificity, PPV, NPV, F1 per "
+                       "threshold rule), report.md and ROC / PR / reliability / published-comparison plots in "
+                       "RUN/eval/<split>/. 95%% CIs come from a bootstrap over patients; thresholds are chosen "
+                       "on the validation split. Probabilities are calibrated where chexnet calibrate fitted a "
+                       "calibrator for the checkpoint (--raw: the model's own).")
     p.add_argument("run", help="run directory (chexnet train --out)")
     p.add_argument("--checkpoint", default="best", help="best | last | PATH (default best: the epoch the run's "
                    "selection rule chose; an error, never last.pt, if there is none)")
@@ -306,6 +309,10 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs (default 1000)")
     p.add_argument("--threshold", choices=["f1", "youden"], default="f1", help="operating point chosen on val (default max-F1)")
+    p.add_argument("--operating-point", action="append", default=None, metavar="RULE[=VALUE]",
+                   help="a threshold rule chosen per label on val and measured with CIs (operating_points.csv), "
+                   "repeatable: f1, youden, sensitivity=V, specificity=V (default: f1, youden, sensitivity=0.9, "
+                   "specificity=0.9); all are saved in thresholds.json for predict, export and serve")
     p.add_argument("--nproc", type=int, default=None, help="evaluate with N local processes")
 
 
@@ -415,6 +422,23 @@ def _add_localize(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the random-box baseline")
 
 
+def _add_calibrate(sub) -> None:
+    p = sub.add_parser("calibrate", help="fit a calibrator on the validation split (temperature or Platt scaling)",
+                       description="Fit temperature scaling (one temperature per label; Platt scaling with --method "
+                       "platt) on the run's validation predictions and save RUN/calibrator.json for that "
+                       "checkpoint, with its validation thresholds raw and calibrated. predict, evaluate, export "
+                       "and serve then output calibrated probabilities (--raw: the model's own). AUROC is unchanged.")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--checkpoint", default="best", help="best | last | PATH (default best)")
+    p.add_argument("--method", choices=["temperature", "platt"], default="temperature",
+                   help="temperature: one temperature per label (default); platt: slope and intercept per label "
+                   "(also corrects a prevalence shift)")
+    p.add_argument("--cache", default=None, help="the run's cache, moved or copied (default: run.json's)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--min-positives", type=int, default=10, help="a label with fewer validation positives (or "
+                   "negatives) gets the temperature fitted on all labels together (default 10)")
+
+
 def _add_export(sub) -> None:
     p = sub.add_parser("export", help="export a run's model to ONNX with its preprocessing contract and labels",
                        description="Write a single ONNX file that takes uint8 cache rows (batch, 1, S, S) and returns the "
@@ -447,9 +471,18 @@ def build_parser() -> argparse.ArgumentParser:
                                      epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"chexnet {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_synth, _add_prepare, _add_combine, _add_train, _add_tune, _add_evaluate, _add_compare, _add_predict, _add_serve, _add_localize, _add_export, _add_demo):
+    for add in (_add_synth, _add_prepare, _add_combine, _add_train, _add_calibrate, _add_tune, _add_evaluate, _add_compare, _add_predict, _add_serve, _add_localize, _add_export, _add_demo):
         add(sub)
-    for name in ("evaluate", "predict", "serve", "export"):  # the commands that load a run's checkpoint
+    for name in ("predict", "serve"):  # the commands that pick an operating point evaluate stored
+        sub.choices[name].add_argument(
+            "--operating-point", default=None, metavar="RULE[=VALUE]", help="the thresholds of this rule, chosen on "
+            "validation by chexnet evaluate (f1, youden, sensitivity=V, specificity=V; evaluate measures f1, youden, "
+            "sensitivity=0.9 and specificity=0.9 by default, others with --operating-point); default: evaluate's "
+            "--threshold rule")
+    for name in ("evaluate", "predict", "serve", "export"):  # the commands that apply a run's calibrator
+        sub.choices[name].add_argument("--raw", action="store_true", help="the model's own probabilities, "
+                                       "without the calibrator chexnet calibrate fitted for the checkpoint")
+    for name in ("evaluate", "predict", "serve", "export", "calibrate"):  # the commands that load a checkpoint
         sub.choices[name].add_argument(
             "--trust-changed", action="store_true", help="load the checkpoint even when its SHA-256 is not the one "
             "run.json recorded when training wrote it (a checkpoint copied, swapped or damaged since)")
@@ -521,15 +554,21 @@ def _spawn_if_asked(args) -> bool:
 def cmd_evaluate(args) -> int:
     if _spawn_if_asked(args):
         return 0
-    from chexnet.evaluate import evaluate_across, evaluate_run
+    from chexnet.evaluate import DEFAULT_RULES, evaluate_across, evaluate_run
+    from chexnet.operating_points import parse_rule
 
+    rules = [r.strip().lower() for r in args.operating_point] if args.operating_point else list(DEFAULT_RULES)
+    for r in rules:
+        parse_rule(r)  # a bad rule is an error before any prediction
     caches = args.cache or [None]
     if len(caches) > 1:
         evaluate_across(args.run, caches, args.checkpoint, args.split, args.tta, args.batch_size, args.bootstrap,
-                        args.threshold, allow_overlap=args.allow_overlap, trust_changed=args.trust_changed)
+                        args.threshold, allow_overlap=args.allow_overlap, trust_changed=args.trust_changed,
+                        raw=args.raw, rules=rules)
     else:
         evaluate_run(args.run, args.checkpoint, args.split, args.tta, args.batch_size, args.bootstrap, args.threshold,
-                     cache=caches[0], allow_overlap=args.allow_overlap, trust_changed=args.trust_changed)
+                     cache=caches[0], allow_overlap=args.allow_overlap, trust_changed=args.trust_changed,
+                     raw=args.raw, rules=rules)
     return 0
 
 
@@ -554,7 +593,8 @@ def cmd_predict(args) -> int:
     failed = run_predict(run, paths, onnx=args.onnx, checkpoint=args.checkpoint, fmt=args.format,
                          threshold=args.threshold, batch_size=args.batch_size, tta=args.tta,
                          max_pixels=args.max_pixels, cam_dir=args.cam, cam_all=args.cam_all,
-                         progress=not args.no_progress, trust_changed=args.trust_changed)
+                         progress=not args.no_progress, trust_changed=args.trust_changed, raw=args.raw,
+                         operating_point=args.operating_point)
     return 1 if failed else 0
 
 
@@ -569,7 +609,7 @@ def cmd_serve(args) -> int:
         max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels, workers=args.workers,
         trust_changed=args.trust_changed, header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout,
         max_header_kb=args.max_header_kb, max_uploads=args.max_uploads, max_queue=args.max_queue,
-        max_connections=args.max_connections))
+        max_connections=args.max_connections, raw=args.raw, operating_point=args.operating_point))
 
 
 def cmd_localize(args) -> int:
@@ -584,7 +624,8 @@ def cmd_localize(args) -> int:
 def cmd_export(args) -> int:
     from chexnet.export import export_onnx
 
-    export_onnx(args.run, args.checkpoint, args.out, args.opset, args.dynamic_batch, trust_changed=args.trust_changed)
+    export_onnx(args.run, args.checkpoint, args.out, args.opset, args.dynamic_batch, trust_changed=args.trust_changed,
+                raw=args.raw)
     return 0
 
 
@@ -633,6 +674,14 @@ def cmd_prepare(args) -> int:
         print(f"{args.dataset} options: " + ", ".join(f"--{k} {v}" for k, v in options.items()))
     prepare(args.data, args.out, size=args.size, workers=args.workers, view=args.view, seed=args.seed,
             val_fraction=args.val_fraction, overwrite=args.overwrite, dataset=args.dataset, options=options)
+    return 0
+
+
+def cmd_calibrate(args) -> int:
+    from chexnet.calibrate import calibrate_run
+
+    calibrate_run(args.run, args.checkpoint, args.method, args.cache, args.batch_size,
+                  trust_changed=args.trust_changed, min_positives=args.min_positives)
     return 0
 
 
@@ -698,7 +747,7 @@ def cmd_demo(args) -> int:
     return 0
 
 
-COMMANDS = {"synth": cmd_synth, "prepare": cmd_prepare, "combine": cmd_combine, "train": cmd_train, "evaluate": cmd_evaluate,
+COMMANDS = {"synth": cmd_synth, "prepare": cmd_prepare, "combine": cmd_combine, "calibrate": cmd_calibrate, "train": cmd_train, "evaluate": cmd_evaluate,
             "compare": cmd_compare, "predict": cmd_predict, "serve": cmd_serve, "localize": cmd_localize, "export": cmd_export,
             "tune": cmd_tune, "tune-trial": cmd_tune_trial, "demo": cmd_demo}
 

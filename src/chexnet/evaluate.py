@@ -22,6 +22,7 @@ from chexnet import dist
 from chexnet.checkpoint import read_run_info
 from chexnet.choices import SELECT_RULES, TTA_MODES
 from chexnet.data.cache import cache_labels
+from chexnet.data.combine import row_sources
 from chexnet.data.dataset import open_split
 from chexnet.engine import StepContext, predict_distributed
 from chexnet.preprocess import Preprocessing, input_transform
@@ -30,9 +31,12 @@ from chexnet.runs import (
     load_run_model,
     resolve_cache,
     save_thresholds,
+    saved_rule_thresholds,
     saved_thresholds,
     training_overlap,
 )
+
+DEFAULT_RULES = ("f1", "youden", "sensitivity=0.9", "specificity=0.9")  # operating points measured by default
 
 def predict_split(model, cfg, cache: Path, index, meta, split: str, tta: str, info, ctx, batch_size: int):
     dataset = open_split(cache, index, meta, split, TTA_MODES[tta], cfg.input_size, cfg.input_transform,
@@ -47,8 +51,14 @@ def predict_split(model, cfg, cache: Path, index, meta, split: str, tta: str, in
 
 def evaluate_run(run: str | Path, checkpoint: str = "best", split: str = "test", tta: str = "none",
                  batch_size: int = 64, n_resamples: int = 1000, threshold_method: str = "f1",
-                 cache: str | Path | None = None, allow_overlap: bool = False, trust_changed: bool = False):
+                 cache: str | Path | None = None, allow_overlap: bool = False, trust_changed: bool = False,
+                 raw: bool = False, rules=DEFAULT_RULES):
     """Evaluate ``run`` on ``split``; rank 0 writes RUN/eval/<split>/ and returns the table (others None).
+
+    Where ``chexnet calibrate`` fitted a calibrator for the checkpoint, the probabilities evaluated (and written)
+    are calibrated, unless ``raw``; AUROC does not change, calibration.csv shows what it did. ``rules``: the
+    operating-point rules (:mod:`chexnet.operating_points`) chosen on validation and measured on the split
+    (operating_points.csv); all are saved in thresholds.json (on the raw scale).
 
     ``cache``: evaluate on this cache instead of the one recorded in run.json: the run's own data moved or copied
     (same index.csv: results in RUN/eval/<split>/ as usual), or other data (another data set, external
@@ -68,6 +78,8 @@ def evaluate_run(run: str | Path, checkpoint: str = "best", split: str = "test",
         run_info = read_run_info(run)
         loaded = load_run_model(run, checkpoint, trust_changed=trust_changed)
         model, cfg, path, spec = loaded.model, loaded.cfg, loaded.path, loaded.spec
+        cal = _calibrator(run, loaded, raw)
+        rules = list(dict.fromkeys([threshold_method, *rules]))
         cache, _, index, meta = resolve_cache(run, run_info, cache, spec)
         external = is_other_data(run_info, cache, meta)
         out = run / "eval" / "external" / cache.resolve().name if external else run / "eval"
@@ -81,11 +93,14 @@ def evaluate_run(run: str | Path, checkpoint: str = "best", split: str = "test",
         # another data set keeps the run's operating points (chosen on its own validation split), so no val pass
         for name in dict.fromkeys([split, "val"] if split == "test" and not external else [split]):
             rows, probs, labels = predict_split(model, cfg, cache, index, meta, name, tta, info, ctx, batch_size)
+            if cal is not None:
+                probs = cal.apply(probs)
             if info.is_main:  # every rank predicted its shard; only rank 0 writes
                 frames[name] = report.predictions_frame(rows["image"].to_numpy(), rows["patient_id"].to_numpy(),
                                                         probs, labels, names=cfg.labels)
                 if name == split:
                     attributes = rows[["sex", "age", "view"]].reset_index(drop=True)
+                    attributes["source"] = row_sources(meta)[rows.index.to_numpy()]  # subgroups where several
                     derived_y = rows[[d.name for d in derived]].to_numpy(np.float64)
         if not info.is_main:
             return None
@@ -100,13 +115,17 @@ def evaluate_run(run: str | Path, checkpoint: str = "best", split: str = "test",
                             f"run's training data{overlap_note}" if external else "the run's own cache")}
         if derived:
             context["derived labels"] = "; ".join(f"{d.name} = {d.text} (not a model output)" for d in derived)
-        run_thresholds = _run_thresholds(run, loaded) if external else None
+        context["probabilities"] = (f"calibrated: {cal.describe()} (--raw: the model's own)" if cal is not None
+                                    else "the model's own (no calibrator for this checkpoint)")
+        run_thresholds = _run_thresholds(run, loaded, cal) if external else None
+        rule_thresholds = _run_rule_thresholds(run, loaded, cal) if external else None
         table = report.write_evaluation(out / split, frames[split], frames.get("val"),
                                         threshold_method=threshold_method, n_resamples=n_resamples, context=context,
                                         attributes=attributes, thresholds=run_thresholds, derived=derived,
-                                        derived_y=derived_y)
+                                        derived_y=derived_y, rules=rules, rule_thresholds=rule_thresholds,
+                                        calibrated=cal.method if cal is not None else None)
         if table.attrs.get("threshold_source") == "validation" and not external:
-            save_thresholds(run, loaded, table, threshold_method)
+            save_thresholds(run, loaded, table, threshold_method, cal)
         print(f"{run} [{split}, checkpoint {path.name} ({selection}), tta {tta}]")
         print(report.format_table(table))
         print(f"wrote {out / split}/ (predictions.csv, {'derived.csv, ' if derived else ''}metrics.json, auroc.csv, "
@@ -116,13 +135,38 @@ def evaluate_run(run: str | Path, checkpoint: str = "best", split: str = "test",
         dist.teardown()
 
 
-def _run_thresholds(run: Path, loaded) -> list | None:
+def _calibrator(run: Path, loaded, raw: bool):
+    """The run's calibrator for this checkpoint (None with ``raw``, or where there is none: said on stderr when
+    one belongs to another checkpoint)."""
+    from chexnet.calibrator import saved_calibrator
+
+    if raw:
+        return None
+    cal, note = saved_calibrator(run, loaded)
+    if cal is None and note:
+        print(f"note: {note}", file=sys.stderr)
+    return cal
+
+
+def _run_thresholds(run: Path, loaded, cal=None) -> list | None:
     """The run's own operating points (thresholds.json, when it belongs to this checkpoint), one per label of
-    the run in its order, NaN for a label without one; None without such a file."""
+    the run in its order, NaN for a label without one, mapped through ``cal`` when the probabilities are
+    calibrated; None without such a file."""
     chosen, _, _ = saved_thresholds(run, loaded)
     if chosen is None:
         return None
-    return [np.nan if chosen.get(n) is None else chosen[n] for n in loaded.cfg.labels]
+    values = [np.nan if chosen.get(n) is None else chosen[n] for n in loaded.cfg.labels]
+    return list(cal.map_thresholds(values)) if cal is not None else values
+
+
+def _run_rule_thresholds(run: Path, loaded, cal=None) -> dict | None:
+    """thresholds.json's rules ({rule: one threshold per run label}, mapped through ``cal``); None without any."""
+    rules = saved_rule_thresholds(run, loaded)
+    out = {}
+    for rule, chosen in rules.items():
+        values = [np.nan if chosen.get(n) is None else chosen[n] for n in loaded.cfg.labels]
+        out[rule] = np.asarray(cal.map_thresholds(values) if cal is not None else values, np.float64)
+    return out or None
 
 
 def _derived_labels(cache: Path, meta: dict, model_labels) -> list:
@@ -158,7 +202,8 @@ def _check_overlap(run, run_info, cache, meta, index, split, allow_overlap) -> s
 
 def evaluate_across(run: str | Path, caches: list, checkpoint: str = "best", split: str = "test", tta: str = "none",
                     batch_size: int = 64, n_resamples: int = 1000, threshold_method: str = "f1",
-                    allow_overlap: bool = False, trust_changed: bool = False):
+                    allow_overlap: bool = False, trust_changed: bool = False, raw: bool = False,
+                    rules=DEFAULT_RULES):
     """Evaluate ``run`` on each of ``caches`` (as :func:`evaluate_run` with ``cache=``), then write the
     cross-dataset table, report and plot into RUN/eval/external/ (:mod:`chexnet.external`). Returns the long
     table on rank 0 (None elsewhere)."""
@@ -172,7 +217,7 @@ def evaluate_across(run: str | Path, caches: list, checkpoint: str = "best", spl
     results, about = {}, {}
     for cache, name in zip(caches, names):
         table = evaluate_run(run, checkpoint, split, tta, batch_size, n_resamples, threshold_method, cache=cache,
-                             allow_overlap=allow_overlap, trust_changed=trust_changed)
+                             allow_overlap=allow_overlap, trust_changed=trust_changed, raw=raw, rules=rules)
         if table is None:  # not rank 0
             continue
         meta = load_cache(cache)[2]

@@ -5,6 +5,11 @@ export writes them, ``predict --onnx`` and ``serve`` read them. Values are strin
 * ``chexnet_labels``: the output order (JSON list);
 * ``chexnet_thresholds``: the validation operating points from ``chexnet evaluate`` for this checkpoint (JSON,
   ``null`` if the run was not evaluated), and ``chexnet_threshold_method`` (JSON);
+* ``chexnet_calibration``: the calibrator the graph applies after the sigmoid (JSON: method, slope, intercept per
+  label, checkpoint, epoch, global_step; ``null``: the model's own probabilities); the thresholds are then on
+  calibrated probabilities, and ``chexnet_thresholds_raw`` holds them before it;
+* ``chexnet_threshold_rules``: every operating-point rule evaluated ({rule: {label: threshold}}, on the
+  probabilities the graph outputs), for ``predict --onnx --operating-point RULE``;
 * ``chexnet_run`` (the run folder's name), ``chexnet_arch``, ``chexnet_checkpoint`` (``best.pt (epoch E, step S)``),
   ``chexnet_version``, ``chexnet_input`` (the input contract in words).
 
@@ -20,3 +25,6 @@ ARCH = "chexnet_arch"
 CHECKPOINT = "chexnet_checkpoint"
 VERSION = "chexnet_version"
 INPUT = "chexnet_input"
+CALIBRATION = "chexnet_calibration"
+THRESHOLD_RULES = "chexnet_threshold_rules"
+THRESHOLDS_RAW = "chexnet_thresholds_raw"

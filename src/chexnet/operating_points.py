@@ -10,7 +10,7 @@ predicting positive when ``p >= threshold``:
 ``specificity=V``    the lowest threshold whose validation specificity is at least V
 
 A label without a positive (or, for youden and specificity, a negative) among its known rows gets NaN: no
-threshold, never a made-up one.
+threshold, never a made-up one. A rule met only by predicting nothing positive gives 1.0.
 
 :func:`operating_table` gives, for each label at a threshold, sensitivity, specificity, PPV, NPV, F1 and the
 prevalence of the evaluated split, each with a patient-bootstrap percentile CI (the draws of
@@ -65,8 +65,8 @@ def choose(y, p, rule: str = "f1") -> np.ndarray:
     """Per-label thresholds by ``rule`` on ``y``/``p`` ((N, labels); NaN labels missing)."""
     name, target = parse_rule(rule)
     y, p = np.asarray(y, np.float64), np.asarray(p, np.float64)
-    if name in ("f1", "youden"):
-        return np.atleast_1d(choose_thresholds(y, p, name)).astype(np.float64)
+    if name in ("f1", "youden"):  # roc_curve's +inf (nothing positive) is 1.0 here, as below
+        return np.minimum(np.atleast_1d(choose_thresholds(y, p, name)).astype(np.float64), 1.0)
     out = np.full(y.shape[1], np.nan)
     for c in range(y.shape[1]):
         k = np.isfinite(y[:, c])

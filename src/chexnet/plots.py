@@ -145,3 +145,21 @@ def plot_compare(table: pd.DataFrame, names, path) -> None:
     grouped bars."""
     _grouped_bars({name: table[f"AUROC {name}"].to_numpy() for name in names}, table.index, path,
                   "Per-label AUROC on the same test images")
+
+
+def plot_reliability(y: np.ndarray, p: np.ndarray, names, path, n_bins: int = 15) -> None:
+    """Reliability diagram per label: observed frequency against mean predicted probability per equal-width bin
+    (known rows), the bin counts as bars underneath, the diagonal of perfect calibration."""
+    from chexnet.calibration import reliability
+
+    fig, axes = _figure(len(names), "Reliability (equal-width bins; bars: images per bin)")
+    for c, (ax, name) in enumerate(zip(axes, names)):
+        r = reliability(y[:, c], p[:, c], n_bins)
+        ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
+        if len(r):  # the counts as bars along the bottom, the tallest a quarter of the panel
+            ax.bar((r["bin_low"] + r["bin_high"]) / 2, 0.25 * r["n"] / r["n"].max(), width=1 / n_bins, alpha=0.2,
+                   color="C1")
+            ax.plot(r["mean_predicted"], r["observed"], marker="o", ms=3)
+        ax.set(xlim=(0, 1), ylim=(0, 1), title=f"{name} (n {int(r['n'].sum())})", xlabel="mean predicted",
+               ylabel="observed")
+    fig.savefig(path, dpi=80)

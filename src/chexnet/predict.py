@@ -4,7 +4,9 @@ Two engines share everything but the network:
 
 * a run directory (``chexnet predict RUN PATH...``): the checkpoint's model in torch, Grad-CAM heatmaps
   (``--cam``); the thresholds are those ``chexnet evaluate`` chose on the validation split for that checkpoint
-  (``RUN/thresholds.json``);
+  (``RUN/thresholds.json``); where ``chexnet calibrate`` fitted a calibrator for that checkpoint
+  (``RUN/calibrator.json``) the probabilities are calibrated and the thresholds mapped through it (the same
+  findings), said in the output (``"calibrated"``); ``raw=True`` (``--raw``) gives the model's own;
 * an exported model (``chexnet predict --onnx FILE PATH...``): onnxruntime, with the preprocessing contract,
   labels and thresholds read from the file's metadata. This path imports no torch: a device may not have it.
 
@@ -84,6 +86,21 @@ def read_input(path: Path, spec: Preprocessing, max_pixels: int | None, keep_ori
 class Thresholds:
     values: np.ndarray  # (k,), NaN filled with FALLBACK_THRESHOLD
     source: str  # said in the output
+    rule: str = ""  # the operating point in words ("max F1 on validation"), for the table's findings
+
+
+def pick_rule(default: dict | None, rules: dict, rule: str | None, where: str) -> dict | None:
+    """The thresholds of operating-point ``rule`` from ``rules`` ({rule: {label: t}}); ``default`` without a rule.
+    A rule that was not evaluated is an error saying how to get it."""
+    if rule is None:
+        return default
+    from chexnet.operating_points import parse_rule
+
+    parse_rule(rule)
+    if rule not in rules:
+        raise ValueError(f"{where} has no thresholds for operating point {rule!r} (it has "
+                         f"{', '.join(rules) or 'none'}): run chexnet evaluate RUN --operating-point {rule} first")
+    return rules[rule]
 
 
 def thresholds_from(mapping: dict | None, labels, source: str, fixed: float | None) -> Thresholds:
@@ -104,11 +121,12 @@ class TorchPredictor:
     """A run's checkpoint in torch (and Grad-CAM)."""
 
     def __init__(self, run: str | Path, checkpoint: str = "best", threshold: float | None = None,
-                 trust_changed: bool = False):
+                 trust_changed: bool = False, raw: bool = False, operating_point: str | None = None):
         import torch
 
-        from chexnet.runs import load_run_model, saved_thresholds
+        from chexnet.calibrator import saved_calibrator
         from chexnet.preprocess import input_transform
+        from chexnet.runs import load_run_model, saved_rule_thresholds, saved_thresholds
 
         self.run = Path(run)
         loaded = load_run_model(self.run, checkpoint, require_spec=True, trust_changed=trust_changed)
@@ -116,10 +134,26 @@ class TorchPredictor:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model = loaded.model.to(self.device).eval()
         self.transform = input_transform(self.spec).to(self.device)
-        chosen, _, source = saved_thresholds(self.run, loaded)
+        chosen, method, source = saved_thresholds(self.run, loaded)
+        chosen = pick_rule(chosen, saved_rule_thresholds(self.run, loaded), operating_point,
+                           f"{self.run / 'thresholds.json'} (for {loaded.path.name})")
+        rule = operating_point or method
+        if operating_point:
+            source = f"validation thresholds ({operating_point}) of {loaded.path.name}"
+        self.calibrator, note = (None, "") if raw else saved_calibrator(self.run, loaded)
+        if note and self.calibrator is None:
+            print(f"note: {note}", file=sys.stderr)
+        self.calibrated = self.calibrator.method if self.calibrator else None
+        if self.calibrator is not None and chosen is not None:  # the same decisions on calibrated probabilities
+            raw_t = [np.nan if chosen.get(n) is None else chosen[n] for n in self.labels]
+            mapped = self.calibrator.map_thresholds(raw_t)
+            chosen = {n: (None if not np.isfinite(t) else float(t)) for n, t in zip(self.labels, mapped)}
+            source += f", mapped through the {self.calibrator.method} calibrator"
         self.thresholds = thresholds_from(chosen, self.labels, source, threshold)
         if chosen is None and threshold is None and source:
             self.thresholds.source += f"; {source}"
+        if chosen is not None and threshold is None and rule:
+            self.thresholds.rule = _rule_words(rule)
 
     def inputs(self, rows: np.ndarray):
         import torch
@@ -134,13 +168,14 @@ class TorchPredictor:
             p = torch.sigmoid(self.model(self.inputs(rows)).float())
             if tta == "hflip":
                 p = (p + torch.sigmoid(self.model(self.inputs(rows[:, :, ::-1])).float())) / 2
-        return p.cpu().numpy().astype(np.float64)
+        p = p.cpu().numpy().astype(np.float64)
+        return self.calibrator.apply(p) if self.calibrator is not None else p
 
 
 class OnnxPredictor:
     """An exported ONNX model in onnxruntime; no torch."""
 
-    def __init__(self, path: str | Path, threshold: float | None = None):
+    def __init__(self, path: str | Path, threshold: float | None = None, operating_point: str | None = None):
         ort = require("onnxruntime", "export", "predict --onnx")
         self.path = Path(path)
         if not self.path.is_file():
@@ -154,9 +189,15 @@ class OnnxPredictor:
             raise ValueError(f"{path}: not exported by chexnet export (no {M.PREPROCESSING} metadata)")
         self.spec = Preprocessing.from_dict(json.loads(meta[M.PREPROCESSING]))
         self.labels = tuple(json.loads(meta[M.LABELS]))
-        chosen = json.loads(meta.get(M.THRESHOLDS, "null"))
-        self.thresholds = thresholds_from(chosen, self.labels, f"validation thresholds stored in {self.path.name}",
-                                          threshold)
+        chosen = pick_rule(json.loads(meta.get(M.THRESHOLDS, "null")), json.loads(meta.get(M.THRESHOLD_RULES, "{}")),
+                           operating_point, str(self.path))
+        rule = operating_point or json.loads(meta.get(M.THRESHOLD_METHOD, "null"))
+        self.thresholds = thresholds_from(chosen, self.labels, f"validation thresholds stored in {self.path.name}"
+                                          + (f" ({operating_point})" if operating_point else ""), threshold)
+        if chosen is not None and threshold is None and rule:
+            self.thresholds.rule = _rule_words(rule)
+        calibration = json.loads(meta.get(M.CALIBRATION, "null"))  # the graph applies it (chexnet.export)
+        self.calibrated = calibration.get("method") if calibration else None
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         self.fixed_batch = inp.shape[0] if isinstance(inp.shape[0], int) else None
@@ -182,6 +223,15 @@ class OnnxPredictor:
         return p
 
 
+def _rule_words(rule: str) -> str:
+    from chexnet.operating_points import describe
+
+    try:
+        return f"{describe(rule)} on validation"
+    except ValueError:
+        return f"{rule} on validation"
+
+
 # --------------------------------------------------------------------------- running
 
 
@@ -192,16 +242,19 @@ class Result:
     findings: list = field(default_factory=list)
     error: str | None = None
     heatmaps: list = field(default_factory=list)
+    calibrated: str | None = None  # the calibrator's method, None: the model's own probabilities
 
     def set_probabilities(self, probs: np.ndarray, predictor) -> "Result":
         """The 14 probabilities of this file, and the findings at or above the predictor's thresholds."""
         above = probs >= predictor.thresholds.values
         self.probabilities = {n: float(v) for n, v in zip(predictor.labels, probs)}
         self.findings = [n for n, a in zip(predictor.labels, above) if a]
+        self.calibrated = getattr(predictor, "calibrated", None)
         return self
 
     def to_json(self) -> dict:
-        out = {"path": self.path, "probabilities": self.probabilities, "findings": self.findings, "error": self.error}
+        out = {"path": self.path, "probabilities": self.probabilities, "findings": self.findings, "error": self.error,
+               "calibrated": self.calibrated is not None, "calibration": self.calibrated}
         if self.heatmaps:
             out["heatmaps"] = self.heatmaps
         return out
@@ -256,7 +309,16 @@ def predict_files(predictor, paths, batch_size: int = 16, tta: str = "none", max
 # --------------------------------------------------------------------------- output
 
 
-def format_results(results: list[Result], fmt: str, labels=PATHOLOGIES) -> str:
+def format_results(results: list[Result], fmt: str, labels=PATHOLOGIES, thresholds: Thresholds | None = None) -> str:
+    """The results as ``table`` (a finding with its probability and, given ``thresholds``, the threshold and rule
+    that made it one: "Effusion 0.31 (>= 0.24, sensitivity 0.9 on validation)"), ``json`` or ``csv``."""
+    cut = {} if thresholds is None else dict(zip(labels, thresholds.values))
+
+    def finding(n: str, p: float) -> str:
+        if n not in cut:
+            return f"{n} {p:.2f}"
+        return f"{n} {p:.2f} (>= {cut[n]:.2f}{', ' + thresholds.rule if thresholds.rule else ''})"
+
     if fmt == "json":
         return "".join(json.dumps(r.to_json()) + "\n" for r in results)
     if fmt == "csv":
@@ -276,7 +338,7 @@ def format_results(results: list[Result], fmt: str, labels=PATHOLOGIES) -> str:
         if r.error:
             text = f"ERROR: {r.error}"
         elif r.findings:
-            text = ", ".join(f"{n} {r.probabilities[n]:.2f}" for n in sorted(r.findings, key=lambda n: -r.probabilities[n]))
+            text = ", ".join(finding(n, r.probabilities[n]) for n in sorted(r.findings, key=lambda n: -r.probabilities[n]))
         else:
             top = max(r.probabilities, key=r.probabilities.get)
             text = f"none (highest: {top} {r.probabilities[top]:.2f})"
@@ -300,18 +362,23 @@ def parse_threshold(text: str) -> float | None:
 def run_predict(run: str | None, paths: list[str], onnx: str | None = None, checkpoint: str = "best",
                 fmt: str = "table", threshold: str = "val", batch_size: int = 16, tta: str = "none",
                 max_pixels: int | None = DEFAULT_MAX_PIXELS, cam_dir: str | None = None, cam_all: bool = False,
-                progress: bool = True, trust_changed: bool = False) -> int:
+                progress: bool = True, trust_changed: bool = False, raw: bool = False,
+                operating_point: str | None = None) -> int:
     """The command: print the results to stdout, notes to stderr; returns the number of files that failed."""
     fixed = parse_threshold(threshold)
     if not paths:
         raise ValueError("no input files or folders given")
-    predictor = OnnxPredictor(onnx, fixed) if onnx else TorchPredictor(run, checkpoint, fixed, trust_changed)
+    predictor = (OnnxPredictor(onnx, fixed, operating_point) if onnx else
+                 TorchPredictor(run, checkpoint, fixed, trust_changed, raw, operating_point))
     results = predict_files(predictor, paths, batch_size, tta, max_pixels, cam_dir, cam_all, progress)
     if not results:
         raise ValueError(f"no image files found in {', '.join(map(str, paths))}")
-    sys.stdout.write(format_results(results, fmt, predictor.labels))
+    sys.stdout.write(format_results(results, fmt, predictor.labels, predictor.thresholds))
     failed = sum(r.error is not None for r in results)
-    print(f"{len(results) - failed} of {len(results)} image(s) predicted; thresholds: {predictor.thresholds.source}"
+    calibrated = getattr(predictor, "calibrated", None)
+    what = f"calibrated probabilities ({calibrated} scaling)" if calibrated else "the model's own probabilities"
+    print(f"{len(results) - failed} of {len(results)} image(s) predicted ({what}); thresholds: "
+          f"{predictor.thresholds.source}"
           + (f"; {failed} failed" if failed else "") + (f"; heatmaps in {cam_dir}" if cam_dir else ""),
           file=sys.stderr)
     return failed

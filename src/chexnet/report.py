@@ -509,6 +509,9 @@ def write_evaluation(
     thresholds=None,
     derived=(),
     derived_y=None,
+    rules=("f1",),
+    rule_thresholds: dict | None = None,
+    calibrated: str | None = None,
 ) -> pd.DataFrame:
     """Evaluate a predictions table and write ``metrics.json``, ``auroc.csv``, ``report.md``,
     ``roc.png``, ``pr.png`` and ``auroc_vs_published.png`` into ``out_dir``: one row (and plot panel) per label
@@ -525,9 +528,18 @@ def write_evaluation(
     metrics.json's ``derived_labels``, a section of report.md, and ``derived.csv`` (image, patient_id, then
     ``score_<label>`` and ``label_<label>`` per derived label); not in the plots or subgroups.
 
+    Calibration and operating points (:mod:`chexnet.clinical`): ``calibration.csv`` and ``reliability.png`` of the
+    probabilities as given (``calibrated``: the calibrator's method when they are calibrated, said in the report),
+    and ``operating_points.csv`` for each rule of ``rules`` (:mod:`chexnet.operating_points`), its thresholds chosen
+    on the validation predictions, or ``rule_thresholds`` ({rule: one threshold per label}, e.g. the run's own on
+    another data set); without either, no operating points. Both in metrics.json (``calibration``,
+    ``operating_points``) and report.md; ``table.attrs["rule_thresholds"]`` holds the thresholds used.
+
     Missing labels (see the module doc): metrics.json's ``labels_not_scored`` lists the pathologies
     without any known label in the split (their AUROC is ``null``); the curves use the known rows.
     """
+    from chexnet import clinical, operating_points
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     predictions_df = _validate_predictions(predictions_df, "predictions")
@@ -549,6 +561,18 @@ def write_evaluation(
     extra = _write_derived(out_dir, images, patients, p, names, derived, derived_y, n_resamples, seed, alpha)
     context = dict(context or {})
     citations = _citations(table)
+    _, cal_md, cal_json = clinical.write_calibration(out_dir, y, p, patients, names, n_resamples, seed, alpha,
+                                                     calibrated)
+    if p_val is not None:
+        rule_thresholds = {r: operating_points.choose(y_val, p_val, r) for r in rules}
+        source = "chosen per label on the validation split"
+    else:
+        source = "the run's own (thresholds.json, chosen on its validation split)"
+    table.attrs["rule_thresholds"] = dict(rule_thresholds or {})
+    op_md, op_json = "", None
+    if rule_thresholds:
+        _, op_md, op_json = clinical.write_operating_points(out_dir, y, p, patients, names, rule_thresholds, source,
+                                                            n_resamples, seed, alpha)
 
     full = with_derived(table, extra)
     atomic_write(out_dir / "auroc.csv", full.to_csv(float_format="%.6f"))
@@ -563,6 +587,8 @@ def write_evaluation(
         "notes": table.attrs["notes"] + ([DERIVED_SECTION] if extra is not None else [])
         + ([COMPARABILITY_NOTE] if citations else []),
         "published_sources": citations,
+        "calibration": cal_json,
+        "operating_points": op_json,
     }
     atomic_write(out_dir / "metrics.json", json.dumps(_json_safe(payload), indent=2) + "\n")
 
@@ -575,7 +601,7 @@ def write_evaluation(
                                        labels=names)
         atomic_write(out_dir / "subgroups.csv", sub.to_csv(index=False, float_format="%.6f"))
         sub_md = subgroups.subgroup_markdown(sub)
-    atomic_write(out_dir / "report.md", _report_markdown(table, context, citations, sub_md, extra))
+    atomic_write(out_dir / "report.md", _report_markdown(table, context, citations, sub_md, extra, cal_md + "\n" + op_md))
     return full
 
 
@@ -617,7 +643,7 @@ def _derived_json(extra: pd.DataFrame | None, derived) -> dict:
 
 
 def _report_markdown(table: pd.DataFrame, context: dict, citations: dict, subgroups_md: str | None = None,
-                     derived_rows: pd.DataFrame | None = None) -> str:
+                     derived_rows: pd.DataFrame | None = None, clinical_md: str = "") -> str:
     a = table.attrs
     level = int(round(100 * (1 - a["alpha"])))
     lines = ["# Evaluation", ""]
@@ -637,6 +663,8 @@ def _report_markdown(table: pd.DataFrame, context: dict, citations: dict, subgro
         shown = derived_rows.loc[:, list(DERIVED_COLUMNS)]
         shown.attrs = dict(derived_rows.attrs)
         lines += ["## Derived labels (not model outputs)", "", DERIVED_SECTION, "", _markdown_table(shown), ""]
+    if clinical_md.strip():
+        lines += [clinical_md.rstrip(), ""]
     if subgroups_md:
         lines += ["## Subgroups", "",
                   f"AUROC [{level}% CI] (positives) by sex, age band and view; blank where a cell has fewer than "

@@ -16,6 +16,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from chexnet.checkpoint import (
@@ -143,15 +144,36 @@ def _split_sizes(splits: dict) -> str:
 THRESHOLDS = "thresholds.json"
 
 
-def save_thresholds(run: Path, loaded: LoadedRun, table, method: str) -> None:
+def save_thresholds(run: Path, loaded: LoadedRun, table, method: str, calibrator=None) -> None:
     """RUN/thresholds.json: the per-label operating points (the run's labels, ``loaded.cfg.labels``) chosen on the
     validation split for this checkpoint (``chexnet predict`` and ``chexnet export`` pick them up; they belong to
-    that checkpoint only)."""
-    thresholds = {name: (None if table.loc[name, "threshold"] != table.loc[name, "threshold"] else
-                         float(table.loc[name, "threshold"])) for name in loaded.cfg.labels}
+    that checkpoint only): ``thresholds`` of the evaluation's ``method``, and ``rules`` ({rule: {label: t}}, every
+    operating-point rule evaluated, ``table.attrs["rule_thresholds"]``). Always on the model's own (raw)
+    probabilities: thresholds chosen on calibrated ones (``calibrator``) are mapped back."""
+    names = list(loaded.cfg.labels)
+
+    def raw(values) -> dict:
+        values = np.minimum(np.asarray(values, np.float64), 1.0)  # +inf (nothing positive): 1.0, kept by the map
+        if calibrator is not None:
+            values = calibrator.unmap_thresholds(values)
+        return {n: (None if not np.isfinite(v) else float(v)) for n, v in zip(names, values)}
+
+    rules = {rule: raw(t) for rule, t in (table.attrs.get("rule_thresholds") or {}).items()}
     atomic_write(run / THRESHOLDS, json.dumps({
         "checkpoint": loaded.path.name, "epoch": loaded.epoch, "global_step": loaded.global_step,
-        "method": method, "chosen_on": "val", "thresholds": thresholds}, indent=2) + "\n")
+        "method": method, "chosen_on": "val", "scale": "raw", "thresholds": raw(table.loc[names, "threshold"]),
+        "rules": rules}, indent=2) + "\n")
+
+
+def saved_rule_thresholds(run: Path, loaded: LoadedRun) -> dict:
+    """{rule: {label: raw threshold}} from RUN/thresholds.json when it belongs to ``loaded``'s checkpoint, else {}."""
+    saved = Path(run) / THRESHOLDS
+    if not saved.is_file():
+        return {}
+    info = json.loads(saved.read_text())
+    if (info.get("epoch"), info.get("global_step")) != (loaded.epoch, loaded.global_step):
+        return {}
+    return dict(info.get("rules") or {})
 
 
 def saved_thresholds(run: Path, loaded: LoadedRun) -> tuple[dict | None, str | None, str]:

@@ -1,14 +1,20 @@
-"""AUROC by patient subgroup: sex, age band and view position, with patient-bootstrap CIs.
+"""AUROC by patient subgroup: sex, age band, view position and, in a combined cache, source, with patient-bootstrap
+CIs; ECE and Brier score beside them.
 
 A model can be good on average and poor for a group (AP films come from sicker, bed-bound patients; the very
 old and the very young are few). ``chexnet evaluate`` writes the table below as ``subgroups.csv`` and as a
 section of ``report.md``. One row per (group, subgroup, label), labels the run's, in its order::
 
-    group, subgroup, pathology, n, n_pos, auroc, auroc_ci_low, auroc_ci_high
+    group, subgroup, pathology, n, n_pos, auroc, auroc_ci_low, auroc_ci_high, ece, brier
 
 ``n`` images of the subgroup, ``n_pos`` of them positive for the label (the ``pathology`` column). The AUROC and
 its 95% CI (percentile bootstrap over the subgroup's patients) are left blank where a cell has fewer than
 :data:`MIN_POSITIVES` positives (or no negative): too few to say anything.
+
+``ece`` (equal-width, :func:`chexnet.calibration.ece`) and ``brier`` are the cell's calibration on its known rows
+(point estimates; blank without a known row): a model calibrated overall can be miscalibrated for a group.
+The ``source`` group (one subgroup per source) appears where the attributes have a ``source`` column with more
+than one value.
 
 Labels may be NaN (missing): ``n_pos`` counts known positives, "no negative" means no known negative,
 and the AUROC and CI use the cell's known rows only; a label missing for the whole subgroup is blank.
@@ -19,14 +25,14 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from chexnet import metrics
+from chexnet import calibration, metrics
 from chexnet.labels import PATHOLOGIES
 
 MIN_POSITIVES = 5
 AGE_BANDS = ("0-20", "21-40", "41-60", "61-80", "81+")
 AGE_EDGES = (20, 40, 60, 80)  # upper ends (inclusive) of the first four bands, in years
 MAX_AGE = 120  # ages above this are data-entry errors (NIH has a few): in no band
-COLUMNS = ["group", "subgroup", "pathology", "n", "n_pos", "auroc", "auroc_ci_low", "auroc_ci_high"]
+COLUMNS = ["group", "subgroup", "pathology", "n", "n_pos", "auroc", "auroc_ci_low", "auroc_ci_high", "ece", "brier"]
 
 
 def age_band(age) -> np.ndarray:
@@ -46,6 +52,9 @@ def subgroup_masks(attributes: pd.DataFrame) -> list[tuple[str, str, np.ndarray]
     out = [("sex", s, sex == s) for s in ("M", "F")]
     out += [("age", b, band == b) for b in AGE_BANDS]
     out += [("view", v, view == v) for v in ("PA", "AP")]
+    if "source" in attributes.columns and attributes["source"].nunique() > 1:
+        src = attributes["source"].astype(str).to_numpy()
+        out += [("source", s, src == s) for s in dict.fromkeys(src)]
     return out
 
 
@@ -74,8 +83,10 @@ def subgroup_table(y, p, patient_ids, attributes: pd.DataFrame, n_resamples: int
             ci = metrics.bootstrap_auroc_ci(ys[:, cols], ps[:, cols], groups=patient_ids[mask],
                                             n_resamples=n_resamples, seed=seed, alpha=alpha)
             low[cols], high[cols] = ci.low, ci.high
+        yf = np.asarray(y[mask], np.float64)
         for c, name in enumerate(labels):
-            rows.append((group, sub, name, int(mask.sum()), int(n_pos[c]), auc[c], low[c], high[c]))
+            rows.append((group, sub, name, int(mask.sum()), int(n_pos[c]), auc[c], low[c], high[c],
+                         calibration.ece(yf[:, c], ps[:, c]), calibration.brier(yf[:, c], ps[:, c])))
     return pd.DataFrame(rows, columns=COLUMNS)
 
 

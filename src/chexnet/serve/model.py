@@ -29,13 +29,14 @@ class ServedModel:
         from chexnet.predict import OnnxPredictor, TorchPredictor
 
         if cfg.onnx:
-            self.predictor = OnnxPredictor(cfg.model, cfg.threshold)
+            self.predictor = OnnxPredictor(cfg.model, cfg.threshold, cfg.operating_point)
             meta, file = self.predictor.metadata, Path(cfg.model)
             # the run and checkpoint it was exported from, as the export recorded them (older exports: the file)
             self.engine, run = "onnxruntime", meta.get(M.RUN) or file.stem
             source = meta.get(M.CHECKPOINT)
         else:
-            self.predictor = TorchPredictor(cfg.model, cfg.checkpoint, cfg.threshold, cfg.trust_changed)
+            self.predictor = TorchPredictor(cfg.model, cfg.checkpoint, cfg.threshold, cfg.trust_changed, cfg.raw,
+                                            cfg.operating_point)
             self.engine, file, run = "torch", self.predictor.loaded.path, self.predictor.run.resolve().name
             source = self.predictor.loaded.described
         self.max_pixels = cfg.max_pixels
