@@ -44,7 +44,7 @@ def broken_files(tmp: Path, good: bytes) -> dict[str, tuple[bytes, str]]:
     ds.save_as(buf)
     nopix = buf.getvalue()
     jls = pydicom.dcmread(path)
-    jls.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.80"  # JPEG-LS: no decoder installed
+    jls.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.100"  # MPEG-2 video: no decoder exists
     jls.PixelData = encapsulate([b"\xff\xd8\xff\xf7" + b"\x00" * 64])
     jls["PixelData"].VR = "OB"
     jls.save_as(tmp / "jls.dcm", enforce_file_format=True)
