@@ -8,6 +8,7 @@ enqueued in the study's storage before ``chexnet tune`` runs (Optuna runs enqueu
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -273,6 +274,10 @@ def test_a_cache_that_does_not_fit_the_config_stops_the_study_before_it_starts(c
         index = read_index(cache / "index.csv")
         index.loc[index["split"] == "val", "split"] = "train"
         index.to_csv(cache / "index.csv", index=False)
+        meta = json.loads((cache / "meta.json").read_text())  # as a prepare with no val patients writes it
+        meta["splits"]["train"]["images"] += meta["splits"]["val"]["images"]
+        meta["splits"]["val"] = {"images": 0, "patients": 0}
+        (cache / "meta.json").write_text(json.dumps(meta))
     else:
         extra = ["--set", "labels=Atelectasis,Pneumonitis"]
     space = write_space(tmp_path / "space.yaml")
