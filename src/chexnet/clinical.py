@@ -53,19 +53,21 @@ def write_calibration(out_dir: Path, y, p, patients, names, n_resamples: int, se
 
 
 def write_operating_points(out_dir: Path, y, p, patients, names, rules: dict, source: str, n_resamples: int,
-                           seed: int, alpha: float) -> tuple[pd.DataFrame, str, dict]:
+                           seed: int, alpha: float, rechoose: bool = False) -> tuple[pd.DataFrame, str, dict]:
     """operating_points.csv for ``rules`` ({rule: thresholds, one per label}); ``source`` says where the
-    thresholds were chosen (held fixed in the bootstrap)."""
+    thresholds were chosen: held fixed in the bootstrap, or, with ``rechoose`` (chosen on this very split),
+    each rule chosen again inside every resample."""
     tables = []
     for rule, thresholds in rules.items():
         t = operating_points.operating_table(y, p, thresholds, names, groups=patients, n_resamples=n_resamples,
-                                             seed=seed, alpha=alpha)
+                                             seed=seed, alpha=alpha, rechoose=rule if rechoose else None)
         t.insert(0, "rule", rule)
         tables.append(t)
     table = pd.concat(tables) if tables else pd.DataFrame()
     atomic_write(out_dir / "operating_points.csv", table.to_csv(float_format="%.6f"))
     level = int(round(100 * (1 - alpha)))
-    lines = ["## Operating points", "", f"Thresholds {source}, held fixed; each metric with its {level}% patient-"
+    held = "" if rechoose else ", held fixed"
+    lines = ["## Operating points", "", f"Thresholds {source}{held}; each metric with its {level}% patient-"
              "bootstrap CI (Wilson intervals, a cross-check where each patient has one image, are in "
              "`operating_points.csv`). Prevalence is this split's.", ""]
     for rule in rules:

@@ -563,16 +563,18 @@ def write_evaluation(
     citations = _citations(table)
     _, cal_md, cal_json = clinical.write_calibration(out_dir, y, p, patients, names, n_resamples, seed, alpha,
                                                      calibrated)
+    same_split = val_predictions_df is not None and val_predictions_df is predictions_df
     if p_val is not None:
         rule_thresholds = {r: operating_points.choose(y_val, p_val, r) for r in rules}
-        source = "chosen per label on the validation split"
+        source = ("chosen per label on this split itself (the validation split): each rule chosen again inside "
+                  "every bootstrap resample" if same_split else "chosen per label on the validation split")
     else:
         source = "the run's own (thresholds.json, chosen on its validation split)"
     table.attrs["rule_thresholds"] = dict(rule_thresholds or {})
     op_md, op_json = "", None
     if rule_thresholds:
         _, op_md, op_json = clinical.write_operating_points(out_dir, y, p, patients, names, rule_thresholds, source,
-                                                            n_resamples, seed, alpha)
+                                                            n_resamples, seed, alpha, rechoose=same_split)
 
     full = with_derived(table, extra)
     atomic_write(out_dir / "auroc.csv", full.to_csv(float_format="%.6f"))

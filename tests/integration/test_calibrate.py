@@ -3,6 +3,7 @@ says so, changes no decision (thresholds are mapped through it), and --raw turns
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import numpy as np
@@ -66,6 +67,18 @@ def test_calibrate_then_predict_and_export_apply_it(trained_run, copy_run, tiny_
         got = np.array([c["probabilities"][n] for n in cal.labels])
         np.testing.assert_allclose(got, cal.apply(p_raw[None])[0], atol=1e-6)
         assert c["findings"] == r["findings"]  # the same decisions on either scale
+
+    if all(importlib.util.find_spec(m) for m in ("fastapi", "httpx")):  # serve answers what predict prints
+        from fastapi.testclient import TestClient
+
+        from chexnet.serve.app import create_app
+        from chexnet.serve.config import ServeConfig
+
+        with TestClient(create_app(ServeConfig(str(run), max_batch=2, max_wait_ms=5).check())) as client:
+            for path, want in zip(paths[:2], _json_lines(out_cal)[:2]):
+                body = client.post("/v1/predict", files={"file": (path.name, path.read_bytes())}).json()
+                assert body["calibrated"] is True and body["calibration"] == "temperature"
+                assert max(abs(body["probabilities"][n] - want["probabilities"][n]) for n in cal.labels) <= 1e-5
 
     pytest.importorskip("onnxruntime", reason="ONNX export needs chexnet[export]")
     from chexnet.predict import OnnxPredictor, TorchPredictor, predict_files
