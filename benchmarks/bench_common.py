@@ -51,8 +51,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def median_time(fn, reps: int, warmup: int = 1) -> float:
-    """Median seconds of ``reps`` calls of ``fn`` after ``warmup`` calls."""
+def call_times(fn, reps: int, warmup: int = 1) -> list[float]:
+    """Seconds of each of ``reps`` calls of ``fn`` after ``warmup`` calls."""
     for _ in range(warmup):
         fn()
     times = []
@@ -60,4 +60,9 @@ def median_time(fn, reps: int, warmup: int = 1) -> float:
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return times
+
+
+def median_time(fn, reps: int, warmup: int = 1) -> float:
+    """Median seconds of ``reps`` calls of ``fn`` after ``warmup`` calls."""
+    return statistics.median(call_times(fn, reps, warmup))

@@ -10,6 +10,9 @@ export writes them, ``predict --onnx`` and ``serve`` read them. Values are strin
   calibrated probabilities, and ``chexnet_thresholds_raw`` holds them before it;
 * ``chexnet_threshold_rules``: every operating-point rule evaluated ({rule: {label: threshold}}, on the
   probabilities the graph outputs), for ``predict --onnx --operating-point RULE``;
+* ``chexnet_quantization`` (int8 exports only, ``chexnet export --quantize int8``): how (method, ops, calibration
+  split, images, seed, cache) and the check against the fp32 graph on the val split (max |dp|, AUROC change per
+  label), JSON;
 * ``chexnet_run`` (the run folder's name), ``chexnet_arch``, ``chexnet_checkpoint`` (``best.pt (epoch E, step S)``),
   ``chexnet_version``, ``chexnet_input`` (the input contract in words).
 
@@ -28,3 +31,4 @@ INPUT = "chexnet_input"
 CALIBRATION = "chexnet_calibration"
 THRESHOLD_RULES = "chexnet_threshold_rules"
 THRESHOLDS_RAW = "chexnet_thresholds_raw"
+QUANTIZATION = "chexnet_quantization"

@@ -1,0 +1,65 @@
+"""``--precision auto``: bf16 autocast where the hardware runs it fast, fp32 elsewhere.
+
+* CPU: bf16 where the CPU has AMX (``amx_bf16``) or AVX512-BF16 (``avx512_bf16``) -- oneDNN then runs bf16
+  convolutions natively (about 2x fp32 with AMX); without them bf16 is emulated and slower than fp32.
+* CUDA: bf16 where the GPU supports it (``torch.cuda.is_bf16_supported()``: Ampere and newer), else fp32
+  (fp16 is never chosen automatically: it needs loss scaling and can overflow).
+
+:func:`resolve_precision` is the pure rule (tested on given flags); :func:`resolve_here` applies it to this
+machine. Training resolves ``auto`` once, on rank 0, and broadcasts the answer (every rank trains alike); the
+resolved value is what config.yaml, the checkpoints and run.json record, so evaluate, calibrate and export use it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+CONCRETE = ("fp32", "bf16", "fp16")
+CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+def resolve_precision(requested: str, device_type: str, cpu_flags, cuda_bf16: bool = False) -> tuple[str, str]:
+    """(precision, why) for ``requested`` on a ``device_type`` ("cpu", "cuda", ...) with the CPU's ``cpu_flags``
+    (an iterable of /proc/cpuinfo flag names) and, on CUDA, whether the GPU supports bf16. A concrete request is
+    returned as it is."""
+    if requested in CONCRETE:
+        return requested, "as requested"
+    if requested != "auto":
+        raise ValueError(f"precision must be one of {CONCRETE + ('auto',)}, got {requested!r}")
+    if device_type == "cuda":
+        if cuda_bf16:
+            return "bf16", "the GPU supports bf16"
+        return "fp32", "the GPU does not support bf16"
+    if device_type == "cpu":
+        have = [f for f in CPU_BF16_FLAGS if f in set(cpu_flags or ())]
+        if have:
+            names = {"amx_bf16": "AMX", "avx512_bf16": "AVX512-BF16"}
+            return "bf16", f"CPU has {' and '.join(names[f] for f in have)}"
+        return "fp32", "CPU has no AMX or AVX512-BF16"
+    return "fp32", f"no bf16 rule for device type {device_type!r}"
+
+
+def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> frozenset[str]:
+    """The CPU feature flags of /proc/cpuinfo (its first ``flags`` line); empty where it cannot be read (not
+    Linux): then ``auto`` picks fp32 on the CPU."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return frozenset(value.split())
+    return frozenset()
+
+
+def resolve_here(requested: str, device) -> tuple[str, str]:
+    """:func:`resolve_precision` on this machine's CPU flags and, for a CUDA ``device``, its GPU."""
+    import torch
+
+    device_type = getattr(device, "type", str(device))
+    cuda_bf16 = False
+    if requested == "auto" and device_type == "cuda":
+        cuda_bf16 = bool(torch.cuda.is_bf16_supported())
+    flags = cpu_flags() if requested == "auto" and device_type == "cpu" else frozenset()
+    return resolve_precision(requested, device_type, flags, cuda_bf16)
