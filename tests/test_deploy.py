@@ -30,6 +30,23 @@ def test_kubernetes_pytorchjob_command_parses():
         _parses(command[1:])
 
 
+def test_kubernetes_parameter_server_variant_is_the_pytorchjob_plus_the_strategy():
+    from chexnet import ps
+    from chexnet.train import resolve_config
+    from chexnet.cli import _train_cli_overrides
+
+    base = yaml.safe_load((DEPLOY / "k8s" / "pytorchjob.yaml").read_text())["spec"]["pytorchReplicaSpecs"]
+    job = yaml.safe_load((DEPLOY / "k8s" / "pytorchjob-ps.yaml").read_text())
+    specs = job["spec"]["pytorchReplicaSpecs"]
+    command = specs["Master"]["template"]["spec"]["containers"][0]["command"]
+    assert command == specs["Worker"]["template"]["spec"]["containers"][0]["command"]
+    plain = base["Master"]["template"]["spec"]["containers"][0]["command"]
+    assert _options(command) == {**_options(plain), "--strategy": "ps", "--ps-servers": "2"}
+    args = build_parser().parse_args(command[1:])
+    cfg = resolve_config("/nonexistent/run", args.config, _train_cli_overrides(args), args.set, None)
+    ps.check(cfg, 1 + specs["Worker"]["replicas"])  # a valid layout for the job's pods
+
+
 def test_slurm_script_commands_parse():
     text = (DEPLOY / "slurm" / "chexnet.sbatch").read_text().replace("\\\n", " ")
     commands = re.findall(r"^srun [^\n]*?chexnet (.*)$", text, flags=re.M)

@@ -429,6 +429,15 @@ def check(name: str, data: bytes, api: str, folder: Path) -> dict:
 
 
 def _rss_mb() -> float:
+    """This process's peak resident memory. Linux's VmHWM belongs to the memory map, which exec replaces;
+    getrusage's ru_maxrss does not start again at exec, so a worker started by a big pytest process would report
+    the parent's peak (seen: 1,984 MB in the full suite for a worker whose own peak was far below)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: kilobytes
 
 

@@ -82,6 +82,14 @@ SOURCE_SAMPLINGS = {
                 "source's train images)",
 }
 
+# train's --strategy: how the workers' gradients become one update (chexnet.ps for the parameter servers)
+STRATEGIES = {
+    "allreduce": "every process a worker; DDP's bucketed ring all-reduce of the gradients (default)",
+    "ps": "--ps-servers K of the processes hold shards of the parameters and the optimizer; the other N - K "
+          "are workers that push gradients to them and pull the updated parameters (trains what N - K "
+          "all-reduce processes train)",
+}
+
 # tune's --pruner
 PRUNERS = {
     "median": "stop a trial worse than the median of earlier trials at the same epoch",
@@ -101,8 +109,9 @@ CONFIG_CHOICES = {
     "optimizer": ("adam", "adamw", "sgd", "adadelta"),
     "lr_scaling": ("linear", "sqrt", "none", "auto"),
     "schedule": ("plateau", "cosine", "step", "none"),
-    "precision": ("fp32", "bf16", "fp16"),
+    "precision": ("fp32", "bf16", "fp16", "auto"),
     "grad_compression": ("none", "bf16", "fp16"),
+    "strategy": tuple(STRATEGIES),
 }
 
 

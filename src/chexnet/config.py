@@ -55,7 +55,7 @@ class TrainConfig:
     grad_clip: float = 0.0  # 0 = off
     source_sampling: str = "proportional"  # proportional | balanced: a combined cache's sources per epoch
     # speed
-    precision: str = "fp32"  # fp32 | bf16 | fp16
+    precision: str = "fp32"  # fp32 | bf16 | fp16 | auto (chexnet.precision: resolved when training starts)
     channels_last: bool = False
     compile: bool = False
     grad_compression: str = "none"  # none | bf16 | fp16 (DDP communication hook)
@@ -67,6 +67,9 @@ class TrainConfig:
     max_steps_per_epoch: int = 0  # 0 = whole epoch (benchmarks and smoke tests use a cap)
     eval_every: int = 1  # epochs between validation passes
     dist_timeout: float = 1800.0  # seconds a collective / the rendezvous waits for a lost or stuck peer before failing
+    strategy: str = "allreduce"  # allreduce (DDP's ring all-reduce) | ps (parameter servers: chexnet.ps)
+    ps_servers: int = 1  # strategy ps: how many of the job's processes are servers (the others are workers)
+    ps_staleness: int = -1  # strategy ps: -1 synchronous; S >= 0 asynchronous, a worker at most S steps ahead of the slowest
     labels: tuple[str, ...] = field(default_factory=lambda: PATHOLOGIES)
 
     def to_dict(self) -> dict[str, Any]:

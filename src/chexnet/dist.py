@@ -247,9 +247,19 @@ def peers() -> list[dict]:
     return list(_PEERS)
 
 
+_ROLES: dict[int, str] = {}  # rank -> its role where the job has roles (chexnet.ps: "server 0 of 2 (parameter shard 0)")
+
+
+def set_roles(roles: dict[int, str]) -> None:
+    """Name each rank's role in errors about lost ranks (:func:`describe_rank`); cleared by :func:`teardown`."""
+    _ROLES.clear()
+    _ROLES.update(roles)
+
+
 def describe_rank(rank: int) -> str:
     p = _PEERS[rank] if rank < len(_PEERS) else {}
-    return f"rank {rank} ({p.get('host', '?')}, {p.get('addr') or '?'}, pid {p.get('pid', '?')})"
+    role = f", {_ROLES[rank]}" if rank in _ROLES else ""
+    return f"rank {rank} ({p.get('host', '?')}, {p.get('addr') or '?'}, pid {p.get('pid', '?')}{role})"
 
 
 # What a failed collective says when it reaches us as a plain RuntimeError (from DDP's reducer, for example)
@@ -339,9 +349,10 @@ def naming_lost_peers(info: DistInfo):
 
 
 def teardown() -> None:
-    global _STORE
+    global _STORE, _GROUP
     _PEERS.clear()
-    _STORE = None
+    _ROLES.clear()
+    _STORE, _GROUP = None, None
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
@@ -350,9 +361,29 @@ def is_initialized() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
+# the group that the collectives below run over: the whole job (None), or under the parameter-server strategy
+# (chexnet.ps) the workers' group on a worker, so that training code sees the N - K workers as its "world"
+_GROUP = None
+
+
+def new_group(ranks) -> object:
+    """A sub-group of ``ranks`` (collective: every rank of the job calls it, in the same order); None when alone."""
+    if not is_initialized():
+        return None
+    return dist.new_group(ranks=sorted(ranks))
+
+
+def set_group(group) -> None:
+    """Make ``group`` (from :func:`new_group`; None: the whole job) the group of :func:`barrier`,
+    :func:`all_reduce_sum` and the other collectives of this module. Its members must hold the lowest global ranks
+    (group rank == global rank), as the parameter-server workers do."""
+    global _GROUP
+    _GROUP = group
+
+
 def barrier() -> None:
     if is_initialized():
-        dist.barrier()
+        dist.barrier(group=_GROUP)
 
 
 @contextlib.contextmanager
@@ -372,10 +403,10 @@ def rank_zero_first(info: DistInfo):
         barrier()
 
 
-def _all_reduce(t: torch.Tensor, op) -> torch.Tensor:
+def _all_reduce(t: torch.Tensor, op, group=None) -> torch.Tensor:
     t = t.detach().clone()
     if is_initialized():
-        dist.all_reduce(t, op=op)
+        dist.all_reduce(t, op=op, group=_GROUP if group is None else group)
     return t
 
 
@@ -384,8 +415,9 @@ def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
     return _all_reduce(t, dist.ReduceOp.SUM) / world_size()
 
 
-def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    return _all_reduce(t, dist.ReduceOp.SUM)
+def all_reduce_sum(t: torch.Tensor, group=None) -> torch.Tensor:
+    """Sum of ``t`` over the current group (:func:`set_group`), or over ``group``."""
+    return _all_reduce(t, dist.ReduceOp.SUM, group)
 
 
 def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
@@ -393,15 +425,53 @@ def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
 
 
 def world_size() -> int:
-    return dist.get_world_size() if is_initialized() else 1
+    return dist.get_world_size(group=_GROUP) if is_initialized() else 1
+
+
+# ------------------------------------------------------------------ point to point (chexnet.ps)
+
+
+def isend(t: torch.Tensor, dst: int, tag: int = 0):
+    """Start sending ``t`` to global rank ``dst``; returns the request (``.wait()`` before reusing ``t``)."""
+    return dist.isend(t, dst=dst, tag=tag)
+
+
+def irecv(t: torch.Tensor, src: int, tag: int = 0):
+    """Start receiving into ``t`` from global rank ``src``; returns the request."""
+    return dist.irecv(t, src=src, tag=tag)
+
+
+def recv(t: torch.Tensor, src: int, tag: int = 0) -> None:
+    dist.recv(t, src=src, tag=tag)
+
+
+def recv_any(t: torch.Tensor, tag: int = 0) -> int:
+    """Receive into ``t`` from whichever rank sends first (with ``tag``); returns that rank."""
+    return dist.recv(t, src=None, tag=tag)
+
+
+def wait_all(requests) -> None:
+    for r in requests:
+        r.wait()
+
+
+def send_object(obj, dst: int) -> None:
+    """Send one picklable object (weights_only-safe contents: tensors and plain containers) to global rank ``dst``."""
+    dist.send_object_list([obj], dst=dst, device=torch.device("cpu"))
+
+
+def recv_object(src: int):
+    box = [None]
+    dist.recv_object_list(box, src=src, device=torch.device("cpu"))
+    return box[0]
 
 
 def all_gather_objects(obj) -> list:
     """Gather one picklable object from every rank (a list in rank order; ``[obj]`` when not distributed)."""
     if not is_initialized():
         return [obj]
-    out = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
+    out = [None] * dist.get_world_size(group=_GROUP)
+    dist.all_gather_object(out, obj, group=_GROUP)
     return out
 
 
@@ -409,7 +479,7 @@ def broadcast_object(obj, src: int = 0):
     if not is_initialized():
         return obj
     box = [obj]
-    dist.broadcast_object_list(box, src=src)
+    dist.broadcast_object_list(box, src=src, group=_GROUP)
     return box[0]
 
 
@@ -450,4 +520,4 @@ def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
     if not is_initialized():
         return
     for buf in module.buffers():
-        dist.broadcast(buf.data, src=src)
+        dist.broadcast(buf.data, src=src, group=_GROUP)

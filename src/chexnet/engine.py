@@ -40,6 +40,8 @@ class StepContext:
     transform: torch.nn.Module | None = None
 
     def __post_init__(self):
+        if self.precision not in ("fp32", "bf16", "fp16"):  # "auto" is resolved when training starts
+            raise ValueError(f"StepContext: precision must be fp32, bf16 or fp16, got {self.precision!r}")
         if self.transform is None:
             self.transform = input_transform(None).to(self.device)
 
@@ -81,7 +83,12 @@ def optimizer_step(optimizer, scaler: torch.amp.GradScaler, params, ctx: StepCon
     fp16 (``scaler`` enabled): the gradients are unscaled before clipping, and the scaler itself skips steps whose
     gradients overflow and lowers its scale (counted as taken here). Otherwise ``scaler`` is disabled and its
     calls are no-ops around a plain ``optimizer.step()``.
+
+    A parameter-server worker's optimizer (chexnet.ps, ``remote_step``) takes the step itself: the servers average
+    the workers' gradients, then clip and check them by the global norm, under the same policy.
     """
+    if hasattr(optimizer, "remote_step"):
+        return optimizer.remote_step()
     scaler.unscale_(optimizer)
     if ctx.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(params, ctx.grad_clip)

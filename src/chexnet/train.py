@@ -166,6 +166,11 @@ def train(cfg: TrainConfig, cache: str | os.PathLike, out: str | os.PathLike, re
     info, device = dist.init(cfg.dist_timeout)
     try:
         with dist.naming_lost_peers(info):  # a lost peer fails the run with an error naming its rank and host
+            if cfg.strategy == "ps":  # chexnet.ps: servers serve their shards, workers run _train among themselves
+                from chexnet import ps
+
+                return ps.run(cfg, info, device, lambda worker_info: _train(
+                    cfg, Path(cache), Path(out), resume, progress, worker_info, device, epoch_callback))
             return _train(cfg, Path(cache), Path(out), resume, progress, info, device, epoch_callback)
     finally:
         dist.teardown()
@@ -187,6 +192,7 @@ def _ask_callback(callback: EpochCallback | None, record: dict, info: dist.DistI
 
 def _train(cfg, cache, run, resume, progress, info, device, epoch_callback=None) -> dict:
     t_start = time.time()
+    cfg, precision_why = _resolve_precision(cfg, info, device)
     _, index, meta = load_cache(cache)
     check_trainable_labels(cache, index, meta, cfg.labels)
     spec = Preprocessing(cache_size=int(meta["size"]), input_size=cfg.input_size, input_transform=cfg.input_transform)
@@ -199,7 +205,9 @@ def _train(cfg, cache, run, resume, progress, info, device, epoch_callback=None)
     if info.is_main:
         checkpoint_dir(run).mkdir(parents=True, exist_ok=True)
         save_config(cfg, run / "config.yaml")
-        atomic_write(run / "run.json", json.dumps(_run_info(cfg, cache, meta, spec, info, device, run), indent=2))
+        atomic_write(run / "run.json", json.dumps({**_run_info(cfg, cache, meta, spec, info, device, run),
+                                                   "precision": cfg.precision, "precision_why": precision_why},
+                                                  indent=2))
     dist.barrier()
 
     if device.type == "cuda":
@@ -235,7 +243,13 @@ def _train(cfg, cache, run, resume, progress, info, device, epoch_callback=None)
         epoch, step_offset, global_step = _restore(ckpt, resume_path, cfg, info, model, optimizer, lr_ctl, scaler, saver)
         lr_ctl.resume_at(global_step, epoch, step_offset)  # schedules follow epochs when the world size changed
 
-    ddp = dist.wrap_ddp(model, device, cfg.grad_compression)
+    if cfg.strategy == "ps":  # a worker: the servers (chexnet.ps) hold the parameters' shards and the optimizer
+        from chexnet import ps
+
+        optimizer = ps.attach(model, optimizer, cfg, info)
+        ddp = model
+    else:
+        ddp = dist.wrap_ddp(model, device, cfg.grad_compression)
     net = torch.compile(ddp) if cfg.compile else ddp
     ctx = StepContext(device, cfg.precision, cfg.channels_last, cfg.accum_steps, cfg.grad_clip, cfg.skip_nonfinite,
                       max(1, cfg.log_every), transform=input_transform(spec).to(device))
@@ -287,6 +301,22 @@ def _train(cfg, cache, run, resume, progress, info, device, epoch_callback=None)
     summary.update({"run": str(run), "select": cfg.select, "best": saver.best, "global_step": global_step,
                     "seconds": time.time() - t_start, "world_size": info.world_size})
     return summary
+
+
+def _resolve_precision(cfg: TrainConfig, info: dist.DistInfo, device) -> tuple[TrainConfig, str]:
+    """``precision: auto`` -> fp32 or bf16 (chexnet.precision), decided on rank 0 and broadcast so that every rank
+    trains alike; said as the run's first line. The config that is saved (config.yaml, checkpoints) holds the
+    resolved value."""
+    import dataclasses
+
+    from chexnet.precision import resolve_here
+
+    if cfg.precision != "auto":
+        return cfg, "as requested"
+    chosen = resolve_here(cfg.precision, device) if info.is_main else None
+    precision, why = dist.broadcast_object(chosen)
+    _say(info, f"precision auto -> {precision} ({why})")
+    return dataclasses.replace(cfg, precision=precision), f"auto: {why}"
 
 
 def _open_splits(cache, index, meta, cfg):

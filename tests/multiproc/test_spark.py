@@ -58,7 +58,7 @@ def test_spark_local_2_trains_like_nproc_2(tiny_cache, tmp_path, reference_run):
     assert (info["launcher"], info["world_size"]) == ("torchrun", 2)  # TorchDistributor starts torchrun per task
     ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
     assert (ckpt["epoch"], ckpt["world_size"]) == (2, 2), "one 2-process group wrote the checkpoint"
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.pt", "last.prev.pt", "last.pt"]
     assert [r["epoch"] for r in read_metrics(run) if r["kind"] == "epoch"] == [1, 2], "each epoch recorded once"
     assert_same_epochs(run, reference_run)
     sums = final_sums(output)
