@@ -240,18 +240,17 @@ def calibration_table(y, p, labels, groups=None, n_resamples: int = 1000, seed: 
 def _bootstrap(y, p, groups, n_resamples: int, seed: int, n_bins: int, block: int = 100) -> np.ndarray | None:
     """(n_resamples, labels, metrics) over patient resamples drawn as chexnet.metrics.bootstrap_auroc_ci draws
     (``block`` resamples at a time: memory ~ 8 * block * rows bytes per label)."""
+    from chexnet.metrics import patient_resamples
+
     if n_resamples <= 0 or not len(y):
         return None
-    gid = np.arange(len(y)) if groups is None else np.unique(np.asarray(groups), return_inverse=True)[1]
-    n_groups = int(gid.max()) + 1
-    rng = np.random.default_rng(seed)
-    uniform = np.full(n_groups, 1.0 / n_groups)
     out = np.full((n_resamples, y.shape[1], len(METRICS)), np.nan)
-    for start in range(0, n_resamples, block):
-        b = min(block, n_resamples - start)
-        weights = rng.multinomial(n_groups, uniform, size=b).astype(np.float64)[:, gid]
+    start = 0
+    for counts in patient_resamples(groups, len(y), n_resamples, seed, block):
+        b, weights = len(counts), counts.astype(np.float64)
         for c in range(y.shape[1]):
             k = np.isfinite(y[:, c])
             if k.any():
                 out[start:start + b, c] = _weighted_metrics(y[k, c], p[k, c], weights[:, k], n_bins)
+        start += b
     return out

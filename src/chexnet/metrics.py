@@ -277,6 +277,18 @@ def weighted_auroc(y, p, weights) -> np.ndarray:
     return _auroc_from_counts(_class_plans(yy, pp, np.arange(len(yy)), known), w, len(yy))
 
 
+def patient_resamples(groups, n_rows: int, n_resamples: int, seed: int = 0, block: int = 100):
+    """The patient bootstrap's draws, ``block`` resamples at a time: yields (b, n_rows) arrays, each row's
+    multiplicity (its patient's; ``groups`` None: every row its own patient) in each resample. The same draws
+    as :func:`bootstrap_auroc_ci`'s for the same seed and number of resamples, whatever ``block``."""
+    gid = np.arange(n_rows) if groups is None else np.unique(np.asarray(groups), return_inverse=True)[1]
+    n_groups = int(gid.max()) + 1
+    rng = np.random.default_rng(seed)
+    uniform = np.full(n_groups, 1.0 / n_groups)
+    for start in range(0, n_resamples, block):
+        yield rng.multinomial(n_groups, uniform, size=min(block, n_resamples - start))[:, gid]
+
+
 def bootstrap_auroc_ci(
     y,
     p,

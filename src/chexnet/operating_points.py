@@ -164,21 +164,19 @@ def _z(alpha: float) -> float:
 
 
 def _bootstrap(y, p, thresholds, groups, n_resamples, seed, rechoose):
+    """{metric: (n_resamples, labels)} over :func:`chexnet.metrics.patient_resamples`' draws."""
+    from chexnet.metrics import patient_resamples
+
     if n_resamples <= 0 or not len(y):
         return None
-    gid = np.arange(len(y)) if groups is None else np.unique(np.asarray(groups), return_inverse=True)[1]
-    n_groups = int(gid.max()) + 1
-    rng = np.random.default_rng(seed)
-    uniform = np.full(n_groups, 1.0 / n_groups)
     out = {m: np.full((n_resamples, y.shape[1]), np.nan) for m in COLUMNS}
-    for r in range(n_resamples):
-        counts_r = rng.multinomial(n_groups, uniform)
-        w = counts_r.astype(np.float64)[gid]
+    draws = (row for block in patient_resamples(groups, len(y), n_resamples, seed) for row in block)
+    for r, multiplicity in enumerate(draws):
         t = thresholds
         if rechoose is not None:
-            rows = np.repeat(np.arange(len(y)), counts_r[gid])  # the resample as rows (a rule needs the curve)
+            rows = np.repeat(np.arange(len(y)), multiplicity)  # the resample as rows (a rule needs the curve)
             t = choose(y[rows], p[rows], rechoose)
-        values = rates(counts(y, p, t, w), t)
+        values = rates(counts(y, p, t, multiplicity.astype(np.float64)), t)
         for m in COLUMNS:
             out[m][r] = values[m]
     return out
