@@ -53,6 +53,7 @@ import pandas as pd
 
 from chexnet.data.cache import (
     BOXES,
+    DIGEST_BYTES,
     DIGESTS,
     FORMAT,
     FORMAT_VERSION,
@@ -127,7 +128,7 @@ def combine(parts, out_dir, allow_overlap: bool = False, overwrite: bool = False
                         "splits": meta.get("splits")})
         start += len(index)
     combined = pd.concat(frames, ignore_index=True)
-    digests = np.concatenate([row_digests(images, progress, f"digest {path.name}") for path, images, _, _ in loaded])
+    digests = np.concatenate([_part_digests(path, images, meta, progress) for path, images, meta, _ in loaded])
     overlap = _overlap(combined, entries, digests)
     _say_overlap(overlap, allow_overlap, say)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -177,6 +178,15 @@ def _load_parts(parts, out_dir: Path) -> list:
         raise ValueError("the caches have different image sizes (" + ", ".join(f"{k}: {v} px" for k, v in
                          sizes.items()) + "): prepare them with the same --size")
     return loaded
+
+
+def _part_digests(path: Path, images: np.ndarray, meta: dict, progress: bool) -> np.ndarray:
+    """A part's per-row digests: the rows.blake2b its prepare recorded, else computed (older caches)."""
+    recorded = path / DIGESTS
+    if (meta.get("digests") or {}).get("rows") == DIGESTS and recorded.is_file() and \
+            recorded.stat().st_size == len(images) * DIGEST_BYTES:
+        return np.fromfile(recorded, dtype=np.uint8).reshape(len(images), DIGEST_BYTES)
+    return row_digests(images, progress, f"digest {path.name}")
 
 
 def _derived_scores(loaded) -> dict:
