@@ -1,4 +1,4 @@
-"""chexnet.report: predictions file, evaluation table and outputs, run comparison."""
+"""chexnet.report, chexnet.predictions, chexnet.compare: predictions file, evaluation table and outputs, run comparison."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from chexnet import report
+from chexnet import compare, predictions, report
 from chexnet.labels import PATHOLOGIES
 from chexnet.metrics import auroc
 
@@ -21,7 +21,7 @@ def make_predictions(n=240, seed=0, noise=1.0, images=None):
     y = (rng.random((n, len(PATHOLOGIES))) < 0.25).astype(np.uint8)
     p = 1 / (1 + np.exp(-(noise * rng.normal(size=y.shape) + 1.5 * y - 1)))
     images = images if images is not None else [f"{i:08d}_000.png" for i in range(n)]
-    return report.predictions_frame(images, np.arange(n) // 3, p, y)
+    return predictions.predictions_frame(images, np.arange(n) // 3, p, y)
 
 
 def test_published_auroc_is_packaged_with_citations():
@@ -40,12 +40,12 @@ def test_published_auroc_is_packaged_with_citations():
 def test_predictions_round_trip(tmp_path):
     df = make_predictions(50)
     path = tmp_path / "predictions.csv"
-    report.write_predictions(df, path)
-    back = report.read_predictions(path)
-    assert list(back.columns) == list(report.PREDICTION_COLUMNS)
-    images, patients, p, y = report.prediction_arrays(back)
-    np.testing.assert_array_equal(p, report.prediction_arrays(df)[2])  # lossless floats
-    np.testing.assert_array_equal(y, report.prediction_arrays(df)[3])
+    predictions.write_predictions(df, path)
+    back = predictions.read_predictions(path)
+    assert list(back.columns) == list(predictions.PREDICTION_COLUMNS)
+    images, patients, p, y = predictions.prediction_arrays(back)
+    np.testing.assert_array_equal(p, predictions.prediction_arrays(df)[2])  # lossless floats
+    np.testing.assert_array_equal(y, predictions.prediction_arrays(df)[3])
     assert images[0] == "00000000_000.png" and patients[5] == 1
 
 
@@ -53,21 +53,21 @@ def test_read_predictions_errors_name_the_problem(tmp_path):
     df = make_predictions(20)
     df.drop(columns=["prob_Hernia"]).to_csv(tmp_path / "a.csv", index=False)
     with pytest.raises(ValueError, match=r"a\.csv.*missing columns \['prob_Hernia'\]"):
-        report.read_predictions(tmp_path / "a.csv")
+        predictions.read_predictions(tmp_path / "a.csv")
     bad = df.copy()
     bad.loc[7, "label_Mass"] = 3
     bad.to_csv(tmp_path / "b.csv", index=False)
     with pytest.raises(ValueError, match=r"b\.csv.*00000007_000\.png \(row 7\)"):
-        report.read_predictions(tmp_path / "b.csv")
+        predictions.read_predictions(tmp_path / "b.csv")
 
 
 def test_evaluation_table_na_class_and_means():
     df = make_predictions(300)
     df["label_Hernia"] = 0  # no positives
     df["label_Edema"] = 1  # no negatives
-    _, patients, p, y = report.prediction_arrays(df)
+    _, patients, p, y = predictions.prediction_arrays(df)
     val = make_predictions(300, seed=1)
-    _, _, p_val, y_val = report.prediction_arrays(val)
+    _, _, p_val, y_val = predictions.prediction_arrays(val)
     table = report.evaluation_table(y, p, patients, y_val, p_val, threshold_method="youden", n_resamples=100)
     assert list(table.index) == [*PATHOLOGIES, "Mean"]
     for name, why in (("Hernia", "no positive"), ("Edema", "no negative")):
@@ -135,15 +135,15 @@ def test_write_evaluation_refuses_nan_predictions(tmp_path):
 def test_compare_runs_table_text_and_chart(tmp_path):
     a = make_predictions(300, noise=1.0)
     b = a.copy()
-    b[list(report.PROB_COLUMNS)] = make_predictions(300, seed=5, noise=2.0)[list(report.PROB_COLUMNS)] * 0.2 + 0.8 * b[
-        list(report.PROB_COLUMNS)
+    b[list(predictions.PROB_COLUMNS)] = make_predictions(300, seed=5, noise=2.0)[list(predictions.PROB_COLUMNS)] * 0.2 + 0.8 * b[
+        list(predictions.PROB_COLUMNS)
     ]
-    report.write_predictions(a, tmp_path / "a.csv")
-    report.write_predictions(b.sample(frac=1.0, random_state=0), tmp_path / "b.csv")  # same images, other order
-    table, text = report.compare_runs([("A", tmp_path / "a.csv"), ("B", tmp_path / "b.csv")], out_dir=tmp_path / "cmp")
+    predictions.write_predictions(a, tmp_path / "a.csv")
+    predictions.write_predictions(b.sample(frac=1.0, random_state=0), tmp_path / "b.csv")  # same images, other order
+    table, text = compare.compare_runs([("A", tmp_path / "a.csv"), ("B", tmp_path / "b.csv")], out_dir=tmp_path / "cmp")
 
-    _, _, p_a, y = report.prediction_arrays(a)
-    p_b = report.prediction_arrays(b)[2]
+    _, _, p_a, y = predictions.prediction_arrays(a)
+    p_b = predictions.prediction_arrays(b)[2]
     np.testing.assert_allclose(table.loc[list(PATHOLOGIES), "AUROC A"], auroc(y, p_a))
     np.testing.assert_allclose(table.loc[list(PATHOLOGIES), "AUROC B"], auroc(y, p_b))  # aligned by image name
     k = int((table.loc[list(PATHOLOGIES), "delta B"] > 0).sum())
@@ -161,13 +161,13 @@ def test_compare_refuses_different_image_sets():
     a = make_predictions(60)
     b = make_predictions(60, images=[f"{i:08d}_001.png" for i in range(60)])
     with pytest.raises(ValueError, match="different image sets"):
-        report.compare_runs([("A", a), ("B", b)])
+        compare.compare_runs([("A", a), ("B", b)])
     with pytest.raises(ValueError, match="different image sets"):
-        report.compare_runs([("A", a), ("B", a.iloc[:-1])])
+        compare.compare_runs([("A", a), ("B", a.iloc[:-1])])
     relabeled = a.copy()
     relabeled.loc[3, "label_Mass"] = 1 - relabeled.loc[3, "label_Mass"]
     with pytest.raises(ValueError, match="different labels"):
-        report.compare_runs([("A", a), ("B", relabeled)])
+        compare.compare_runs([("A", a), ("B", relabeled)])
 
 
 # --------------------------------------------------------------------------- missing labels (NaN / empty cells)
@@ -176,25 +176,25 @@ def test_compare_refuses_different_image_sets():
 def predictions_with_missing(n=300, seed=0):
     """Hernia missing in every row (not in this dataset), Mass missing in about a third of the rows."""
     df = make_predictions(n, seed=seed)
-    images, patients, p, y = report.prediction_arrays(df)
+    images, patients, p, y = predictions.prediction_arrays(df)
     y = y.astype(np.float64)
     y[:, PATHOLOGIES.index("Hernia")] = np.nan
     y[np.random.default_rng(seed).random(n) < 0.33, PATHOLOGIES.index("Mass")] = np.nan
-    return report.predictions_frame(images, patients, p, y), y, p
+    return predictions.predictions_frame(images, patients, p, y), y, p
 
 
 def test_predictions_with_missing_labels_round_trip_as_empty_cells(tmp_path):
     df, y, p = predictions_with_missing(40)
     path = tmp_path / "predictions.csv"
-    report.write_predictions(df, path)
+    predictions.write_predictions(df, path)
     header, first = path.read_text().splitlines()[:2]
     assert first.split(",")[header.split(",").index("label_Hernia")] == ""  # an empty cell
-    back = report.read_predictions(path)
+    back = predictions.read_predictions(path)
     assert back["label_Hernia"].isna().all() and back["label_Mass"].isna().sum() == np.isnan(y[:, 4]).sum()
-    _, _, p_back, y_back = report.prediction_arrays(back)
+    _, _, p_back, y_back = predictions.prediction_arrays(back)
     np.testing.assert_array_equal(y_back, y)  # NaN where missing, 0/1 elsewhere
     np.testing.assert_array_equal(p_back, p)
-    assert report.prediction_arrays(make_predictions(5))[3].dtype == np.uint8  # nothing missing: as before
+    assert predictions.prediction_arrays(make_predictions(5))[3].dtype == np.uint8  # nothing missing: as before
 
 
 def test_write_evaluation_does_not_score_a_label_missing_everywhere(tmp_path):
@@ -235,11 +235,11 @@ def test_write_evaluation_does_not_score_a_label_missing_everywhere(tmp_path):
 def test_compare_runs_reads_missing_labels_back_as_nan(tmp_path):
     a, y, p_a = predictions_with_missing()
     b = a.copy()
-    b[list(report.PROB_COLUMNS)] = make_predictions(300, seed=5, noise=2.0)[list(report.PROB_COLUMNS)] * 0.3 + 0.7 * b[
-        list(report.PROB_COLUMNS)]
-    report.write_predictions(a, tmp_path / "a.csv")
-    report.write_predictions(b.sample(frac=1.0, random_state=0), tmp_path / "b.csv")
-    table, text = report.compare_runs([("A", tmp_path / "a.csv"), ("B", tmp_path / "b.csv")], n_resamples=100)
+    b[list(predictions.PROB_COLUMNS)] = make_predictions(300, seed=5, noise=2.0)[list(predictions.PROB_COLUMNS)] * 0.3 + 0.7 * b[
+        list(predictions.PROB_COLUMNS)]
+    predictions.write_predictions(a, tmp_path / "a.csv")
+    predictions.write_predictions(b.sample(frac=1.0, random_state=0), tmp_path / "b.csv")
+    table, text = compare.compare_runs([("A", tmp_path / "a.csv"), ("B", tmp_path / "b.csv")], n_resamples=100)
     mass = PATHOLOGIES.index("Mass")
     known = ~np.isnan(y[:, mass])
     assert table.loc["Mass", "AUROC A"] == pytest.approx(auroc(y[known, mass], p_a[known, mass]), abs=1e-12)
@@ -268,7 +268,7 @@ def test_a_derived_label_is_scored_by_its_rule_and_marked_as_derived(tmp_path):
              DerivedLabel("Airspace opacity", "max", ("Consolidation", "Pneumonia", "Infiltration"))]
     table = report.write_evaluation(tmp_path, df, n_resamples=50, thresholds=np.full(len(PATHOLOGIES), 0.5),
                                     derived=rules, derived_y=np.column_stack([nodule_or_mass, opacity]))
-    _, patients, p, y = report.prediction_arrays(df)
+    _, patients, p, y = predictions.prediction_arrays(df)
     plain = report.evaluation_table(y, p, patients, n_resamples=50, thresholds=np.full(len(PATHOLOGIES), 0.5))
 
     score = np.maximum(df["prob_Nodule"], df["prob_Mass"]).to_numpy()
@@ -333,7 +333,7 @@ def own_label_predictions():
                   [0.5, 0.7, 0.1], [0.1, 0.6, 0.4], [0.8, 0.9, 0.6], [0.35, 0.2, 0.5], [0.7, 0.1, 0.2],
                   [0.2, 0.5, 0.3], [0.45, 0.3, 0.8]])
     images = [f"img{i:02d}.png" for i in range(12)]
-    return report.predictions_frame(images, np.arange(12) // 2, p, y, names=OWN_LABELS), y, p
+    return predictions.predictions_frame(images, np.arange(12) // 2, p, y, names=OWN_LABELS), y, p
 
 
 def test_a_run_on_its_own_labels_is_scored_per_label_with_published_numbers_only_for_nih(tmp_path):
@@ -345,11 +345,11 @@ def test_a_run_on_its_own_labels_is_scored_per_label_with_published_numbers_only
     from chexnet.derived import DerivedLabel
 
     df, y, p = own_label_predictions()
-    report.write_predictions(df, tmp_path / "predictions.csv")
-    back = report.read_predictions(tmp_path / "predictions.csv")
+    predictions.write_predictions(df, tmp_path / "predictions.csv")
+    back = predictions.read_predictions(tmp_path / "predictions.csv")
     assert list(back.columns) == ["image", "patient_id", *(f"prob_{n}" for n in OWN_LABELS),
                                   *(f"label_{n}" for n in OWN_LABELS)]
-    assert report.predicted_labels(back) == OWN_LABELS
+    assert predictions.predicted_labels(back) == OWN_LABELS
     val, _, _ = own_label_predictions()
     attrs = pd.DataFrame({"sex": ["M", "F"] * 6, "age": [30] * 12, "view": ["PA"] * 12})
     rule = DerivedLabel("Pleural or bone", "max", ("Fracture", "Effusion"))
@@ -410,9 +410,9 @@ def test_compare_runs_of_different_labels_uses_the_shared_ones_and_names_the_oth
     b_names = ("Effusion", "Cardiomegaly", "Lung Opacity")  # another order, one label A lacks
     b_y = np.column_stack([y[:, 1], np.zeros(12), y[:, 0]])
     b_p = np.column_stack([p[::-1, 1], np.full(12, 0.5), p[:, 0] ** 2])
-    b = report.predictions_frame(images, patients, b_p, b_y, names=b_names)
-    report.write_predictions(b, tmp_path / "b.csv")
-    table, text = report.compare_runs([("A", a), ("B", tmp_path / "b.csv")], out_dir=tmp_path / "cmp",
+    b = predictions.predictions_frame(images, patients, b_p, b_y, names=b_names)
+    predictions.write_predictions(b, tmp_path / "b.csv")
+    table, text = compare.compare_runs([("A", a), ("B", tmp_path / "b.csv")], out_dir=tmp_path / "cmp",
                                       n_resamples=50)
     assert list(table.index) == ["Lung Opacity", "Effusion", "Mean"]  # shared, in A's order
     np.testing.assert_allclose(table.loc[["Lung Opacity", "Effusion"], "AUROC B"],
@@ -422,5 +422,5 @@ def test_compare_runs_of_different_labels_uses_the_shared_ones_and_names_the_oth
     assert "B better than A on" in text and "of 2 pathologies" in text
     assert "Cardiomegaly" in (tmp_path / "cmp" / "compare.md").read_text()
     with pytest.raises(ValueError, match="share no label"):
-        report.compare_runs([("A", a.drop(columns=["prob_Lung Opacity", "label_Lung Opacity", "prob_Effusion",
+        compare.compare_runs([("A", a.drop(columns=["prob_Lung Opacity", "label_Lung Opacity", "prob_Effusion",
                                                    "label_Effusion"])), ("B", b)])

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from chexnet import report, subgroups
+from chexnet import predictions, report, subgroups
 from chexnet.labels import PATHOLOGIES
 from chexnet.metrics import auroc
 
@@ -48,7 +48,7 @@ def test_subgroup_table_counts_aurocs_and_blanks():
 
 def test_write_evaluation_writes_subgroups_csv_and_a_report_section(tmp_path):
     y, p, patients, attrs = data(300, seed=1)
-    frame = report.predictions_frame([f"{i:08d}_000.png" for i in range(len(y))], patients, p, y)
+    frame = predictions.predictions_frame([f"{i:08d}_000.png" for i in range(len(y))], patients, p, y)
     report.write_evaluation(tmp_path, frame, n_resamples=50, attributes=attrs)
     sub = pd.read_csv(tmp_path / "subgroups.csv")
     assert list(sub.columns) == subgroups.COLUMNS and set(sub.group) == {"sex", "age", "view"}

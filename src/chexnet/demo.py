@@ -29,7 +29,7 @@ def _step(title: str) -> float:
 
 
 def run_demo(out: str | Path = "demo", images: int | None = None, epochs: int | None = None, nproc: int = 2) -> dict:
-    from chexnet import metrics, report
+    from chexnet import metrics, predictions
     from chexnet.data.prepare import prepare
     from chexnet.data.synthetic import generate
 
@@ -54,8 +54,8 @@ def run_demo(out: str | Path = "demo", images: int | None = None, epochs: int | 
     _step("evaluate: best checkpoint on the val and test splits (95% CIs: bootstrap over patients)")
     subprocess.run([sys.executable, "-m", "chexnet", "evaluate", str(run), "--split", "test"], check=True,
                    stdout=subprocess.DEVNULL)
-    val = report.read_predictions(run / "eval" / "val" / "predictions.csv")
-    _, _, p_val, y_val = report.prediction_arrays(val)
+    val = predictions.read_predictions(run / "eval" / "val" / "predictions.csv")
+    _, _, p_val, y_val = predictions.prediction_arrays(val)
     test_table = _read_auroc(run / "eval" / "test" / "auroc.csv")
     val_auroc = metrics.auroc(y_val, p_val)
     rows = []

@@ -70,7 +70,7 @@ def evaluate_run(run: str | Path, checkpoint: str = "best", split: str = "test",
     rules whose labels the run has) are scored as well, AUROC and AUPRC only (:func:`chexnet.report.derived_table`);
     the others are named on stderr.
     """
-    from chexnet import report
+    from chexnet import predictions, report
 
     info, device = dist.init()
     try:
@@ -96,7 +96,7 @@ def evaluate_run(run: str | Path, checkpoint: str = "best", split: str = "test",
             if cal is not None:
                 probs = cal.apply(probs)
             if info.is_main:  # every rank predicted its shard; only rank 0 writes
-                frames[name] = report.predictions_frame(rows["image"].to_numpy(), rows["patient_id"].to_numpy(),
+                frames[name] = predictions.predictions_frame(rows["image"].to_numpy(), rows["patient_id"].to_numpy(),
                                                         probs, labels, names=cfg.labels)
                 if name == split:
                     attributes = rows[["sex", "age", "view"]].reset_index(drop=True)
@@ -106,7 +106,7 @@ def evaluate_run(run: str | Path, checkpoint: str = "best", split: str = "test",
             return None
         for name, frame in frames.items():
             (out / name).mkdir(parents=True, exist_ok=True)
-            report.write_predictions(frame, out / name / "predictions.csv")
+            predictions.write_predictions(frame, out / name / "predictions.csv")
         selection = _selection_note(cfg, path, checkpoint)
         context = {"run": str(run), "checkpoint": str(path), "selected by": selection, "split": split, "tta": tta,
                    "arch": cfg.arch, "input": f"{spec.input_transform} {spec.cache_size} -> {spec.input_size} px",
@@ -249,8 +249,8 @@ def _selection_note(cfg, path: Path, checkpoint: str) -> str:
 
 def compare(runs: list[str], split: str = "test", out: str | None = None, n_resamples: int = 2000, seed: int = 0):
     """Compare evaluated runs on the same images (``chexnet evaluate`` first), over the labels they all have
-    (:func:`chexnet.report.compare_runs`: the others are named). Prints and returns the table."""
-    from chexnet import report
+    (:func:`chexnet.compare.compare_runs`: the others are named). Prints and returns the table."""
+    from chexnet import compare, report
 
     csvs = []
     for r in runs:
@@ -259,7 +259,7 @@ def compare(runs: list[str], split: str = "test", out: str | None = None, n_resa
             raise FileNotFoundError(f"{r}: no {split} predictions ({path}); run `chexnet evaluate {r} --split {split}` first")
         csvs.append((Path(r).name or str(r), path))
     out_dir = Path(out) if out else Path(runs[-1]) / "eval" / split / "compare"
-    table, text = report.compare_runs(csvs, out_dir=out_dir, n_resamples=n_resamples, seed=seed)
+    table, text = compare.compare_runs(csvs, out_dir=out_dir, n_resamples=n_resamples, seed=seed)
     print(report.format_table(table))
     print(text)
     print(f"wrote {out_dir}/", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""Plots of evaluation and comparison tables (the tables come from :mod:`chexnet.report`).
+"""Plots of evaluation and comparison tables (the tables come from :mod:`chexnet.report` and :mod:`chexnet.compare`).
 
 Plots use matplotlib's object API (``Figure`` + Agg via ``savefig``), never pyplot, so
 nothing here changes the global backend.

@@ -1,21 +1,9 @@
-"""Evaluation tables, reports and plots from predictions; comparison of runs.
+"""Evaluation tables, reports and plots from a predictions table (:mod:`chexnet.predictions`, the file
+``chexnet evaluate`` writes); the comparison of runs is :mod:`chexnet.compare`.
 
-The predictions file is the contract between ``chexnet evaluate`` (which writes it)
-and everything here (which reads it)::
-
-    image, patient_id, prob_<label>, ..., label_<label>, ...
-
-one row per image, one ``prob_`` and one ``label_`` column per label of the run, in the run's order (its
-``cfg.labels``; a run on NIH's 14 pathologies, :data:`chexnet.labels.PATHOLOGIES`, writes ``prob_Atelectasis``
-... ``prob_Hernia``, ``label_Atelectasis`` ... ``label_Hernia`` as it always did). A table's labels are read from
-its columns (:func:`predicted_labels`), so every file written so far reads back. Use :func:`predictions_frame` /
-:func:`write_predictions` / :func:`read_predictions`.
-
-A label cell is 1, 0 or empty: missing (the dataset lacks the label, or its value is uncertain);
-in arrays a missing label is NaN. Every per-label number counts the rows whose label is
-known; a label with no known label value in the evaluated split is *not scored*: its AUROC is NaN
-(an empty cell in auroc.csv, ``null`` in metrics.json), its note says "not in this dataset", and
-metrics.json lists it under ``labels_not_scored``.
+A label with no known label value in the evaluated split is *not scored*: every per-label number counts the rows
+whose label is known; its AUROC is NaN (an empty cell in auroc.csv, ``null`` in metrics.json), its note says
+"not in this dataset", and metrics.json lists it under ``labels_not_scored``.
 
 Published AUROCs (:func:`published_auroc`) exist for NIH's 14 pathologies only: a run's other labels (e.g.
 CheXpert's ``Lung Opacity``) have none (NaN), which the notes say, and a published mean is given only when
@@ -46,32 +34,10 @@ from chexnet.plots import (
     MEAN_ROW,
     PUBLISHED_COLUMNS,
     plot_auroc_vs_published,
-    plot_compare,
     plot_pr,
     plot_roc,
 )
-
-PROB_PREFIX, LABEL_PREFIX = "prob_", "label_"
-
-
-def prob_columns(labels=PATHOLOGIES) -> tuple[str, ...]:
-    """The probability columns of a predictions table for ``labels``: ``prob_<label>`` each, in order."""
-    return tuple(f"{PROB_PREFIX}{name}" for name in labels)
-
-
-def label_columns(labels=PATHOLOGIES) -> tuple[str, ...]:
-    """The label columns of a predictions table for ``labels``: ``label_<label>`` each, in order."""
-    return tuple(f"{LABEL_PREFIX}{name}" for name in labels)
-
-
-def prediction_columns(labels=PATHOLOGIES) -> tuple[str, ...]:
-    """Every column of a predictions table for ``labels``, in the file's order."""
-    return ("image", "patient_id", *prob_columns(labels), *label_columns(labels))
-
-
-PROB_COLUMNS = prob_columns()  # a run on NIH's 14 pathologies (the default labels)
-LABEL_COLUMNS = label_columns()
-PREDICTION_COLUMNS = prediction_columns()
+from chexnet.predictions import prediction_arrays, predicted_labels, validate_predictions
 
 COMPARABILITY_NOTE = (
     "Published AUROCs were not measured on these images. CheXNet (Rajpurkar et al. 2017) "
@@ -95,96 +61,6 @@ THRESHOLD_NOTES = {
     "f1": "the threshold that maximizes F1 on the validation predictions",
     "youden": "the threshold that maximizes Youden's J (sensitivity + specificity - 1) on the validation predictions",
 }
-
-
-# --------------------------------------------------------------------------- predictions file
-
-
-def predictions_frame(images, patient_ids, probs, labels, names=PATHOLOGIES) -> pd.DataFrame:
-    """Build the predictions table (see module doc) from arrays: probs/labels are (n, k), one column per label
-    of ``names`` (the run's labels, in its order; default NIH's 14).
-
-    Labels are 0/1 (int8 columns); when any is NaN (missing) the label columns are nullable ``Int8``,
-    missing cells ``<NA>`` (written as empty CSV cells).
-    """
-    probs = np.asarray(probs, dtype=np.float64)
-    labels = np.asarray(labels)
-    n, k = len(images), len(names)
-    if probs.shape != (n, k) or labels.shape != (n, k) or len(patient_ids) != n:
-        raise ValueError(
-            f"expected {n} images with patient ids, probs and labels of shape ({n}, {k}) (labels "
-            f"{', '.join(names)}); got {len(patient_ids)} patient ids, probs {probs.shape}, labels {labels.shape}"
-        )
-    df = pd.DataFrame({"image": list(images), "patient_id": list(patient_ids)})
-    if labels.dtype.kind == "f" and np.isnan(labels).any():
-        label_frame = pd.DataFrame(labels, columns=label_columns(names)).astype("Int8")
-    else:
-        label_frame = pd.DataFrame(labels.astype(np.int8), columns=label_columns(names))
-    df = pd.concat([df, pd.DataFrame(probs, columns=prob_columns(names)), label_frame], axis=1)
-    return df
-
-
-def predicted_labels(df: pd.DataFrame) -> tuple[str, ...]:
-    """The labels of a predictions table, in its order: those of its ``prob_`` columns, then those that only
-    have a ``label_`` column (a table missing a column, which :func:`read_predictions` names)."""
-    names = [str(c)[len(prefix):] for prefix in (PROB_PREFIX, LABEL_PREFIX) for c in df.columns
-             if str(c).startswith(prefix) and len(str(c)) > len(prefix)]
-    return tuple(dict.fromkeys(names))
-
-
-def write_predictions(df: pd.DataFrame, path) -> None:
-    """Write a predictions table as CSV, its labels in its order (floats at full precision, so re-reading is
-    lossless)."""
-    columns = list(prediction_columns(predicted_labels(df)))
-    atomic_write(path, df.loc[:, columns].to_csv(index=False, float_format="%.17g"))
-
-
-def _validate_predictions(df: pd.DataFrame, where: str) -> pd.DataFrame:
-    names = predicted_labels(df)
-    if not names:
-        raise ValueError(f"{where}: not a predictions table; no prob_<label> or label_<label> columns")
-    missing = [c for c in prediction_columns(names) if c not in df.columns]
-    if missing:
-        raise ValueError(f"{where}: not a predictions table; missing columns {missing[:5]}{' ...' if len(missing) > 5 else ''}")
-    dup = df["image"].duplicated(keep=False)
-    if dup.any():
-        raise ValueError(f"{where}: duplicate image rows: {sorted(set(df.loc[dup, 'image']))[:10]}")
-    labels = df.loc[:, list(label_columns(names))].to_numpy()
-    missing = pd.isna(labels)
-    if missing.any():  # missing labels (NaN / <NA>, an empty CSV cell) are allowed
-        labels = np.where(missing, 0, labels.astype(object))
-    bad = ~np.isin(labels, (0, 1))
-    if bad.any():
-        rows = np.flatnonzero(bad.any(axis=1))
-        names = ", ".join(f"{df['image'].iloc[i]} (row {i})" for i in rows[:10])
-        raise ValueError(f"{where}: labels must be 0/1 (or empty: missing); {rows.size} rows are not: {names}")
-    return df
-
-
-def read_predictions(path) -> pd.DataFrame:
-    """Read and validate a predictions CSV (columns, unique images, 0/1 labels; an empty label cell is NaN)."""
-    df = pd.read_csv(path, dtype={"image": str})
-    return _validate_predictions(df, str(path))
-
-
-def prediction_arrays(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(images, patient_ids, probs (n, k) float64, labels (n, k)) from a predictions table, one column per
-    label of :func:`predicted_labels`, in its order.
-
-    Labels are uint8 0/1, or float64 with NaN where missing when any label is missing.
-    """
-    names = predicted_labels(df)
-    label_block = df.loc[:, list(label_columns(names))]
-    if label_block.isna().to_numpy().any():
-        labels = label_block.to_numpy(dtype=np.float64, na_value=np.nan)
-    else:
-        labels = label_block.to_numpy(dtype=np.uint8)
-    return (
-        df["image"].to_numpy(),
-        df["patient_id"].to_numpy(),
-        df.loc[:, list(prob_columns(names))].to_numpy(dtype=np.float64),
-        labels,
-    )
 
 
 # --------------------------------------------------------------------------- published results
@@ -471,7 +347,7 @@ def format_table(df: pd.DataFrame) -> str:
     return "\n".join(out)
 
 
-def _markdown_table(df: pd.DataFrame) -> str:
+def markdown_table(df: pd.DataFrame) -> str:
     header, rows = _text_cells(df)
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     lines += ["| " + " | ".join(f"**{c}**" if r[0] == MEAN_ROW and c else c for c in r) + " |" for r in rows]
@@ -542,13 +418,13 @@ def write_evaluation(
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    predictions_df = _validate_predictions(predictions_df, "predictions")
+    predictions_df = validate_predictions(predictions_df, "predictions")
     names = predicted_labels(predictions_df)
     images, patients, p, y = prediction_arrays(predictions_df)
     metrics.check_finite(p, images)
     y_val = p_val = None
     if val_predictions_df is not None:
-        val_predictions_df = _validate_predictions(val_predictions_df, "validation predictions")
+        val_predictions_df = validate_predictions(val_predictions_df, "validation predictions")
         if predicted_labels(val_predictions_df) != names:
             raise ValueError(f"validation predictions have labels {list(predicted_labels(val_predictions_df))}; "
                              f"the predictions have {list(names)}")
@@ -660,11 +536,11 @@ def _report_markdown(table: pd.DataFrame, context: dict, citations: dict, subgro
     elif a["threshold_source"]:
         lines.append(f"- thresholds: {THRESHOLD_NOTES[a['threshold_method']]} (method `{a['threshold_method']}`); "
                      "sensitivity, specificity and F1 are measured at that threshold")
-    lines += ["", _markdown_table(table), ""]
+    lines += ["", markdown_table(table), ""]
     if derived_rows is not None:
         shown = derived_rows.loc[:, list(DERIVED_COLUMNS)]
         shown.attrs = dict(derived_rows.attrs)
-        lines += ["## Derived labels (not model outputs)", "", DERIVED_SECTION, "", _markdown_table(shown), ""]
+        lines += ["## Derived labels (not model outputs)", "", DERIVED_SECTION, "", markdown_table(shown), ""]
     if clinical_md.strip():
         lines += [clinical_md.rstrip(), ""]
     if subgroups_md:
@@ -679,145 +555,3 @@ def _report_markdown(table: pd.DataFrame, context: dict, citations: dict, subgro
         "- none: no label of this run has a published AUROC (the published numbers cover NIH's 14 pathologies)"]
     lines += ["", "## Plots", "", "![ROC](roc.png)", "", "![PR](pr.png)", "", "![AUROC vs published](auroc_vs_published.png)", ""]
     return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------- comparison
-
-
-def _read_runs(prediction_csvs) -> dict[str, pd.DataFrame]:
-    """{name: validated predictions table} from (name, path or DataFrame) pairs; names must be unique, the
-    probabilities finite."""
-    frames = {}
-    for name, src in prediction_csvs:
-        if name in frames:
-            raise ValueError(f"run name {name!r} given twice; names must be unique")
-        df = _validate_predictions(src, str(name)) if isinstance(src, pd.DataFrame) else read_predictions(src)
-        metrics.check_finite(df.loc[:, list(prob_columns(predicted_labels(df)))].to_numpy(dtype=float),
-                             df["image"].to_numpy())
-        frames[name] = df
-    return frames
-
-
-def _shared_labels(frames: dict[str, pd.DataFrame]) -> tuple[tuple[str, ...], dict[str, list[str]]]:
-    """(the labels every run has, in the first run's order; {run: its labels the others do not all have}, for
-    the runs that have such). ValueError when the runs share no label."""
-    per_run = {name: predicted_labels(df) for name, df in frames.items()}
-    first = next(iter(per_run.values()))
-    shared = tuple(n for n in first if all(n in labels for labels in per_run.values()))
-    if not shared:
-        raise ValueError("the runs share no label: " + "; ".join(f"{name}: {', '.join(labels)}"
-                                                                for name, labels in per_run.items()))
-    differ = {name: [n for n in labels if n not in shared] for name, labels in per_run.items()}
-    return shared, {name: left for name, left in differ.items() if left}
-
-
-def _align(frames: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
-    """Check all runs cover the same images with the same labels (tables with the same label columns); reorder
-    to the first run's order."""
-    names = list(frames)
-    ref_name, ref = names[0], frames[names[0]]
-    columns = list(label_columns(predicted_labels(ref)))
-    ref_images = pd.Index(ref["image"])
-    out = {ref_name: ref.reset_index(drop=True)}
-    for name in names[1:]:
-        df = frames[name]
-        images = pd.Index(df["image"])
-        only_ref, only_this = ref_images.difference(images), images.difference(ref_images)
-        if len(only_ref) or len(only_this):
-            raise ValueError(
-                f"runs {ref_name!r} and {name!r} were evaluated on different image sets "
-                f"({len(ref_images)} vs {len(images)} images; {len(only_ref)} only in {ref_name!r}, e.g. "
-                f"{list(only_ref[:3])}; {len(only_this)} only in {name!r}, e.g. {list(only_this[:3])}). "
-                "Evaluate both on the same split (same cache and split file) before comparing."
-            )
-        aligned = df.set_index("image").loc[ref_images].reset_index()
-        this_labels = aligned.loc[:, columns].to_numpy(dtype=np.float64, na_value=np.nan)
-        ref_labels = ref.loc[:, columns].to_numpy(dtype=np.float64, na_value=np.nan)
-        both_missing = np.isnan(this_labels) & np.isnan(ref_labels)  # missing in both runs: the same label
-        mismatch = ((this_labels != ref_labels) & ~both_missing).any(axis=1)
-        if mismatch.any():
-            raise ValueError(
-                f"runs {ref_name!r} and {name!r} have different labels for {int(mismatch.sum())} of the same images "
-                f"(e.g. {list(ref_images[mismatch][:3])}); they were not evaluated against the same ground truth."
-            )
-        out[name] = aligned
-    return out
-
-
-def compare_runs(prediction_csvs, out_dir=None, alpha: float = 0.05, n_resamples: int = 2000,
-                 seed: int = 0) -> tuple[pd.DataFrame, str]:
-    """Compare runs evaluated on the same images: per-label AUROC, wins and paired p-values.
-
-    ``prediction_csvs`` is a list of (name, path or predictions DataFrame); the first is
-    the reference A. The runs are compared on the labels they all have (rows in A's order); the labels only some
-    have are left out, named in the text and ``table.attrs["labels_left_out"]`` ({run: labels}). For each other
-    run B the table has columns ``AUROC <name>`` per
-    run, ``delta <B>`` (B - A) and ``p <B>``: two-sided, unadjusted for the number of labels, from
-    :func:`chexnet.metrics.paired_auroc_test` -- a paired bootstrap over patients (``n_resamples``,
-    ``seed``) when a patient has several images, as in NIH (the CIs are clustered by patient too), and
-    the exact DeLong test only when every patient has one image. The text and ``compare.md`` name the
-    method (``table.attrs["method"]``). Runs on different image sets are refused; the same set in a
-    different order is aligned by image name. With ``out_dir``, writes ``compare.csv``, ``compare.md``
-    and ``compare.png``. Returns (table, text summary). Missing labels (empty cells, NaN) are left out
-    per label; a label with no known value is not scored (NaN AUROC, left out of counts and means).
-    """
-    if len(prediction_csvs) < 2:
-        raise ValueError("compare needs at least two runs")
-    frames = _read_runs(prediction_csvs)
-    labels, left_out = _shared_labels(frames)
-    frames = _align({name: df.loc[:, list(prediction_columns(labels))] for name, df in frames.items()})
-    names = list(frames)
-    a_name = names[0]
-    _, patients, p_a, y = prediction_arrays(frames[a_name])
-    defined = metrics.defined_classes(y)
-
-    table = pd.DataFrame(index=pd.Index(list(labels), name="pathology"))
-    for name in names:
-        table[f"AUROC {name}"] = metrics.auroc(y, prediction_arrays(frames[name])[2])
-    lines = [f"{len(y)} images of {len(np.unique(patients))} patients; reference run A = {a_name!r}."]
-    if left_out:
-        lines.append(f"compared on the {len(labels)} labels every run has; left out, not in every run: "
-                     + "; ".join(f"{name}'s {', '.join(n)}" for name, n in left_out.items()) + ".")
-    method = None
-    for b_name in names[1:]:
-        p_b = prediction_arrays(frames[b_name])[2]
-        test = metrics.paired_auroc_test(y, p_b, p_a, patients, n_resamples=n_resamples, seed=seed)
-        method = test.method
-        table[f"delta {b_name}"] = table[f"AUROC {b_name}"] - table[f"AUROC {a_name}"]
-        table[f"p {b_name}"] = test.p_value
-        delta = table.loc[defined, f"delta {b_name}"]
-        sig = table.loc[defined, f"p {b_name}"] < alpha
-        better, worse = int((delta > 0).sum()), int((delta < 0).sum())
-        lines.append(
-            f"{b_name} better than {a_name} on {better} of {int(defined.sum())} pathologies "
-            f"(worse on {worse}); p < {alpha:g} (unadjusted): {int((sig & (delta > 0)).sum())} better, "
-            f"{int((sig & (delta < 0)).sum())} worse."
-        )
-    scored = ~np.isnan(y).all(axis=0) if y.dtype.kind == "f" else np.ones(y.shape[1], dtype=bool)
-    label_names = np.array(labels, dtype=object)
-    if not (defined | ~scored).all():
-        lines.append(f"n/a (single class in this split, left out of counts and means): "
-                     f"{', '.join(label_names[~defined & scored])}.")
-    if not scored.all():
-        lines.append(f"not scored (no known label in this split, left out of counts and means): "
-                     f"{', '.join(label_names[~scored])}.")
-    lines.append(f"p-values: {method}, two-sided.")
-    mean = table.loc[defined].mean()
-    for b_name in names[1:]:
-        mean[f"p {b_name}"] = np.nan
-    table.loc[MEAN_ROW] = mean
-    table.attrs["method"] = method
-    table.attrs["labels_left_out"] = left_out
-    text = "\n".join(lines)
-
-    if out_dir is not None:
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write(out_dir / "compare.csv", table.to_csv(float_format="%.6f"))
-        atomic_write(
-            out_dir / "compare.md",
-            "# Comparison\n\n" + "\n".join(f"- {l}" for l in lines) + "\n\n" + _markdown_table(table)
-            + "\n\n![AUROC per pathology](compare.png)\n"
-        )
-        plot_compare(table, names, out_dir / "compare.png")
-    return table, text
