@@ -19,12 +19,7 @@ import pytest
 from PIL import Image
 
 from chexnet.data.imageio import ImageReadError, read_xray, read_xray_bytes
-
-SOP_CLASS = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
-SOP_INSTANCE = "1.2.826.0.1.3680043.8.498.1"  # fixed: the fuzzer's seeds must be the same bytes every run
-IDENTIFIERS = {"PatientName": "Doe^Jane", "PatientID": "PID-8675309", "PatientBirthDate": "19450704",
-               "AccessionNumber": "ACC-99182"}
-
+from tests.dicom_files import IDENTIFIERS, dicom_bytes, dicom_dataset
 
 def pydicom_test_file(name: str) -> Path:
     """One of the test files inside the installed pydicom package (never one it would download)."""
@@ -45,40 +40,6 @@ def chest(rows: int = 40, cols: int = 32, bits: int = 12, seed: int = 0) -> np.n
     img = np.clip(body - 0.45 * lungs + rng.normal(0, 0.02, (rows, cols)), 0, 1) * (2**bits - 1)
     img[0, 0], img[-1, -1] = 0, 2**bits - 1
     return np.rint(img).astype(np.uint8 if bits <= 8 else np.uint16)
-
-
-def dicom_dataset(pixels: np.ndarray, bits_stored: int = 12, photometric: str = "MONOCHROME2",
-                  syntax: str = "1.2.840.10008.1.2.1", **attrs):
-    """A DX data set holding ``pixels`` natively (one frame, or frames x rows x cols), patient identifiers included."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = SOP_CLASS, SOP_INSTANCE
-    meta.TransferSyntaxUID = syntax
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = SOP_CLASS, SOP_INSTANCE
-    ds.Modality = "DX"
-    for key, value in IDENTIFIERS.items():
-        setattr(ds, key, value)
-    ds.Rows, ds.Columns = pixels.shape[-2:]
-    if pixels.ndim == 3:
-        ds.NumberOfFrames = pixels.shape[0]
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = photometric
-    ds.BitsAllocated = 8 if pixels.dtype == np.uint8 else 16
-    ds.BitsStored, ds.HighBit = bits_stored, bits_stored - 1
-    ds.PixelRepresentation = 0
-    for key, value in attrs.items():
-        setattr(ds, key, value)
-    ds.PixelData = np.ascontiguousarray(pixels).tobytes()
-    return ds
-
-
-def dicom_bytes(ds, **save) -> bytes:
-    buf = io.BytesIO()
-    ds.save_as(buf, **{"enforce_file_format": True, **save})
-    return buf.getvalue()
 
 
 def encapsulated(ds, frames: list[bytes], syntax: str):

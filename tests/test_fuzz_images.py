@@ -73,9 +73,9 @@ def seed_files() -> dict[str, bytes]:
     """name -> bytes of every seed; the same bytes on every run (fixed images, UIDs and encoder settings)."""
     import pydicom.data
 
-    from tests.test_dicom_decoders import (chest, dicom_bytes, dicom_dataset, encapsulated, encode_jpeg_lossless,
-                                           jpeg_baseline_file, palette_dataset, pydicom_encoded,
-                                           without_transfer_syntax)
+    from tests.dicom_files import dicom_bytes, dicom_dataset
+    from tests.test_dicom_decoders import (chest, encapsulated, encode_jpeg_lossless, jpeg_baseline_file,
+                                           palette_dataset, pydicom_encoded, without_transfer_syntax)
 
     g8, g12 = chest(64, 64, 8, seed=3), chest(48, 40, 12, seed=4)
     rgb = np.dstack([g8, g8[::-1], 255 - g8])
@@ -590,7 +590,7 @@ def test_mutations_are_seeded_and_cover_every_kind():
 def test_fuzzed_files_decode_or_give_a_short_image_read_error(tmp_path):
     """A few hundred seeded cases in a worker process: no other exception, no crash, no hang, each file within
     CASE_SECONDS, the worker's memory bounded, nothing printed (no warning, no identifier)."""
-    from tests.test_dicom_decoders import IDENTIFIERS
+    from tests.dicom_files import IDENTIFIERS
 
     records = run_fuzz(320, seed=2024, work=tmp_path / "fuzz", workers=1)
     summary = summarize(records)
@@ -648,7 +648,7 @@ def test_predict_on_a_folder_of_fuzzed_files_prints_a_line_per_file_and_no_trace
     """``chexnet predict`` in this process (its warnings go to pytest's record here; that the reader prints none in a
     real process is checked on the fuzz worker's stderr above): exit 0 or 1, one JSON line per file, no traceback,
     no patient identifier."""
-    from tests.test_dicom_decoders import IDENTIFIERS
+    from tests.dicom_files import IDENTIFIERS
 
     folder = tmp_path / "fuzzed"
     folder.mkdir()

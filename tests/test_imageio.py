@@ -10,6 +10,7 @@ from PIL import Image
 
 from chexnet.data.imageio import ImageReadError, read_xray, read_xray_bytes_resized, read_xray_resized, resize_area
 from tests.conftest import xray_like
+from tests.dicom_files import write_dicom
 
 
 @pytest.fixture
@@ -95,40 +96,6 @@ def test_image_read_error_pickles():
 
 
 # patient identifiers that the DICOM tests write into headers and then look for in every output
-IDENTIFIERS = {"PatientName": "Doe^Jane", "PatientID": "PID-8675309", "PatientBirthDate": "19450704",
-               "StudyDate": "20240229", "AccessionNumber": "ACC-99182"}
-
-
-def write_dicom(path, pixels: np.ndarray, photometric: str = "MONOCHROME2", bits_stored: int = 12, **attrs):
-    """Write a minimal valid DICOM file (explicit VR little endian) with pydicom."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    sop_class = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
-    ds.Modality = "DX"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = photometric
-    ds.BitsAllocated = 8 if pixels.dtype == np.uint8 else 16
-    ds.BitsStored, ds.HighBit = bits_stored, bits_stored - 1
-    ds.PixelRepresentation = 0
-    for key, value in attrs.items():
-        setattr(ds, key, value)
-    ds.PixelData = np.ascontiguousarray(pixels).tobytes()
-    try:
-        ds.save_as(path, enforce_file_format=True)  # pydicom >= 3
-    except TypeError:
-        ds.save_as(path, write_like_original=False)  # pydicom 2.x
-    return path
-
-
 @pytest.fixture
 def bone12(gray):
     """12-bit 'attenuation' values: high where bone is (bright in the gray image)."""

@@ -18,7 +18,7 @@ from chexnet.data.cache import CacheError, load_cache
 from chexnet.data.prepare import prepare
 from chexnet.data.sources import rsna
 from chexnet.data.sources.rsna import MetadataError
-from tests.test_imageio import write_dicom
+from tests.dicom_files import write_dicom
 
 SECRET_NAME, SECRET_ID = "Doe^Jane", "SECRET-4711"  # in every header: must never reach the table or the cache
 

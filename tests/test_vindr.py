@@ -18,7 +18,7 @@ from chexnet.data.cache import CacheError, load_cache
 from chexnet.data.prepare import prepare
 from chexnet.data.sources import vindr
 from chexnet.data.sources.vindr import LABELS, MetadataError, image_labels, read_annotations
-from tests.test_imageio import write_dicom
+from tests.dicom_files import write_dicom
 
 VINDR_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "vindr" / "train.csv.gz"
 needs_real = pytest.mark.skipif(not VINDR_CSV.is_file(), reason=f"{VINDR_CSV} not found (the project's shared data)")

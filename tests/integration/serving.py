@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from tests.helpers import free_port, subprocess_env
-from tests.test_imageio import IDENTIFIERS, write_dicom  # noqa: F401  (the serve tests import it here)
+from tests.dicom_files import IDENTIFIERS, write_dicom  # noqa: F401  (the serve tests import it here)
 
 TOKEN = "s3cret-token-for-tests-0123456789"
 

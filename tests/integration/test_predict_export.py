@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from chexnet.labels import PATHOLOGIES
-from tests.test_imageio import IDENTIFIERS, write_dicom
+from tests.dicom_files import IDENTIFIERS, write_dicom
 from tests.helpers import torch_threads
 
 
