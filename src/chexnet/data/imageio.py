@@ -194,15 +194,8 @@ def read_image_size(path: str | os.PathLike) -> tuple[int, int]:
                     width, height = im.size
                     if im.format in ("JPEG", "MPO") and im.getexif().get(0x0112) in (5, 6, 7, 8):  # EXIF Orientation
                         width, height = height, width
-            except Image.UnidentifiedImageError:
-                raise ImageReadError(path, "not a recognized image format (expected PNG, JPEG, TIFF or DICOM)",
-                                     "not_an_image") from None
-            except Image.DecompressionBombError as exc:
-                raise ImageReadError(path, f"image too large: {_brief(exc)}", "too_many_pixels") from None
-            except (OSError, SyntaxError, ValueError, EOFError) as exc:
-                raise ImageReadError(path, f"unreadable image header ({_brief(exc)})", "truncated") from None
             except Exception as exc:  # PIL's plugins raise many kinds on malformed headers
-                raise ImageReadError(path, f"corrupt image header ({_brief(exc)})") from None
+                raise _pil_failure(path, exc, header=True) from None
     if height < 1 or width < 1:
         raise ImageReadError(path, f"image size {width} x {height} in the header is not positive")
     return height, width
@@ -324,15 +317,20 @@ def _read_pil(f, path: Path, max_pixels: int | None = None) -> Image.Image | np.
         return _pil_to_gray(im)
     except ImageReadError:
         raise
-    except Image.UnidentifiedImageError:
-        raise ImageReadError(path, "not a recognized image format (expected PNG, JPEG, TIFF or DICOM)",
-                             "not_an_image") from None
-    except Image.DecompressionBombError as exc:
-        raise ImageReadError(path, f"image too large: {_brief(exc)}", "too_many_pixels") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ImageReadError(path, f"truncated or corrupt image data ({_brief(exc)})", "truncated") from None
-    except Exception as exc:  # PIL's plugins raise many kinds on malformed headers (struct.error, IndexError, ...)
-        raise ImageReadError(path, f"corrupt image ({_brief(exc)})") from None
+    except Exception as exc:  # PIL's plugins raise many kinds on malformed files (struct.error, IndexError, ...)
+        raise _pil_failure(path, exc, header=False) from None
+
+
+def _pil_failure(path: Path, exc: Exception, header: bool) -> ImageReadError:
+    """The ImageReadError (message and kind) for what PIL raised reading ``path``'s header or its pixels."""
+    if isinstance(exc, Image.UnidentifiedImageError):
+        return ImageReadError(path, "not a recognized image format (expected PNG, JPEG, TIFF or DICOM)", "not_an_image")
+    if isinstance(exc, Image.DecompressionBombError):
+        return ImageReadError(path, f"image too large: {_brief(exc)}", "too_many_pixels")
+    if isinstance(exc, (OSError, SyntaxError, ValueError, EOFError)):
+        what = "unreadable image header" if header else "truncated or corrupt image data"
+        return ImageReadError(path, f"{what} ({_brief(exc)})", "truncated")
+    return ImageReadError(path, f"{'corrupt image header' if header else 'corrupt image'} ({_brief(exc)})")
 
 
 def _pil_to_gray(im: Image.Image) -> Image.Image | np.ndarray:

@@ -64,7 +64,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from chexnet.data.sources.tables import bad_cell, find_table, read_csv_strict
+from chexnet.data.sources.tables import bad_cell, find_table, header_columns, read_csv_strict
 from chexnet.data.splits import MetadataError
 from chexnet.labels import SOURCE_NAMES, VOCABULARY, map_source_labels
 
@@ -263,11 +263,7 @@ def parse_chexpert_frame(raw: pd.DataFrame, where: str = "<table>", *,
     unlike :func:`read_chexpert_csv` it cannot tell a short line from blanks). ``where`` names it in errors.
     ``raw`` is not modified."""
     per_label, blank = _uncertain_per_label(uncertain), _check_blank(blank)
-    columns = {str(c).strip().lstrip("\ufeff").strip(): c for c in raw.columns}
-    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
-    if missing:
-        raise MetadataError(f"{where} line 1 (header): missing column(s) {', '.join(map(repr, missing))}; "
-                            f"found {list(columns)}")
+    columns = header_columns(raw, REQUIRED_COLUMNS, where)
     n = len(raw)
     col = {name: raw[columns[name]] for name in META_COLUMNS}
 

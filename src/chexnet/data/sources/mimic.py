@@ -75,7 +75,7 @@ from chexnet.data.sources.chexpert import (
     policy_labels,
     policy_summary,
 )
-from chexnet.data.sources.tables import bad_cell, find_table, read_table
+from chexnet.data.sources.tables import bad_cell, find_table, header_columns, read_table
 from chexnet.data.splits import MetadataError
 from chexnet.labels import map_source_labels
 
@@ -118,15 +118,6 @@ def image_name(subject_id: str, study_id: str, dicom_id: str) -> str:
 
 # ------------------------------------------------------------------------------------------------------ parsing
 
-def _columns(raw: pd.DataFrame, required, where: str) -> dict[str, object]:
-    columns = {str(c).strip().lstrip("\ufeff").strip(): c for c in raw.columns}
-    missing = [c for c in required if c not in columns]
-    if missing:
-        raise MetadataError(f"{where} line 1 (header): missing column(s) {', '.join(map(repr, missing))}; "
-                            f"found {list(columns)}")
-    return columns
-
-
 def _text(raw: pd.DataFrame, columns: dict, name: str) -> np.ndarray:
     column = raw[columns[name]]
     return column.fillna("").astype(str).str.strip().to_numpy(dtype=object)
@@ -160,7 +151,7 @@ def _unique(values: np.ndarray, raw: pd.DataFrame, columns: dict, name: str, whe
 def parse_metadata_frame(raw: pd.DataFrame, where: str = "<metadata>") -> pd.DataFrame:
     """The metadata file as read (``dtype=str, keep_default_na=False, skip_blank_lines=False``; row ``i`` is line
     ``i + 2``) -> columns ``dicom_id, subject_id, study_id, view`` (str), the file's order. ``dicom_id`` unique."""
-    columns = _columns(raw, METADATA_COLUMNS, where)
+    columns = header_columns(raw, METADATA_COLUMNS, where)
     dicom = _checked(raw, columns, "dicom_id", _DICOM_ID, where, "not an image id (empty, or with / or spaces)")
     subject = _checked(raw, columns, "subject_id", _ID, where, "not a subject id (digits)")
     study = _checked(raw, columns, "study_id", _ID, where, "not a study id (digits)")
@@ -182,7 +173,7 @@ def parse_metadata_frame(raw: pd.DataFrame, where: str = "<metadata>") -> pd.Dat
 def parse_split_frame(raw: pd.DataFrame, where: str = "<split>") -> pd.DataFrame:
     """The split file as read -> columns ``dicom_id, subject_id, study_id`` (str) and ``split`` (``train``,
     ``val`` for the file's ``validate``, ``test``), the file's order. ``dicom_id`` unique."""
-    columns = _columns(raw, SPLIT_COLUMNS, where)
+    columns = header_columns(raw, SPLIT_COLUMNS, where)
     dicom = _checked(raw, columns, "dicom_id", _DICOM_ID, where, "not an image id (empty, or with / or spaces)")
     subject = _checked(raw, columns, "subject_id", _ID, where, "not a subject id (digits)")
     study = _checked(raw, columns, "study_id", _ID, where, "not a study id (digits)")
@@ -202,7 +193,7 @@ def parse_labels_frame(raw: pd.DataFrame, where: str = "<labels>", *, uncertain:
     ``study_id`` (str, ``study_id`` unique) and one float32 column per label of :data:`LABELS` under the
     policies (1.0 / 0.0 / NaN). Extra columns are ignored. ``raw`` is not modified."""
     per_label, blank = _uncertain_per_label(uncertain), _check_blank(blank)
-    columns = _columns(raw, LABEL_FILE_COLUMNS, where)
+    columns = header_columns(raw, LABEL_FILE_COLUMNS, where)
     subject = _checked(raw, columns, "subject_id", _ID, where, "not a subject id (digits)")
     study = _checked(raw, columns, "study_id", _ID, where, "not a study id (digits)")
     _unique(study, raw, columns, "study_id", where, "the study")

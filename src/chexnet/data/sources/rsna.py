@@ -82,7 +82,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from chexnet.data.sources.tables import bad_cell, find_table, read_table
+from chexnet.data.sources.tables import bad_cell, find_table, header_columns, read_table
 from chexnet.data.splits import MetadataError
 
 SOURCE = "rsna"
@@ -112,15 +112,6 @@ __all__ = ["BOX_COLUMNS", "CLASSES", "MetadataError", "boxes_table", "find_layou
 
 # ------------------------------------------------------------------------------------------------------ parsing
 
-def _columns(raw: pd.DataFrame, required, where: str) -> dict[str, object]:
-    columns = {str(c).strip().lstrip("\ufeff").strip(): c for c in raw.columns}
-    missing = [c for c in required if c not in columns]
-    if missing:
-        raise MetadataError(f"{where} line 1 (header): missing column(s) {', '.join(map(repr, missing))}; "
-                            f"found {list(columns)}")
-    return columns
-
-
 def _text(raw: pd.DataFrame, columns: dict, name: str) -> np.ndarray:
     values = raw[columns[name]].to_numpy(dtype=object)
     return np.array([v.strip() if isinstance(v, str) else "" for v in values], dtype=object)
@@ -140,7 +131,7 @@ def parse_train_labels_frame(raw: pd.DataFrame, where: str = "<labels>") -> pd.D
     """The label file as read (``dtype=str, keep_default_na=False, skip_blank_lines=False``; row ``i`` is line
     ``i + 2``) -> columns ``patientId`` (str), ``Target`` (int64 0 / 1) and ``x, y, width, height`` (float64, NaN
     on a Target 0 row), the file's order. ``raw`` is not modified."""
-    columns = _columns(raw, LABEL_FILE_COLUMNS, where)
+    columns = header_columns(raw, LABEL_FILE_COLUMNS, where)
     ids = _image_ids(raw, columns, where)
     target_text = _text(raw, columns, "Target")
     target = pd.to_numeric(pd.Series(target_text), errors="coerce").to_numpy(np.float64)
@@ -200,7 +191,7 @@ def image_targets(rows: pd.DataFrame, where: str = "<labels>") -> pd.Series:
 def parse_class_info_frame(raw: pd.DataFrame, where: str = "<class info>") -> pd.Series:
     """The class file as read -> ``class`` per image (index the image ids, order of first appearance). An
     unknown class, or an image given two classes, raises naming the line and column."""
-    columns = _columns(raw, CLASS_FILE_COLUMNS, where)
+    columns = header_columns(raw, CLASS_FILE_COLUMNS, where)
     ids = _image_ids(raw, columns, where)
     klass = _text(raw, columns, "class")
     unknown = ~np.isin(klass, CLASSES)

@@ -72,6 +72,17 @@ def read_table(path) -> tuple[pd.DataFrame, str]:
     return read_csv_strict(Path(path)), str(path)
 
 
+def header_columns(raw: pd.DataFrame, required, where: str) -> dict[str, object]:
+    """{column name as written, stripped of blanks and a byte-order mark: the frame's column} for ``raw``;
+    MetadataError naming ``where``'s header line and the missing columns when any of ``required`` is absent."""
+    columns = {str(c).strip().lstrip("\ufeff").strip(): c for c in raw.columns}
+    missing = [c for c in required if c not in columns]
+    if missing:
+        raise MetadataError(f"{where} line 1 (header): missing column(s) {', '.join(map(repr, missing))}; "
+                            f"found {list(columns)}")
+    return columns
+
+
 def bad_cell(where: str, i: int, column: str, value, why: str) -> MetadataError:
     """The error for row ``i`` (0-based, below the header) of ``where``'s ``column``."""
     return MetadataError(f"{where} line {i + 2}, column {column!r}: {why} (value {value!r})")

@@ -95,7 +95,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from chexnet.data.sources.tables import bad_cell, find_table, read_csv_strict
+from chexnet.data.sources.tables import bad_cell, find_table, header_columns, read_csv_strict
 from chexnet.data.splits import MetadataError
 from chexnet.labels import NO_FINDING, SOURCE_NAMES, LabelMapping, map_source_labels
 
@@ -255,12 +255,7 @@ def parse_annotations_frame(raw: pd.DataFrame, where: str = "<table>", *, rad_id
     (float64, NaN where the row has no box), in the file's order; ``attrs["source"]`` counts rows, images,
     readers and boxes.
     """
-    columns = {str(c).strip().lstrip("\ufeff").strip(): c for c in raw.columns}
-    required = [c for c in REQUIRED_COLUMNS if rad_id_required or c != "rad_id"]
-    missing = [c for c in required if c not in columns]
-    if missing:
-        raise MetadataError(f"{where} line 1 (header): missing column(s) {', '.join(map(repr, missing))}; "
-                            f"found {list(columns)}")
+    columns = header_columns(raw, [c for c in REQUIRED_COLUMNS if rad_id_required or c != "rad_id"], where)
     n = len(raw)
 
     def text(name: str) -> np.ndarray:
