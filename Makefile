@@ -39,8 +39,8 @@ bench: $(VENV)/.installed-dev
 	$(PY) benchmarks/bench_predict.py --json $(BENCH_OUT)/predict.json
 	$(PY) benchmarks/bench_serve.py --json $(BENCH_OUT)/serve.json
 	$(PY) benchmarks/bench_scaling.py --steps 5 --json $(BENCH_OUT)/scaling.json
-	$(PY) benchmarks/scaling_model.py --measured $(BENCH_OUT)/scaling.json --json $(BENCH_OUT)/scaling_model.json \
-		--png $(BENCH_OUT)/scaling.png
+	$(PY) benchmarks/scaling_model.py --measured $(BENCH_OUT)/scaling.json --strategies benchmarks/strategies.json \
+		--json $(BENCH_OUT)/scaling_model.json --png $(BENCH_OUT)/scaling.png
 	$(PY) benchmarks/bench_localize.py --json $(BENCH_OUT)/localize.json
 
 # chexnet vs the Keras + Horovod report's model, alternating in one run; TensorFlow lives in its own venv
