@@ -531,12 +531,15 @@ def _train_cli_overrides(args) -> dict:
 
 
 def cmd_train(args) -> int:
+    roles = None
     if args.nproc is not None and any(a.split("=")[0] in ("--strategy", "--ps-servers") for a in args.argv):
         from chexnet import ps  # --strategy ps's checks need the process count: refuse before starting any
         from chexnet.train import resolve_config
 
-        ps.check(resolve_config(args.out, args.config, _train_cli_overrides(args), args.set, args.resume), args.nproc)
-    if _spawn_if_asked(args):
+        cfg = resolve_config(args.out, args.config, _train_cli_overrides(args), args.set, args.resume)
+        ps.check(cfg, args.nproc)
+        roles = ps.role_names(cfg, args.nproc)  # the launcher names a failed process with its role
+    if _spawn_if_asked(args, roles):
         return 0
     from chexnet.train import resolve_config, train
 
@@ -558,9 +561,10 @@ def _worker_argv(args) -> list[str]:
     return argv
 
 
-def _spawn_if_asked(args) -> bool:
+def _spawn_if_asked(args, roles: dict[int, str] | None = None) -> bool:
     """Start the worker processes when this command asks for them (``--nproc N``, ``--launcher spark``) and no
-    launcher started this process; True when they ran (this process only waited for them)."""
+    launcher started this process; True when they ran (this process only waited for them). ``roles``: each
+    rank's role (``--strategy ps``), for the launcher's error about a failed process."""
     launcher = getattr(args, "launcher", "local")
     if launcher != "spark" and (getattr(args, "spark_master", None) or getattr(args, "spark_conf", None)):
         raise ValueError("--spark-master and --spark-conf go with --launcher spark")
@@ -586,7 +590,7 @@ def _spawn_if_asked(args) -> bool:
     if args.nproc > 1:
         from chexnet.launch.local import spawn
 
-        spawn(args.nproc, _worker_argv(args), max_restarts=getattr(args, "max_restarts", 0))
+        spawn(args.nproc, _worker_argv(args), max_restarts=getattr(args, "max_restarts", 0), roles=roles)
         return True
     return False
 

@@ -24,7 +24,10 @@ cores when it is not bound (``--bind-to none``).
 
 ``init(timeout_s)`` is the process-group timeout: how long a collective (or the initial rendezvous) waits for a
 peer before it fails (``--dist-timeout``). ``naming_lost_peers`` turns a failed collective into an error that
-names the rank(s) that stopped answering, found through the rendezvous store.
+names the rank(s) that stopped answering, found through the rendezvous store: a rank is alive when it answers
+the liveness check, or when its heartbeat (a counter each rank's daemon thread bumps in the store every
+``BEAT_S`` seconds) moves during the check -- so that a rank blocked elsewhere (a parameter-server worker waiting
+on its server while the server finds another worker gone) is not named lost.
 """
 
 from __future__ import annotations
@@ -191,6 +194,29 @@ def default_threads(info: DistInfo, env=None) -> int | None:
 _PEERS: list[dict] = []
 _STORE = None  # the rendezvous store (rank 0's TCPStore, or torchrun's), for the liveness probe
 _TIMEOUT_S = DEFAULT_TIMEOUT_S
+BEAT_S = 1.0  # each rank's heartbeat period in the store (the liveness probe's evidence of a rank busy elsewhere)
+_HEARTBEAT: threading.Event | None = None  # set to stop this process's heartbeat thread
+
+
+def _beat_key(rank: int) -> str:
+    return f"beat/{restart_count()}/{rank}"
+
+
+def _start_heartbeat(rank: int) -> None:
+    """A daemon thread that bumps this rank's counter in the store every BEAT_S s until :func:`teardown`.
+    Store errors are ignored: a lost store is the liveness probe's finding to report, not the heartbeat's."""
+    global _HEARTBEAT
+    stop, store, key = threading.Event(), _STORE, _beat_key(rank)
+
+    def run():
+        while not stop.wait(BEAT_S):
+            try:
+                store.add(key, 1)
+            except Exception:
+                pass
+
+    _HEARTBEAT = stop
+    threading.Thread(target=run, name="chexnet-heartbeat", daemon=True).start()
 
 
 def _own_address(master_addr: str, master_port: str) -> str | None:
@@ -239,6 +265,7 @@ def init(timeout_s: float = DEFAULT_TIMEOUT_S) -> tuple[DistInfo, torch.device]:
         me = {"rank": info.rank, "host": socket.gethostname(), "pid": os.getpid(),
               "addr": _own_address(os.environ.get("MASTER_ADDR", "localhost"), os.environ.get("MASTER_PORT", "0"))}
         _PEERS[:] = all_gather_objects(me)
+        _start_heartbeat(info.rank)
     return info, device
 
 
@@ -279,7 +306,13 @@ def _is_comm_failure(exc: BaseException) -> bool:
 
 def _probe(info: DistInfo, wait_s: float) -> tuple[list[int] | None, str | None]:
     """Which ranks are still alive? Each survivor posts a key to the rendezvous store and waits up to ``wait_s``
-    for the others' keys. Returns (silent ranks, None), or (None, why the store itself is unreachable).
+    for the others' keys; a rank that posts none but whose heartbeat moves meanwhile is alive too (blocked
+    elsewhere, e.g. waiting on the rank that found a peer lost). Returns (silent ranks, None), or (None, why the
+    store itself is unreachable).
+
+    When the store goes away during the check after rank 0 answered it and after at least two heartbeats'
+    silence of the others (rank 0, which hosts the store under most launchers, finished its own check and
+    exited), the ranks still silent then are the answer.
 
     Runs in a daemon thread with a hard deadline: a store client whose host is cut off (no FIN, no RST) can
     block in a read longer than its own timeout.
@@ -287,20 +320,30 @@ def _probe(info: DistInfo, wait_s: float) -> tuple[list[int] | None, str | None]
     if _STORE is None:
         return None, "no rendezvous store"
     prefix, result = f"alive/{restart_count()}/", {}
+    pending = [r for r in range(info.world_size) if r != info.rank]
+    answered: set[int] = set()
+    start = time.monotonic()
 
     def run():
+        nonlocal pending
         try:
             _STORE.set_timeout(datetime.timedelta(seconds=max(1.0, wait_s)))
             _STORE.set(prefix + str(info.rank), "1")
-            pending = [r for r in range(info.world_size) if r != info.rank]
-            deadline = time.monotonic() + wait_s
+            beats = {r: _STORE.add(_beat_key(r), 0) for r in pending}
+            deadline = start + wait_s
             while pending and time.monotonic() < deadline:
-                pending = [r for r in pending if not _STORE.check([prefix + str(r)])]
+                alive = [r for r in pending if _STORE.check([prefix + str(r)])]
+                answered.update(alive)
+                alive += [r for r in pending if r not in alive and _STORE.add(_beat_key(r), 0) != beats[r]]
+                pending = [r for r in pending if r not in alive]
                 if pending:
                     time.sleep(0.2)
             result["silent"] = pending
         except Exception as exc:  # rank 0's store is gone (its host died) or cut off from this host
-            result["error"] = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
+            if 0 in answered and time.monotonic() - start >= 2 * BEAT_S:
+                result["silent"] = pending
+            else:
+                result["error"] = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
 
     thread = threading.Thread(target=run, name="chexnet-liveness-probe", daemon=True)
     thread.start()
@@ -349,7 +392,10 @@ def naming_lost_peers(info: DistInfo):
 
 
 def teardown() -> None:
-    global _STORE, _GROUP
+    global _STORE, _GROUP, _HEARTBEAT
+    if _HEARTBEAT is not None:
+        _HEARTBEAT.set()
+        _HEARTBEAT = None
     _PEERS.clear()
     _ROLES.clear()
     _STORE, _GROUP = None, None

@@ -31,9 +31,18 @@ non-finite steps together: refused.
 
 Everything goes through chexnet.dist (gloo on CPUs; NCCL point-to-point on GPUs), not torch.distributed.rpc.
 Not supported with ps: fp16 (GradScaler) and ``--grad-compression`` (DDP hooks); both are refused by name.
-A lost process fails the job within ``--dist-timeout`` with an error naming its rank, host and role (``server 1
-of 2 (parameter shard 1)``); the last checkpoint is an ordinary one, which ``--max-restarts`` restarts from as
-under all-reduce (the kill-and-restart path is tested for all-reduce only).
+Faults: a lost process fails the job within ``--dist-timeout`` with an error naming its rank, host and role
+(``server 1 of 2 (parameter shard 1)``, ``worker 1 of 2 (data shard 1)``): each survivor's PeerLostError (the PS
+waits run inside train's ``dist.naming_lost_peers``; a rank blocked on its server while the server finds a worker
+gone still counts as alive, by its heartbeat), or under torch elastic, which stops the survivors at once, the
+launcher's error (``chexnet: rank 2 (server 0 of 1 (parameter shard 0)) failed ...``: the process that failed
+first, not those it stopped; the roles come from ``--strategy ps`` / ``--ps-servers`` on the command line). The
+last checkpoint is an ordinary one, which ``chexnet evaluate`` reads and ``--max-restarts`` restarts the whole
+group from (servers and workers, the servers' shards handed over again from the checkpoint) as under all-reduce.
+tests/multiproc/test_ps_faults.py SIGKILLs a server and a worker mid-epoch: each survivor names the lost process,
+the launcher names a killed server, evaluate runs on the checkpoint, and ``--max-restarts 1`` resumes and
+completes. A process cut off without a FIN (a host lost) is noticed at the process-group timeout, as under
+all-reduce (tests/multiproc/test_two_nodes.py covers that for all-reduce).
 """
 
 from __future__ import annotations
@@ -82,6 +91,15 @@ class Roles:
         return (f"strategy ps: {self.world_size} processes, {span('rank', 0, self.workers - 1)} worker(s) "
                 f"({span('data shard', 0, self.workers - 1)}), {span('rank', self.workers, self.world_size - 1)} "
                 f"server(s) ({span('parameter shard', 0, self.servers - 1)})")
+
+
+def role_names(cfg, world_size: int) -> dict[int, str] | None:
+    """{rank: role} of a ``--strategy ps`` job of ``world_size`` processes (None under all-reduce): what the
+    launcher names a failed process with (chexnet.launch.local.spawn)."""
+    if cfg.strategy != "ps":
+        return None
+    roles = Roles(world_size, cfg.ps_servers)
+    return {r: roles.describe(r) for r in range(world_size)}
 
 
 def check(cfg, world_size: int) -> None:

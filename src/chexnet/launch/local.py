@@ -3,12 +3,15 @@
 Each worker runs the same ``python -m chexnet ...`` command line (without ``--nproc``) with the torchrun
 environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT, TORCHELASTIC_RESTART_COUNT). When a worker dies
 and ``max_restarts`` allows, the agent stops the group and starts it again; ``chexnet train`` then resumes
-from the newest complete checkpoint.
+from the newest complete checkpoint. When the group finally fails, the error names the process that failed
+first -- not one the agent stopped (SIGTERM) because of it -- with its role where the job has roles
+(``--strategy ps``: ``rank 2 (server 0 of 1 (parameter shard 0))``).
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import uuid
 
@@ -31,8 +34,44 @@ def strip_option(argv: list[str], name: str, has_value: bool = True) -> list[str
     return out
 
 
-def spawn(nproc: int, argv: list[str], max_restarts: int = 0, monitor_interval: float = 1.0) -> None:
-    """Run ``python -m chexnet *argv`` in ``nproc`` local worker processes; raise if the group finally fails."""
+def first_failure(failures: dict) -> int | None:
+    """The rank whose failure came first among torch elastic's ``failures`` ({rank: ProcessFailure}): one that
+    failed on its own before one the agent stopped with SIGTERM once another had failed, then the earliest (in
+    whole seconds), then one killed by a signal (SIGKILL: the kernel's OOM killer, an operator) before one that
+    exited with an error (often the peer's loss, noticed), then the lowest rank."""
+    if not failures:
+        return None
+    return min(failures, key=lambda r: (failures[r].exitcode == -signal.SIGTERM, failures[r].timestamp,
+                                        failures[r].exitcode >= 0, r))
+
+
+def describe_failures(failures: dict, max_restarts: int, roles: dict[int, str] | None = None) -> str:
+    """``chexnet: rank 2 (server 0 of 1 (parameter shard 0)) failed after 0 restart(s) allowed: Signal 9
+    (SIGKILL) received by PID 123; stopped by the launcher after it: rank 0 (worker 0 of 2 (data shard 0))``:
+    the error of a finally failed group (``failures``: torch elastic's {rank: ProcessFailure})."""
+    first = first_failure(failures)
+
+    def name(r):
+        return f"rank {r} ({roles[r]})" if roles and r in roles else f"worker rank {r}"
+
+    if first is None:
+        return f"chexnet: the worker group failed after {max_restarts} restart(s) allowed (no failure recorded)"
+    stopped = [r for r in sorted(failures) if r != first and failures[r].exitcode == -signal.SIGTERM]
+    others = [r for r in sorted(failures) if r != first and r not in stopped]
+    text = f"chexnet: {name(first)} failed after {max_restarts} restart(s) allowed: {failures[first].message}"
+    if others:
+        text += "; also failed: " + ", ".join(f"{name(r)} ({failures[r].message})" for r in others)
+    if stopped:
+        text += "; stopped by the launcher after it: " + ", ".join(name(r) for r in stopped)
+    return text
+
+
+def spawn(nproc: int, argv: list[str], max_restarts: int = 0, monitor_interval: float = 1.0,
+          roles: dict[int, str] | None = None) -> None:
+    """Run ``python -m chexnet *argv`` in ``nproc`` local worker processes; raise if the group finally fails.
+
+    ``roles`` ({rank: role}, e.g. chexnet.ps's ``server 0 of 1 (parameter shard 0)``) names the failed process's
+    role in that error."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -48,7 +87,4 @@ def spawn(nproc: int, argv: list[str], max_restarts: int = 0, monitor_interval: 
     try:
         elastic_launch(config, sys.executable)("-u", "-m", "chexnet", *argv)
     except ChildFailedError as exc:
-        failures = exc.failures
-        first = min(failures) if failures else None
-        detail = failures[first].message if first is not None else str(exc)
-        raise SystemExit(f"chexnet: worker rank {first} failed after {max_restarts} restart(s) allowed: {detail}") from None
+        raise SystemExit(describe_failures(exc.failures, max_restarts, roles)) from None
