@@ -532,8 +532,8 @@ def _train_cli_overrides(args) -> dict:
 
 def cmd_train(args) -> int:
     roles = None
-    if args.nproc is not None and any(a.split("=")[0] in ("--strategy", "--ps-servers") for a in args.argv):
-        from chexnet import ps  # --strategy ps's checks need the process count: refuse before starting any
+    if args.nproc is not None:  # --strategy ps (flag, recipe or resumed run) is checked before any process starts
+        from chexnet import ps
         from chexnet.train import resolve_config
 
         cfg = resolve_config(args.out, args.config, _train_cli_overrides(args), args.set, args.resume)
