@@ -90,6 +90,13 @@ STRATEGIES = {
           "all-reduce processes train)",
 }
 
+# train's --compile-mode: torch.compile's modes (with --compile)
+COMPILE_MODES = {
+    "default": "inductor's default: fused kernels, no CUDA graphs",
+    "reduce-overhead": "CUDA graphs as well (less launch overhead for small batches; more memory)",
+    "max-autotune": "autotuned matmul/convolution kernels and CUDA graphs (minutes of compiling)",
+}
+
 # tune's --pruner
 PRUNERS = {
     "median": "stop a trial worse than the median of earlier trials at the same epoch",
@@ -112,6 +119,7 @@ CONFIG_CHOICES = {
     "precision": ("fp32", "bf16", "fp16", "auto"),
     "grad_compression": ("none", "bf16", "fp16"),
     "strategy": tuple(STRATEGIES),
+    "compile_mode": tuple(COMPILE_MODES),
 }
 
 

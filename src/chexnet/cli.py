@@ -8,6 +8,7 @@ import sys
 
 from chexnet import __version__
 from chexnet.choices import (
+    COMPILE_MODES,
     CONFIG_CHOICES,
     DATASETS,
     FILE_TTA_MODES,
@@ -94,6 +95,7 @@ TRAIN_FLAGS = {
         ("max_steps_per_epoch", int, "cap on optimizer steps per epoch (smoke tests, benchmarks)"),
         ("log_every", int, "steps between training-loss records"),
     ],
+    "performance": [("compile_mode", str, "with --compile: " + help_text(COMPILE_MODES))],
 }
 TRAIN_SWITCHES = {
     "data and input": [("hflip", "random horizontal flips in training")],

@@ -58,6 +58,7 @@ class TrainConfig:
     precision: str = "fp32"  # fp32 | bf16 | fp16 | auto (chexnet.precision: resolved when training starts)
     channels_last: bool = False
     compile: bool = False
+    compile_mode: str = "default"  # torch.compile's mode with compile: default | reduce-overhead | max-autotune
     grad_compression: str = "none"  # none | bf16 | fp16 (DDP communication hook)
     # bookkeeping
     seed: int = 0

@@ -250,7 +250,7 @@ def _train(cfg, cache, run, resume, progress, info, device, epoch_callback=None)
         ddp = model
     else:
         ddp = dist.wrap_ddp(model, device, cfg.grad_compression)
-    net = torch.compile(ddp) if cfg.compile else ddp
+    net = torch.compile(ddp, mode=None if cfg.compile_mode == "default" else cfg.compile_mode) if cfg.compile else ddp
     ctx = StepContext(device, cfg.precision, cfg.channels_last, cfg.accum_steps, cfg.grad_clip, cfg.skip_nonfinite,
                       max(1, cfg.log_every), transform=input_transform(spec).to(device))
     logger = RunLogger(run, enabled=info.is_main)
