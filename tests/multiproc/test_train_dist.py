@@ -190,14 +190,16 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def _worker_with_rank(launcher_pid: int, rank: int) -> int | None:
+def _worker_with_rank(launcher_pid: int, rank: int, attempt: int = 0) -> int | None:
+    """The pid of the worker process of ``rank`` that torch elastic started under ``launcher_pid`` in restart
+    ``attempt`` (0: the first start), or None."""
     for pid in _children(launcher_pid):
         try:
             env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             continue
-        if f"RANK={rank}".encode() in env and b"chexnet" in cmd and b"TORCHELASTIC_RESTART_COUNT=0" in env:
+        if f"RANK={rank}".encode() in env and b"chexnet" in cmd and f"TORCHELASTIC_RESTART_COUNT={attempt}".encode() in env:
             return pid
     return None
 
