@@ -98,6 +98,21 @@ def evaluation_dir(tmp_path_factory):
     return out, table
 
 
+def test_write_evaluation_without_plots_writes_the_same_numbers_and_no_figure(evaluation_dir, tmp_path):
+    out, _ = evaluation_dir
+    df, val = make_predictions(300), make_predictions(300, seed=1)
+    df["label_Hernia"] = 0
+    report.write_evaluation(tmp_path, df, val, n_resamples=50, context={"run": "runs/r1", "split": "test"},
+                            plots=False)
+    assert not list(tmp_path.glob("*.png"))
+    for name in ("auroc.csv", "calibration.csv", "metrics.json"):
+        assert (tmp_path / name).read_bytes() == (out / name).read_bytes(), name
+    md = (tmp_path / "report.md").read_text()
+    assert ".png" not in md and "## Plots" not in md
+    assert md.split("## Notes")[0] == (out / "report.md").read_text().split("## Notes")[0].replace(
+        "; reliability diagrams in `reliability.png`.", ".").replace("![Reliability](reliability.png)", "")
+
+
 def test_write_evaluation_writes_every_output(evaluation_dir):
     out, table = evaluation_dir
     for name in ("metrics.json", "auroc.csv", "report.md", "roc.png", "pr.png", "auroc_vs_published.png"):

@@ -318,6 +318,8 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--tta", choices=list(TTA_MODES), default="none", help="test-time augmentation: " + help_text(TTA_HELP))
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs (default 1000)")
+    p.add_argument("--no-plots", action="store_true", help="numbers and tables only: no roc.png, pr.png, "
+                   "auroc_vs_published.png, reliability.png (seconds per split on a CPU)")
     p.add_argument("--threshold", choices=["f1", "youden"], default="f1", help="operating point chosen on val (default max-F1)")
     p.add_argument("--operating-point", action="append", default=None, metavar="RULE[=VALUE]",
                    help="a threshold rule chosen per label on val and measured with CIs (operating_points.csv), "
@@ -610,11 +612,11 @@ def cmd_evaluate(args) -> int:
     if len(caches) > 1:
         evaluate_across(args.run, caches, args.checkpoint, args.split, args.tta, args.batch_size, args.bootstrap,
                         args.threshold, allow_overlap=args.allow_overlap, trust_changed=args.trust_changed,
-                        raw=args.raw, rules=rules)
+                        raw=args.raw, rules=rules, plots=not args.no_plots)
     else:
         evaluate_run(args.run, args.checkpoint, args.split, args.tta, args.batch_size, args.bootstrap, args.threshold,
                      cache=caches[0], allow_overlap=args.allow_overlap, trust_changed=args.trust_changed,
-                     raw=args.raw, rules=rules)
+                     raw=args.raw, rules=rules, plots=not args.no_plots)
     return 0
 
 

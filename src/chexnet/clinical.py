@@ -29,24 +29,25 @@ def _ci(row, m: str, digits: int = 3) -> str:
 
 
 def write_calibration(out_dir: Path, y, p, patients, names, n_resamples: int, seed: int, alpha: float,
-                      calibrated: str | None = None) -> tuple[pd.DataFrame, str, dict]:
-    """calibration.csv and reliability.png; (table, report.md section, metrics.json entry)."""
+                      calibrated: str | None = None, plot: bool = True) -> tuple[pd.DataFrame, str, dict]:
+    """calibration.csv and (with ``plot``) reliability.png; (table, report.md section, metrics.json entry)."""
     table = calibration.calibration_table(y, p, names, groups=patients, n_resamples=n_resamples, seed=seed,
                                           alpha=alpha)
     atomic_write(out_dir / "calibration.csv", table.to_csv(float_format="%.6f"))
-    plot_reliability(np.asarray(y, np.float64), np.asarray(p, np.float64), list(names), out_dir / "reliability.png")
+    if plot:
+        plot_reliability(np.asarray(y, np.float64), np.asarray(p, np.float64), list(names), out_dir / "reliability.png")
     level = int(round(100 * (1 - alpha)))
     what = (f"calibrated probabilities ({calibrated} scaling fitted on validation, chexnet calibrate)" if calibrated
             else "the model's own probabilities (no calibrator: chexnet calibrate fits one)")
     lines = ["## Calibration", "", f"Of {what}, on this split. [{level}% CI]: percentile bootstrap over patients. "
              f"ECE: equal-width bins ({calibration.N_BINS}); ECE (mass): equal-mass bins; slope 1 and intercept 0 "
-             "are perfect calibration (slope < 1: too confident). Also in `calibration.csv`; reliability "
-             "diagrams in `reliability.png`.", "",
+             "are perfect calibration (slope < 1: too confident). Also in `calibration.csv`"
+             + ("; reliability diagrams in `reliability.png`." if plot else "."), "",
              "| label | n | ECE | ECE (mass) | MCE | Brier | NLL | slope | intercept |",
              "|---|---:|---|---|---|---|---|---|---|"]
     for name, row in table.iterrows():
         lines.append(f"| {name} | {int(row['n'])} | " + " | ".join(_ci(row, m) for m in calibration.METRICS) + " |")
-    lines += ["", "![Reliability](reliability.png)", ""]
+    lines += ["", "![Reliability](reliability.png)" if plot else "", ""]
     entry = {"probabilities": "calibrated" if calibrated else "raw", "method": calibrated,
              "per_label": table.drop(index=MEAN_ROW).to_dict(orient="index"), "mean": table.loc[MEAN_ROW].to_dict()}
     return table, "\n".join(lines), entry

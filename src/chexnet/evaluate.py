@@ -52,8 +52,9 @@ def predict_split(model, cfg, cache: Path, index, meta, split: str, tta: str, in
 def evaluate_run(run: str | Path, checkpoint: str = "best", split: str = "test", tta: str = "none",
                  batch_size: int = 64, n_resamples: int = 1000, threshold_method: str = "f1",
                  cache: str | Path | None = None, allow_overlap: bool = False, trust_changed: bool = False,
-                 raw: bool = False, rules=DEFAULT_RULES):
+                 raw: bool = False, rules=DEFAULT_RULES, plots: bool = True):
     """Evaluate ``run`` on ``split``; rank 0 writes RUN/eval/<split>/ and returns the table (others None).
+    Without ``plots`` the figures (roc.png, pr.png, auroc_vs_published.png, reliability.png) are not drawn.
 
     Where ``chexnet calibrate`` fitted a calibrator for the checkpoint, the probabilities evaluated (and written)
     are calibrated, unless ``raw``; AUROC does not change, calibration.csv shows what it did. ``rules``: the
@@ -123,13 +124,14 @@ def evaluate_run(run: str | Path, checkpoint: str = "best", split: str = "test",
                                         threshold_method=threshold_method, n_resamples=n_resamples, context=context,
                                         attributes=attributes, thresholds=run_thresholds, derived=derived,
                                         derived_y=derived_y, rules=rules, rule_thresholds=rule_thresholds,
-                                        calibrated=cal.method if cal is not None else None)
+                                        calibrated=cal.method if cal is not None else None, plots=plots)
         if table.attrs.get("threshold_source") == "validation" and not external:
             save_thresholds(run, loaded, table, threshold_method, cal)
         print(f"{run} [{split}, checkpoint {path.name} ({selection}), tta {tta}]")
         print(report.format_table(table))
+        figures = ", roc.png, pr.png, auroc_vs_published.png, reliability.png" if plots else ""
         print(f"wrote {out / split}/ (predictions.csv, {'derived.csv, ' if derived else ''}metrics.json, auroc.csv, "
-              f"subgroups.csv, report.md, roc.png, pr.png, auroc_vs_published.png)", file=sys.stderr)
+              f"subgroups.csv, calibration.csv, operating_points.csv, report.md{figures})", file=sys.stderr)
         return table
     finally:
         dist.teardown()
@@ -203,7 +205,7 @@ def _check_overlap(run, run_info, cache, meta, index, split, allow_overlap) -> s
 def evaluate_across(run: str | Path, caches: list, checkpoint: str = "best", split: str = "test", tta: str = "none",
                     batch_size: int = 64, n_resamples: int = 1000, threshold_method: str = "f1",
                     allow_overlap: bool = False, trust_changed: bool = False, raw: bool = False,
-                    rules=DEFAULT_RULES):
+                    rules=DEFAULT_RULES, plots: bool = True):
     """Evaluate ``run`` on each of ``caches`` (as :func:`evaluate_run` with ``cache=``), then write the
     cross-dataset table, report and plot into RUN/eval/external/ (:mod:`chexnet.external`). Returns the long
     table on rank 0 (None elsewhere)."""
@@ -217,7 +219,8 @@ def evaluate_across(run: str | Path, caches: list, checkpoint: str = "best", spl
     results, about = {}, {}
     for cache, name in zip(caches, names):
         table = evaluate_run(run, checkpoint, split, tta, batch_size, n_resamples, threshold_method, cache=cache,
-                             allow_overlap=allow_overlap, trust_changed=trust_changed, raw=raw, rules=rules)
+                             allow_overlap=allow_overlap, trust_changed=trust_changed, raw=raw, rules=rules,
+                             plots=plots)
         if table is None:  # not rank 0
             continue
         meta = load_cache(cache)[2]

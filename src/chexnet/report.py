@@ -388,10 +388,12 @@ def write_evaluation(
     rules=("f1",),
     rule_thresholds: dict | None = None,
     calibrated: str | None = None,
+    plots: bool = True,
 ) -> pd.DataFrame:
     """Evaluate a predictions table and write ``metrics.json``, ``auroc.csv``, ``report.md``,
     ``roc.png``, ``pr.png`` and ``auroc_vs_published.png`` into ``out_dir``: one row (and plot panel) per label
-    of the table (:func:`predicted_labels`, in its order), published AUROCs beside those that have one.
+    of the table (:func:`predicted_labels`, in its order), published AUROCs beside those that have one. Without
+    ``plots``, no figure (``*.png``; report.md links none): the same numbers, seconds sooner per split on a CPU.
 
     ``val_predictions_df`` (same format, same labels) supplies the thresholds; ``context`` (e.g. run,
     checkpoint, split, tta) is recorded in metrics.json and report.md. ``attributes`` (columns
@@ -438,7 +440,7 @@ def write_evaluation(
     context = dict(context or {})
     citations = _citations(table)
     _, cal_md, cal_json = clinical.write_calibration(out_dir, y, p, patients, names, n_resamples, seed, alpha,
-                                                     calibrated)
+                                                     calibrated, plot=plots)
     same_split = val_predictions_df is not None and val_predictions_df is predictions_df
     if p_val is not None:
         rule_thresholds = {r: operating_points.choose(y_val, p_val, r) for r in rules}
@@ -470,16 +472,18 @@ def write_evaluation(
     }
     atomic_write(out_dir / "metrics.json", json.dumps(_json_safe(payload), indent=2) + "\n")
 
-    plot_roc(y, p, table, out_dir / "roc.png")
-    plot_pr(y, p, table, out_dir / "pr.png")
-    plot_auroc_vs_published(table, out_dir / "auroc_vs_published.png")
+    if plots:
+        plot_roc(y, p, table, out_dir / "roc.png")
+        plot_pr(y, p, table, out_dir / "pr.png")
+        plot_auroc_vs_published(table, out_dir / "auroc_vs_published.png")
     sub_md = None
     if attributes is not None:
         sub = subgroups.subgroup_table(y, p, patients, attributes, n_resamples=n_resamples, seed=seed, alpha=alpha,
                                        labels=names)
         atomic_write(out_dir / "subgroups.csv", sub.to_csv(index=False, float_format="%.6f"))
         sub_md = subgroups.subgroup_markdown(sub)
-    atomic_write(out_dir / "report.md", _report_markdown(table, context, citations, sub_md, extra, cal_md + "\n" + op_md))
+    atomic_write(out_dir / "report.md", _report_markdown(table, context, citations, sub_md, extra, cal_md + "\n" + op_md,
+                                                         plots))
     return full
 
 
@@ -521,7 +525,7 @@ def _derived_json(extra: pd.DataFrame | None, derived) -> dict:
 
 
 def _report_markdown(table: pd.DataFrame, context: dict, citations: dict, subgroups_md: str | None = None,
-                     derived_rows: pd.DataFrame | None = None, clinical_md: str = "") -> str:
+                     derived_rows: pd.DataFrame | None = None, clinical_md: str = "", plots: bool = True) -> str:
     a = table.attrs
     level = int(round(100 * (1 - a["alpha"])))
     lines = ["# Evaluation", ""]
@@ -553,5 +557,9 @@ def _report_markdown(table: pd.DataFrame, context: dict, citations: dict, subgro
     lines += ["## Published sources", ""]
     lines += [f"- `{k}` ({PUBLISHED_COLUMNS[k]}): {v}" for k, v in citations.items()] or [
         "- none: no label of this run has a published AUROC (the published numbers cover NIH's 14 pathologies)"]
-    lines += ["", "## Plots", "", "![ROC](roc.png)", "", "![PR](pr.png)", "", "![AUROC vs published](auroc_vs_published.png)", ""]
+    if plots:
+        lines += ["", "## Plots", "", "![ROC](roc.png)", "", "![PR](pr.png)", "",
+                  "![AUROC vs published](auroc_vs_published.png)", ""]
+    else:
+        lines += [""]
     return "\n".join(lines)

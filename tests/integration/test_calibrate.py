@@ -19,7 +19,7 @@ def test_calibrate_then_predict_and_export_apply_it(trained_run, copy_run, tiny_
     from chexnet.evaluate import evaluate_run
 
     run = copy_run(trained_run)
-    evaluate_run(run, "best", "val", "none", batch_size=8, n_resamples=10)  # thresholds.json for the checkpoint
+    evaluate_run(run, "best", "val", "none", batch_size=8, n_resamples=10, plots=False)  # thresholds.json for the checkpoint
     proc = chexnet_main("calibrate", run, "--min-positives", "2")
     assert "temperature scaling fitted on the validation split of best.pt" in proc.stdout
     cal = Calibrator.from_dict(json.loads((run / "calibrator.json").read_text()))

@@ -21,7 +21,7 @@ def test_the_card_copies_the_evaluation_and_needs_a_person_s_facts(trained_run, 
     from chexnet.evaluate import evaluate_run
 
     run = copy_run(trained_run)
-    evaluate_run(run, "best", "test", "none", batch_size=8, n_resamples=10)
+    evaluate_run(run, "best", "test", "none", batch_size=8, n_resamples=10, plots=False)
     proc = chexnet_main("card", run, check=False)
     assert proc.returncode == 2 and "intended_use, out_of_scope_uses, limitations, ethical_considerations" in proc.stderr
     card = json.loads((run / "model_card.json").read_text())

@@ -47,7 +47,7 @@ def test_evaluate_test_split_then_compare(trained_run, second_run, copy_run, che
     assert list(preds.columns[:2]) == ["image", "patient_id"] and len(preds.columns) == 2 + 2 * len(PATHOLOGIES)
 
     b = copy_run(second_run, "run_b")
-    chexnet_main("evaluate", b, "--split", "test", "--bootstrap", "200", "--tta", "hflip")
+    chexnet_main("evaluate", b, "--split", "test", "--bootstrap", "200", "--tta", "hflip", "--no-plots")
     proc = chexnet_main("compare", a, b, "--split", "test", "--resamples", "200")
     # "k of N": N is 14 less the pathologies with no positive (or no negative) test case in this tiny split
     assert re.search(r"run_b better than run_a on \d+ of \d+ pathologies", proc.stdout), proc.stdout
@@ -89,7 +89,8 @@ def test_an_nih_run_on_nih_expert_labels_scores_the_derived_findings(trained_run
     prepare(Path(meta["arguments"]["data_dir"]), tmp_path / "nih-expert", size=48, workers=1, progress=False,
             dataset="nih-google", options={"expert_labels": f"{expert}:test"})
     run = copy_run(trained_run)
-    proc = chexnet_main("evaluate", run, "--cache", tiny_cache, "--cache", tmp_path / "nih-expert", "--bootstrap", "20")
+    proc = chexnet_main("evaluate", run, "--cache", tiny_cache, "--cache", tmp_path / "nih-expert", "--bootstrap", "20",
+                        "--no-plots")
 
     out = run / "eval" / "external" / "nih-expert" / "test"
     preds = pd.read_csv(out / "predictions.csv", dtype={"image": str})
@@ -172,7 +173,7 @@ def test_a_run_on_a_subset_of_labels_is_evaluated_and_compared_on_its_own_labels
     assert (run / "eval" / "external" / "cross_dataset.png").stat().st_size > 0
 
     nih = copy_run(trained_run, "nih")
-    chexnet_main("evaluate", nih, "--bootstrap", "20")
+    chexnet_main("evaluate", nih, "--bootstrap", "20", "--no-plots")
     proc = chexnet_main("compare", run, nih, "--resamples", "50")
     left = ", ".join(n for n in PATHOLOGIES if n not in labels)
     assert f"compared on the 3 labels every run has; left out, not in every run: nih's {left}." in proc.stdout

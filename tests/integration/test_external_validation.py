@@ -49,10 +49,10 @@ def test_an_nih_run_on_a_chexpert_cache_scores_only_the_labels_chexpert_has(trai
     from chexnet.data.cache import load_cache
 
     run = copy_run(trained_run)
-    chexnet_main("evaluate", run, "--bootstrap", "20")  # its own test split: thresholds chosen on its val split
+    chexnet_main("evaluate", run, "--bootstrap", "20", "--no-plots")  # its own test split: thresholds chosen on its val split
     own = (run / "eval" / "test" / "metrics.json").read_bytes()
     thresholds = json.loads((run / "thresholds.json").read_text())["thresholds"]
-    proc = chexnet_main("evaluate", run, "--cache", chexpert_cache, "--bootstrap", "20")
+    proc = chexnet_main("evaluate", run, "--cache", chexpert_cache, "--bootstrap", "20", "--no-plots")
     assert "not in this dataset, not scored" in proc.stderr and "Hernia" in proc.stderr
     out = run / "eval" / "external" / "chexpert-48"  # never over the run's own eval/test
     assert (run / "eval" / "test" / "metrics.json").read_bytes() == own
@@ -82,7 +82,8 @@ def test_evaluate_on_several_caches_writes_the_cross_dataset_table(trained_run, 
                                                                    chexnet_main):
     """--cache twice: the run's own data and CheXpert's, each evaluated, then one table per label and data set."""
     run = copy_run(trained_run)
-    proc = chexnet_main("evaluate", run, "--cache", tiny_cache, "--cache", chexpert_cache, "--bootstrap", "20")
+    proc = chexnet_main("evaluate", run, "--cache", tiny_cache, "--cache", chexpert_cache, "--bootstrap", "20",
+                        "--no-plots")
     assert "across 2 data sets" in proc.stdout
     assert (run / "eval" / "test" / "metrics.json").is_file()  # the run's own cache: its usual folder
     assert (run / "eval" / "external" / "chexpert-48" / "test" / "metrics.json").is_file()
@@ -119,6 +120,6 @@ def test_an_external_split_that_shares_images_with_training_is_refused(trained_r
     proc = chexnet_main("evaluate", run, "--cache", tmp_path / "nih-expert", "--bootstrap", "20", check=False)
     assert proc.returncode == 2 and "shares 3 image(s)" in proc.stderr and "--allow-overlap" in proc.stderr
     assert not (run / "eval" / "external").exists()
-    proc = chexnet_main("evaluate", run, "--cache", tmp_path / "nih-expert", "--bootstrap", "20", "--allow-overlap")
+    proc = chexnet_main("evaluate", run, "--cache", tmp_path / "nih-expert", "--bootstrap", "20", "--allow-overlap", "--no-plots")
     report = (run / "eval" / "external" / "nih-expert" / "test" / "report.md").read_text()
     assert "shares 3 image(s)" in report and "(allowed)" in report

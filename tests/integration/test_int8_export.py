@@ -34,7 +34,7 @@ def int8_run(trained_run, tmp_path_factory):
     shutil.copytree(trained_run, run)
     err = io.StringIO()
     with torch_threads(1), contextlib.redirect_stderr(err):
-        evaluate_run(run, "best", "val", "none", batch_size=8, n_resamples=10)
+        evaluate_run(run, "best", "val", "none", batch_size=8, n_resamples=10, plots=False)
         rc = cli.main(["export", str(run), "--quantize", "int8", "--dynamic-batch", "--calibration-images", "16"])
     assert rc == 0, err.getvalue()[-3000:]
     return run, err.getvalue()

@@ -108,7 +108,7 @@ def test_evaluate_a_moved_run_with_cache(trained_run, tiny_cache, tmp_path, chex
     proc = chexnet_main("evaluate", run, "--split", "val", "--bootstrap", "20", check=False)
     assert proc.returncode == 2 and "--cache" in proc.stderr and "Traceback" not in proc.stderr
 
-    out = chexnet_main("evaluate", run, "--split", "val", "--bootstrap", "20", "--cache", cache).stdout
+    out = chexnet_main("evaluate", run, "--split", "val", "--bootstrap", "20", "--cache", cache, "--no-plots").stdout
     assert "Atelectasis" in out
     metrics = json.loads((run / "eval" / "val" / "metrics.json").read_text())
     assert metrics["context"]["cache"] == str(cache)
@@ -130,7 +130,7 @@ def test_best_never_falls_back_to_last(trained_run, copy_run, chexnet_main):
     (run / "checkpoints" / "best.pt").unlink()
     proc = chexnet_main("evaluate", run, "--split", "val", check=False)
     assert proc.returncode == 2 and "no checkpoint best.pt" in proc.stderr and "--checkpoint last" in proc.stderr
-    chexnet_main("evaluate", run, "--split", "val", "--checkpoint", "last", "--bootstrap", "20")
+    chexnet_main("evaluate", run, "--split", "val", "--checkpoint", "last", "--bootstrap", "20", "--no-plots")
     report = (run / "eval" / "val" / "report.md").read_text()
     assert "last.pt: the newest state (not a selected model)" in report
 

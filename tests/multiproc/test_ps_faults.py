@@ -190,7 +190,7 @@ def test_a_killed_server_restarts_the_job_then_fails_it_naming_the_server_and_th
     assert error.startswith(f"chexnet: rank 1 ({SERVER}) failed after 1 restart(s) allowed: ") and "SIGKILL" in error
     state = load_checkpoint(last)
     assert state["config"]["strategy"] == "ps" and state["world_size"] == 1
-    done = chexnet_main("evaluate", run, "--checkpoint", "last", "--split", "val", "--bootstrap", "20")
+    done = chexnet_main("evaluate", run, "--checkpoint", "last", "--split", "val", "--bootstrap", "20", "--no-plots")
     assert (run / "eval" / "val" / "metrics.json").is_file(), done.stderr[-3000:]
 
 

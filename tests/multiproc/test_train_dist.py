@@ -130,11 +130,12 @@ def test_validation_metrics_2_processes_equal_1_process(trained_run, copy_run, c
     run = copy_run(trained_run)
     # batch size 1 on both sides: every image goes through the same computation (same shapes, one thread), so the
     # probabilities are equal by construction, not to a few ulps that could swap near-tied scores in an AUROC
-    evaluate_run(run, "best", "val", "none", batch_size=1, n_resamples=20)  # one process, in this one
+    evaluate_run(run, "best", "val", "none", batch_size=1, n_resamples=20, plots=False)  # one process, in this one
     one = pd.read_csv(run / "eval" / "val" / "predictions.csv")
     one_metrics = json.loads((run / "eval" / "val" / "metrics.json").read_text())
     (run / "eval" / "val").rename(run / "eval" / "val-1proc")
-    chexnet_cli("evaluate", run, "--split", "val", "--bootstrap", "20", "--batch-size", "1", "--nproc", "2")
+    chexnet_cli("evaluate", run, "--split", "val", "--bootstrap", "20", "--batch-size", "1", "--nproc", "2",
+                "--no-plots")
     two = pd.read_csv(run / "eval" / "val" / "predictions.csv")
     two_metrics = json.loads((run / "eval" / "val" / "metrics.json").read_text())
 
