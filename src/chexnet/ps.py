@@ -260,33 +260,25 @@ class WorkerOptimizer:
         lr = float(self.inner.param_groups[0]["lr"])
         requests, keep = [], []
         t0 = time.perf_counter()
-        if self.asynchronous:  # one message per server: the header travels with the gradient
-            for s, shard in enumerate(self.shards):
-                flat = torch.cat([torch.tensor([CMD_STEP, lr, float(self.steps)], dtype=self.params[0].dtype,
-                                               device=self.params[0].device)] + [
-                    (self.params[i].grad if self.params[i].grad is not None
-                     else torch.zeros_like(self.params[i])).reshape(-1) for i in shard])
-                keep.append(flat)
-                TRAFFIC.bytes_sent += _nbytes(flat)
-                requests.append(dist.isend(flat, self.roles.server_rank(s), TAG_ASYNC))
-            TRAFFIC.comm_seconds += time.perf_counter() - t0
-            replies = self._pull(requests)
-            TRAFFIC.steps += 1
-            self.steps += 1
-            return all(bool(r[0] > 0.5) for r in replies)
-        if self.worker == 0:
+        if self.worker == 0 and not self.asynchronous:  # the step's command and LR, once, from worker 0
             header = torch.tensor([CMD_STEP, lr], dtype=torch.float64)
             keep.append(header)
             requests += [dist.isend(header, self.roles.server_rank(s), TAG_CMD) for s in range(self.roles.servers)]
         for s, shard in enumerate(self.shards):
-            flat = torch.cat([(self.params[i].grad if self.params[i].grad is not None
-                               else torch.zeros_like(self.params[i])).reshape(-1) for i in shard])
-            keep.append(flat)
+            parts = [(self.params[i].grad if self.params[i].grad is not None
+                      else torch.zeros_like(self.params[i])).reshape(-1) for i in shard]
+            if self.asynchronous:  # one message per server: the header travels with the gradient
+                parts.insert(0, torch.tensor([CMD_STEP, lr, float(self.steps)], dtype=self.params[0].dtype,
+                                             device=self.params[0].device))
+            flat = torch.cat(parts)
+            keep.append(flat)  # isend needs the tensor alive until it completes
             TRAFFIC.bytes_sent += _nbytes(flat)
-            requests.append(dist.isend(flat, self.roles.server_rank(s), TAG_GRAD))
+            requests.append(dist.isend(flat, self.roles.server_rank(s), TAG_ASYNC if self.asynchronous else TAG_GRAD))
         TRAFFIC.comm_seconds += time.perf_counter() - t0
         replies = self._pull(requests)
         TRAFFIC.steps += 1
+        if self.asynchronous:
+            self.steps += 1  # a worker's gradients count its steps (the staleness bound)
         return all(bool(r[0] > 0.5) for r in replies)
 
     def state_dict(self) -> dict:
