@@ -1,5 +1,6 @@
-"""--precision auto: the rule on given CPU flags / GPUs, the flags of /proc/cpuinfo, and a tiny real training
-that says what it chose and records the resolved value (config.yaml, checkpoints, run.json)."""
+"""--precision auto and --channels-last auto: the rules on given CPU flags / GPUs, the flags of /proc/cpuinfo, and
+a tiny real training that says what it chose and records the resolved values (config.yaml, checkpoints,
+run.json)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import json
 import pytest
 import yaml
 
-from chexnet.precision import cpu_flags, resolve_precision, resolve_here
+from chexnet.precision import cpu_flags, resolve_channels_last, resolve_here, resolve_precision
 
 SAPPHIRE_RAPIDS = "fpu sse2 avx2 avx512f avx512_vnni avx512_bf16 amx_bf16 amx_tile amx_int8".split()
 COOPER_LAKE = "fpu sse2 avx2 avx512f avx512_vnni avx512_bf16".split()
@@ -67,6 +68,39 @@ def test_auto_is_a_train_choice_and_the_demo_uses_it():
 
     assert build_config(None, {"precision": "auto"}).precision == "auto"
     assert build_config("demo", {}).precision == "auto"
+    assert build_config("demo", {}).channels_last == "auto"
+    assert build_config(None, {}, ["channels_last=auto"]).channels_last == "auto"
+    assert build_config(None, {}, ["channels_last=true"]).channels_last is True
+    assert build_config(None, {}).channels_last is False
+
+
+def test_channels_last_must_be_a_switch_or_auto():
+    from chexnet.config import ConfigError, build_config
+
+    with pytest.raises(ConfigError, match="channels_last.*true/false, or auto"):
+        build_config(None, {}, ["channels_last=sometimes"])
+    with pytest.raises(ConfigError, match="'compile'.*true/false, got"):  # other switches take no auto
+        build_config(None, {}, ["compile=auto"])
+    with pytest.raises(ValueError, match="channels_last"):
+        resolve_channels_last("maybe", "bf16", "cpu", SAPPHIRE_RAPIDS)
+
+
+@pytest.mark.parametrize("precision, device, flags, cuda_bf16, want", [
+    ("bf16", "cpu", SAPPHIRE_RAPIDS, False, True),  # AMX: oneDNN's bf16 kernels want NHWC
+    ("bf16", "cpu", COOPER_LAKE, False, True),  # AVX512-BF16
+    ("bf16", "cpu", EPYC_ZEN3, False, False),  # emulated bf16 (asked for explicitly): no NHWC
+    ("fp32", "cpu", SAPPHIRE_RAPIDS, False, False),  # fp32: channels-last measured slower on the CPU
+    ("fp32", "cpu", EPYC_ZEN3, False, False),
+    ("bf16", "cuda", EPYC_ZEN3, True, True),  # tensor cores: the GPU decides, not the host CPU
+    ("bf16", "cuda", SAPPHIRE_RAPIDS, False, False),
+    ("fp16", "cuda", [], True, False),
+    ("bf16", "mps", SAPPHIRE_RAPIDS, False, False),
+])
+def test_channels_last_auto_follows_the_precision_and_the_hardware(precision, device, flags, cuda_bf16, want):
+    got, why = resolve_channels_last("auto", precision, device, flags, cuda_bf16)
+    assert got is want and why
+    for explicit in (True, False):  # a concrete request is kept
+        assert resolve_channels_last(explicit, precision, device, flags, cuda_bf16) == (explicit, "as requested")
 
 
 def test_tiny_training_with_auto_says_and_records_its_choice(tiny_cache, train_args, tmp_path, chexnet_main,
@@ -74,11 +108,15 @@ def test_tiny_training_with_auto_says_and_records_its_choice(tiny_cache, train_a
     from chexnet.checkpoint import load_checkpoint
 
     want, why = resolve_precision("auto", "cpu", cpu_flags())
+    layout, layout_why = resolve_channels_last("auto", want, "cpu", cpu_flags())
     run = tmp_path / "run"
-    err = chexnet_main(*train_args(tiny_cache, run, precision="auto")).stderr
+    err = chexnet_main(*train_args(tiny_cache, run, precision="auto", channels_last="auto")).stderr
     assert err.splitlines()[0] == f"precision auto -> {want} ({why})", err[:400]
-    assert yaml.safe_load((run / "config.yaml").read_text())["precision"] == want
+    assert err.splitlines()[1] == f"channels-last auto -> {'on' if layout else 'off'} ({layout_why})", err[:400]
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert (saved["precision"], saved["channels_last"]) == (want, layout)
     info = json.loads((run / "run.json").read_text())
     assert info["precision"] == want and info["precision_why"] == f"auto: {why}"
     for name in ("best.pt", "last.pt"):
-        assert load_checkpoint(run / "checkpoints" / name)["config"]["precision"] == want
+        config = load_checkpoint(run / "checkpoints" / name)["config"]
+        assert (config["precision"], config["channels_last"]) == (want, layout)

@@ -101,8 +101,15 @@ TRAIN_SWITCHES = {
     "data and input": [("hflip", "random horizontal flips in training")],
     "optimisation": [("nesterov", "Nesterov momentum (sgd)"),
                      ("skip_nonfinite", "skip steps with a non-finite loss instead of stopping")],
-    "performance": [("channels_last", "channels-last memory format"), ("compile", "torch.compile the model")],
+    "performance": [("compile", "torch.compile the model")],
 }
+
+
+def _on_off_auto(value: str):
+    v = value.lower()
+    if v in ("auto", "on", "off", "true", "false"):
+        return "auto" if v == "auto" else v in ("on", "true")
+    raise argparse.ArgumentTypeError(f"expected on, off or auto, got {value!r}")
 
 
 def _add_train(sub) -> None:
@@ -128,6 +135,12 @@ def _add_train(sub) -> None:
         for name, text in switches:
             groups[title].add_argument("--" + name.replace("_", "-"), dest=name, action=argparse.BooleanOptionalAction,
                                        default=None, help=text)
+    perf = groups["performance"]
+    perf.add_argument("--channels-last", dest="channels_last", nargs="?", const=True, default=None, type=_on_off_auto,
+                      metavar="on|off|auto", help="channels-last memory format; auto: on where the run trains in bf16 "
+                      "on bf16 hardware (AMX, AVX512-BF16, a GPU with bf16), off elsewhere (bare: on)")
+    perf.add_argument("--no-channels-last", dest="channels_last", action="store_const", const=False,
+                      help="the default NCHW layout")
     p = groups["output and checkpoints"]
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config field (repeatable)")
     p.add_argument("--resume", nargs="?", const="last", default=None,
@@ -530,7 +543,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _train_cli_overrides(args) -> dict:
     names = [n for flags in TRAIN_FLAGS.values() for n, _, _ in flags]
-    names += [n for switches in TRAIN_SWITCHES.values() for n, _ in switches]
+    names += [n for switches in TRAIN_SWITCHES.values() for n, _ in switches] + ["channels_last"]
     return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
 
 

@@ -56,7 +56,7 @@ class TrainConfig:
     source_sampling: str = "proportional"  # proportional | balanced: a combined cache's sources per epoch
     # speed
     precision: str = "fp32"  # fp32 | bf16 | fp16 | auto (chexnet.precision: resolved when training starts)
-    channels_last: bool = False
+    channels_last: bool | str = False  # true | false | auto (chexnet.precision: channels-last with bf16 hardware)
     compile: bool = False
     compile_mode: str = "default"  # torch.compile's mode with compile: default | reduce-overhead | max-autotune
     grad_compression: str = "none"  # none | bf16 | fp16 (DDP communication hook)
@@ -87,14 +87,20 @@ class ConfigError(ValueError):
     pass
 
 
+AUTO_SWITCHES = ("channels_last",)  # switches that also take "auto" (resolved when training starts)
+
+
 def _coerce(name: str, value: Any, default: Any) -> Any:
+    if name in AUTO_SWITCHES and isinstance(value, str) and value.lower() == "auto":
+        return "auto"
     if isinstance(default, bool):
         if isinstance(value, str):
             if value.lower() in ("1", "true", "yes", "on"):
                 return True
             if value.lower() in ("0", "false", "no", "off"):
                 return False
-            raise ConfigError(f"config field {name!r}: expected true/false, got {value!r}")
+            also = ", or auto" if name in AUTO_SWITCHES else ""
+            raise ConfigError(f"config field {name!r}: expected true/false{also}, got {value!r}")
         return bool(value)
     if isinstance(default, tuple):
         if isinstance(value, str):

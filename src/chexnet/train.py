@@ -304,19 +304,27 @@ def _train(cfg, cache, run, resume, progress, info, device, epoch_callback=None)
 
 
 def _resolve_precision(cfg: TrainConfig, info: dist.DistInfo, device) -> tuple[TrainConfig, str]:
-    """``precision: auto`` -> fp32 or bf16 (chexnet.precision), decided on rank 0 and broadcast so that every rank
-    trains alike; said as the run's first line. The config that is saved (config.yaml, checkpoints) holds the
-    resolved value."""
+    """``precision: auto`` -> fp32 or bf16 and ``channels_last: auto`` -> on or off (chexnet.precision), decided
+    on rank 0 and broadcast so that every rank trains alike; said as the run's first lines. The config that is
+    saved (config.yaml, checkpoints) holds the resolved values."""
     import dataclasses
 
     from chexnet.precision import resolve_here
 
-    if cfg.precision != "auto":
-        return cfg, "as requested"
-    chosen = resolve_here(cfg.precision, device) if info.is_main else None
-    precision, why = dist.broadcast_object(chosen)
-    _say(info, f"precision auto -> {precision} ({why})")
-    return dataclasses.replace(cfg, precision=precision), f"auto: {why}"
+    from chexnet.precision import resolve_layout_here
+
+    precision, why = cfg.precision, "as requested"
+    if cfg.precision == "auto":
+        chosen = resolve_here(cfg.precision, device) if info.is_main else None
+        precision, why = dist.broadcast_object(chosen)
+        _say(info, f"precision auto -> {precision} ({why})")
+        why = f"auto: {why}"
+    channels_last = cfg.channels_last
+    if channels_last == "auto":
+        chosen = resolve_layout_here("auto", precision, device) if info.is_main else None
+        channels_last, layout_why = dist.broadcast_object(chosen)
+        _say(info, f"channels-last auto -> {'on' if channels_last else 'off'} ({layout_why})")
+    return dataclasses.replace(cfg, precision=precision, channels_last=bool(channels_last)), why
 
 
 def _open_splits(cache, index, meta, cfg):
