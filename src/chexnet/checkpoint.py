@@ -5,7 +5,9 @@ A run directory is self-describing::
     RUN/config.yaml          resolved training config (the recipe + overrides)
     RUN/run.json             cache path, label order, world size, library versions, command line;
                              ``checkpoints``: the SHA-256 digests of the checkpoints written (below)
-    RUN/metrics.jsonl        one JSON record per logged step / evaluation
+    RUN/metrics.jsonl        one JSON record per logged step / evaluation, by ``kind``: ``train`` (a window of
+                             steps: loss, lr, img/s), ``epoch`` (train and validation metrics), ``weights`` (the
+                             ranks' weight digests), ``compile`` (with --compile: the first step's seconds)
     RUN/checkpoints/last.pt  newest complete state (every epoch and every --checkpoint-every steps)
     RUN/checkpoints/last.prev.pt  the last.pt before it (kept so that a damaged last.pt is not the end)
     RUN/checkpoints/best.pt  the best validation epoch under the run's ``select`` rule (lowest validation loss

@@ -265,7 +265,15 @@ def _train(cfg, cache, run, resume, progress, info, device, epoch_callback=None)
                                       step_in_epoch=step_in_epoch, global_step=gstep, rng_per_rank=rngs,
                                       world_size=info.world_size), improved_)
 
+    first_step_t0 = time.perf_counter() if cfg.compile else None
+
     def on_step(step_in_epoch, gstep):
+        nonlocal first_step_t0
+        if first_step_t0 is not None:  # torch.compile compiles on the first call: say what it cost, once
+            seconds, first_step_t0 = time.perf_counter() - first_step_t0, None
+            _say(info, f"torch.compile (mode {cfg.compile_mode}): the first training step took {seconds:.1f} s, "
+                       f"compilation included (validation compiles once more, in eval mode)")
+            logger.log({"kind": "compile", "step": gstep, "mode": cfg.compile_mode, "first_step_s": seconds})
         if cfg.checkpoint_every and gstep % cfg.checkpoint_every == 0 and step_in_epoch < steps:
             save_last(epoch, step_in_epoch, gstep)
 
