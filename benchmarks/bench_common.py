@@ -21,10 +21,15 @@ def cpu_model() -> str:
 
 
 def machine(**extra) -> dict:
-    """The "machine" entry of a result: CPU model, usable CPUs, date, and ``extra`` (versions, ...)."""
+    """The "machine" entry of a result: CPU model, usable CPUs, the CPU flags that decide bf16 and int8 speed
+    (present or not), date, and ``extra`` (versions, ...)."""
     from chexnet.environment import usable_cpus
+    from chexnet.precision import cpu_flags
 
-    return {"cpu": cpu_model(), "cpus": usable_cpus(), "date": time.strftime("%Y-%m-%d"), **extra}
+    flags = cpu_flags()
+    return {"cpu": cpu_model(), "cpus": usable_cpus(),
+            "flags": {f: f in flags for f in ("avx512f", "avx512_bf16", "amx_bf16", "avx512_vnni", "avx_vnni")},
+            "date": time.strftime("%Y-%m-%d"), **extra}
 
 
 def make_cache(work: str | Path, images: int, size: int = 256) -> Path:

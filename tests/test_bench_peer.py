@@ -1,0 +1,48 @@
+"""benchmarks/bench_peer.py's summary: each chexnet precision against the Keras peer at its best precision."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        spec = importlib.util.spec_from_file_location("bench_peer", ROOT / "benchmarks" / "bench_peer.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+
+
+def _run(precision, keras, base):
+    return {"precision": precision, "rates": {"keras": keras, "base": base},
+            "medians": {"keras": sorted(keras)[1], "base": sorted(base)[1]},
+            "best": {"keras": max(keras), "base": max(base)}}
+
+
+def test_ratio_is_against_keras_at_its_best_precision():
+    bp = _load()
+    # Keras: fp32 median 4, bf16 median 5 (its best by median); best single round fp32 7 (its best round).
+    runs = [_run("fp32", [3.0, 4.0, 7.0], [6.0, 8.0, 9.0]), _run("bf16", [5.0, 5.0, 6.0], [12.0, 15.0, 21.0])]
+    out = bp.against_keras_best(runs, ["base"])
+    assert out["keras_median"] == {"precision": "bf16", "img_per_s": 5.0}
+    assert out["keras_best"] == {"precision": "fp32", "img_per_s": 7.0}
+    assert out["ratios"]["bf16/base"] == {"median": 15.0 / 5.0, "best": 21.0 / 7.0}
+    assert out["ratios"]["fp32/base"] == {"median": 8.0 / 5.0, "best": 9.0 / 7.0}
+    line = [x for x in out["lines"] if x.startswith("chexnet bf16 base")][0]
+    assert "= 3.00x" in line and "Keras best (bf16)" in line
+
+
+def test_machine_records_the_bf16_flags():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import bench_common
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    flags = bench_common.machine()["flags"]
+    assert set(flags) >= {"avx512_bf16", "amx_bf16", "avx512_vnni"}
+    assert all(isinstance(v, bool) for v in flags.values())
