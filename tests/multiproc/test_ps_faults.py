@@ -133,22 +133,36 @@ def _start_cli(args: list[str], cli_env) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, text=True, env=cli_env())
 
 
+def _started_at(pid: int) -> float:
+    """When process ``pid`` started, in seconds since the epoch (/proc/PID/stat's start time after boot)."""
+    ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                if line.startswith("btime "))
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
+
+
 def _kill_rank_once_checkpointed(proc: subprocess.Popen, rank: int, last: Path, attempt: int = 0,
-                                 newer_than: float = 0.0, within_s: float = 240):
+                                 within_s: float = 240):
     """SIGKILL the process of ``rank`` that torch elastic started under ``proc`` in restart ``attempt``, once
-    ``last`` exists and was written after ``newer_than`` (an mtime); returns (kill time, the checkpoint's state
-    at the kill, its mtime) or (None, None, None)."""
+    ``last`` exists and was written after that process started (so by its own group: torch elastic stops a
+    group before it starts the next, and a stopped group's worker may still finish a write after its server was
+    killed); returns (kill time, the checkpoint's state at the kill) or (None, None)."""
     deadline = time.time() + within_s
+    victim, started = None, None
     while time.time() < deadline and proc.poll() is None:
-        if last.is_file() and last.stat().st_mtime > newer_than:
+        if victim is None:
             victim = _worker_with_rank(proc.pid, rank, attempt)
-            if victim is not None:
-                mtime = last.stat().st_mtime
-                state = load_checkpoint(last)
-                os.kill(victim, signal.SIGKILL)
-                return time.time(), state, mtime
+            try:
+                # + 1 s: /proc/stat's boot time is whole seconds, rounded down, so the start may read up to 1 s early
+                started = _started_at(victim) + 1.0 if victim is not None else None
+            except (OSError, IndexError, ValueError):
+                victim = None
+        if victim is not None and last.is_file() and last.stat().st_mtime > started:
+            state = load_checkpoint(last)
+            os.kill(victim, signal.SIGKILL)
+            return time.time(), state
         time.sleep(0.05)
-    return None, None, None
+    return None, None
 
 
 PS = ["--strategy", "ps", "--ps-servers", "1", "--dist-timeout", str(TIMEOUT_S), "--nproc", "2"]
@@ -168,9 +182,9 @@ def test_a_killed_server_restarts_the_job_then_fails_it_naming_the_server_and_th
     proc = _start_cli(train_args(tiny_cache, run, epochs=3, max_steps_per_epoch=6, checkpoint_every=1) + PS
                       + ["--max-restarts", "1"], cli_env)
     try:
-        first_kill, state_at_first, mtime = _kill_rank_once_checkpointed(proc, 1, last)
-        second_kill, state_at_second, _ = (None, None, None) if first_kill is None else \
-            _kill_rank_once_checkpointed(proc, 1, last, attempt=1, newer_than=mtime)
+        first_kill, state_at_first = _kill_rank_once_checkpointed(proc, 1, last)
+        second_kill, state_at_second = (None, None) if first_kill is None else \
+            _kill_rank_once_checkpointed(proc, 1, last, attempt=1)
         output, _ = proc.communicate(timeout=TIMEOUT_S + 60)
         ended = time.time() - (second_kill or time.time())
     finally:
