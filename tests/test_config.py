@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from chexnet import cli
+from chexnet.cli.training import train_cli_overrides
 from chexnet.config import (ConfigError, TrainConfig, apply_overrides, build_config, config_from_dict, list_recipes,
                             load_yaml, save_config)
 from chexnet.labels import PATHOLOGIES
@@ -30,7 +31,7 @@ def test_parsed_command_line_precedence(tmp_path):
     recipe = _recipe(tmp_path, lr=0.5, batch_size=8, hflip=True)
     args = cli.build_parser().parse_args(["train", "--cache", "c", "--out", "o", "--config", recipe, "--lr", "0.2",
                                           "--no-hflip", "--set", "batch_size=2", "--set", "betas=[0.8, 0.9]"])
-    cfg = build_config(args.config, cli._train_cli_overrides(args), args.set)
+    cfg = build_config(args.config, train_cli_overrides(args), args.set)
     assert (cfg.lr, cfg.hflip, cfg.batch_size, cfg.betas) == (0.2, False, 2, (0.8, 0.9))
 
 

@@ -33,7 +33,7 @@ def test_kubernetes_pytorchjob_command_parses():
 def test_kubernetes_parameter_server_variant_is_the_pytorchjob_plus_the_strategy():
     from chexnet import ps
     from chexnet.train import resolve_config
-    from chexnet.cli import _train_cli_overrides
+    from chexnet.cli.training import train_cli_overrides
 
     base = yaml.safe_load((DEPLOY / "k8s" / "pytorchjob.yaml").read_text())["spec"]["pytorchReplicaSpecs"]
     job = yaml.safe_load((DEPLOY / "k8s" / "pytorchjob-ps.yaml").read_text())
@@ -43,7 +43,7 @@ def test_kubernetes_parameter_server_variant_is_the_pytorchjob_plus_the_strategy
     plain = base["Master"]["template"]["spec"]["containers"][0]["command"]
     assert _options(command) == {**_options(plain), "--strategy": "ps", "--ps-servers": "2"}
     args = build_parser().parse_args(command[1:])
-    cfg = resolve_config("/nonexistent/run", args.config, _train_cli_overrides(args), args.set, None)
+    cfg = resolve_config("/nonexistent/run", args.config, train_cli_overrides(args), args.set, None)
     ps.check(cfg, 1 + specs["Worker"]["replicas"])  # a valid layout for the job's pods
 
 

@@ -54,4 +54,6 @@ def test_worker_command_line_drops_the_launchers_options():
     args = cli.build_parser().parse_args(["train", "--cache", "c", "--out", "o"])
     args.argv = ["train", "--cache", "c", "--launcher", "spark", "--spark-master", "spark://h:7077", "--nproc", "4",
                  "--spark-conf", "a=1", "--spark-conf=b=2", "--out", "o", "--epochs", "3"]
-    assert cli._worker_argv(args) == ["train", "--cache", "c", "--out", "o", "--epochs", "3"]
+    from chexnet.cli.processes import worker_argv
+
+    assert worker_argv(args) == ["train", "--cache", "c", "--out", "o", "--epochs", "3"]
