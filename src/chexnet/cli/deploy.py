@@ -109,7 +109,7 @@ def add_demo(sub) -> None:
                        "Grad-CAM heatmaps, localize "
                        "against the synthetic boxes, export to ONNX and predict with it (those steps need the cam and "
                        "export extras), then external validation on a synthetic second site in CheXpert's layout (the cross-dataset "
-                       "AUROC table), and last a model card (MODEL_CARD.md, model_card.json). About 12 minutes on 2 CPU "
+                       "AUROC table), and last a model card (MODEL_CARD.md, model_card.json). 4-12 minutes on 2 CPU "
                        "cores; run again, it resumes.")
     p.add_argument("--out", default="demo", help="working folder (default ./demo)")
     p.add_argument("--images", type=int, default=None, help="synthetic images (default from the demo recipe)")
