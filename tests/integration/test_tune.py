@@ -383,7 +383,11 @@ def test_two_processes_share_one_sqlite_study(tiny_cache, tmp_path):
 
 @needs_optuna
 @pytest.mark.slow
-def test_a_two_process_trial_reports_from_its_workers_and_is_pruned_on_every_rank(tiny_cache, tmp_path, monkeypatch):
+@pytest.mark.parametrize("extra, workers", [([], 2), (["--set", "strategy=ps"], 1)], ids=["allreduce", "ps"])
+def test_a_two_process_trial_reports_from_its_workers_and_is_pruned_on_every_rank(tiny_cache, tmp_path, monkeypatch,
+                                                                                  extra, workers):
+    """Under all-reduce both processes train; under ``strategy=ps`` one is the worker and one the server (its
+    stop comes through the same rank-0 decision)."""
     import optuna
 
     # the trial's launcher sets variables in this process for good: give it a clean environment to restore after
@@ -395,10 +399,10 @@ def test_a_two_process_trial_reports_from_its_workers_and_is_pruned_on_every_ran
     new_study(study).add_trial(optuna.trial.create_trial(value=0.0, intermediate_values={1: 0.0, 2: 0.0}))
     space = write_space(tmp_path / "space.yaml")
     assert cli.main(tune_args(tiny_cache, study, space, 2, "--nproc-per-trial", 2, "--pruner-startup-trials", 1,
-                              "--pruner-warmup-epochs", 0, epochs=2)) == 0
+                              "--pruner-warmup-epochs", 0, *extra, epochs=2)) == 0
     trial = load(study).trials[1]
     assert trial.state.name == "PRUNED" and trial.user_attrs["pruned_after_epoch"] == 1
     assert list(trial.intermediate_values) == [1]  # reported by rank 0 of the workers, from the training loop
     run = study / "trials" / "0001"
-    assert yaml.safe_load((run / "run.json").read_text())["world_size"] == 2
+    assert yaml.safe_load((run / "run.json").read_text())["world_size"] == workers  # training ranks
     assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 1  # both ranks stopped after epoch 1

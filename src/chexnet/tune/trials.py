@@ -164,13 +164,16 @@ class TrialSetup:
     def train(self, trial, cfg: TrainConfig, run_dir: Path) -> None:
         """Train one trial in this process, or in ``--nproc-per-trial`` worker processes."""
         if self.nproc_per_trial > 1:
+            from chexnet import ps
             from chexnet.launch.local import spawn
 
+            ps.check(cfg, self.nproc_per_trial)  # --set strategy=ps: K of the trial's processes are servers
             run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, run_dir / "config.yaml")  # the workers read it (train writes the same file again)
             spawn(self.nproc_per_trial, ["tune-trial", "--storage", self.url, "--study-name", self.study_name,
                                          "--trial", str(trial.number), "--pruner", json.dumps(self.pruner),
-                                         "--cache", str(self.cache), "--out", str(run_dir)])
+                                         "--cache", str(self.cache), "--out", str(run_dir)],
+                  roles=ps.role_names(cfg, self.nproc_per_trial))  # a failed process named with its role
         else:
             from chexnet.train import train
 
