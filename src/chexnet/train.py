@@ -317,9 +317,7 @@ def _resolve_precision(cfg: TrainConfig, info: dist.DistInfo, device) -> tuple[T
     saved (config.yaml, checkpoints) holds the resolved values."""
     import dataclasses
 
-    from chexnet.precision import resolve_here
-
-    from chexnet.precision import resolve_layout_here
+    from chexnet.precision import resolve_here, resolve_layout_here
 
     precision, why = cfg.precision, "as requested"
     if cfg.precision == "auto":
