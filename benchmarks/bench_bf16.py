@@ -34,7 +34,6 @@ from bench_common import machine
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: tests.helpers' TINY config
 
-FLAGS = ("avx512_bf16", "amx_bf16", "avx512_vnni", "avx_vnni", "avx512f", "avx2")
 PRECISIONS = ("fp32", "bf16")
 # the stated tolerances of (a), bf16 against fp32 (relative differences): the per-step loss over the first
 # FIRST_STEPS steps (after them the two trajectories' weights have drifted apart and a 4-image batch's loss is
@@ -181,12 +180,9 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
-    from chexnet.precision import cpu_flags
-
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    flags = cpu_flags()
-    result = {"machine": machine(torch=torch.__version__, flags={f: f in flags for f in FLAGS}),
+    result = {"machine": machine(torch=torch.__version__),
               "command": " ".join(["python", *sys.argv])}
     if not args.skip_tiny:
         result["tiny"] = tiny(work, args.tiny_steps)

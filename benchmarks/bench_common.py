@@ -20,6 +20,10 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+# the CPU flags that decide bf16 speed (AMX, AVX512-BF16), int8 speed (VNNI) and fp32's vector width
+SPEED_FLAGS = ("avx512_bf16", "amx_bf16", "avx512_vnni", "avx_vnni", "avx512f", "avx2")
+
+
 def machine(**extra) -> dict:
     """The "machine" entry of a result: CPU model, usable CPUs, the CPU flags that decide bf16 and int8 speed
     (present or not), date, and ``extra`` (versions, ...)."""
@@ -27,8 +31,7 @@ def machine(**extra) -> dict:
     from chexnet.precision import cpu_flags
 
     flags = cpu_flags()
-    return {"cpu": cpu_model(), "cpus": usable_cpus(),
-            "flags": {f: f in flags for f in ("avx512f", "avx512_bf16", "amx_bf16", "avx512_vnni", "avx_vnni")},
+    return {"cpu": cpu_model(), "cpus": usable_cpus(), "flags": {f: f in flags for f in SPEED_FLAGS},
             "date": time.strftime("%Y-%m-%d"), **extra}
 
 

@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 from bench_common import call_times, machine, make_cache
 
-FLAGS = ("avx512_bf16", "amx_bf16", "avx512_vnni", "avx_vnni", "avx512f", "avx2")
 
 
 def latency(fn, reps: int, warmup: int = 3) -> dict:
@@ -96,7 +95,6 @@ def main() -> None:
     from chexnet.config import TrainConfig, apply_overrides, load_yaml
     from chexnet.data.cache import load_cache
     from chexnet.export import export_onnx
-    from chexnet.precision import cpu_flags
     from chexnet.predict import OnnxPredictor
     from chexnet.train import train
 
@@ -125,9 +123,7 @@ def main() -> None:
 
     images, index, _ = load_cache(cache)
     rows = np.asarray(images[np.flatnonzero(index["split"].to_numpy() == "test")[:16]])
-    flags = cpu_flags()
-    result = {"machine": machine(onnxruntime=onnxruntime.__version__, torch=torch.__version__,
-                                 flags={f: f in flags for f in FLAGS}),
+    result = {"machine": machine(onnxruntime=onnxruntime.__version__, torch=torch.__version__),
               "model": model, "command": " ".join(["python", *sys.argv])}
     for name, path in files.items():
         pred = OnnxPredictor(path)
