@@ -9,7 +9,7 @@
 machine. Training resolves ``auto`` once, on rank 0, and broadcasts the answer (every rank trains alike); the
 resolved value is what config.yaml, the checkpoints and run.json record, so evaluate, calibrate and export use it.
 
-``channels_last: auto`` follows the precision (:func:`resolve_channels_last`, :func:`resolve_layout_here`):
+``channels_last: auto`` follows the precision (:func:`resolve_channels_last`; :func:`resolve_both_here` applies both):
 channels-last where the run trains in bf16 on bf16 hardware (oneDNN's AVX512-BF16 and AMX kernels and the GPUs'
 tensor cores want NHWC), the default NCHW elsewhere. Measured on the CPU (benchmarks/RESULTS.md): DenseNet-121
 bf16 training 1.2-1.4x faster channels-last on an AVX512-BF16 EPYC, while fp32 channels-last was 3.6x slower on
@@ -37,12 +37,17 @@ def resolve_precision(requested: str, device_type: str, cpu_flags, cuda_bf16: bo
             return "bf16", "the GPU supports bf16"
         return "fp32", "the GPU does not support bf16"
     if device_type == "cpu":
-        have = [f for f in CPU_BF16_FLAGS if f in set(cpu_flags or ())]
+        have = _cpu_bf16(cpu_flags)
         if have:
             names = {"amx_bf16": "AMX", "avx512_bf16": "AVX512-BF16"}
             return "bf16", f"CPU has {' and '.join(names[f] for f in have)}"
         return "fp32", "CPU has no AMX or AVX512-BF16"
     return "fp32", f"no bf16 rule for device type {device_type!r}"
+
+
+def _cpu_bf16(flags) -> list[str]:
+    """The bf16 flags (CPU_BF16_FLAGS) among a CPU's ``flags``."""
+    return [f for f in CPU_BF16_FLAGS if f in set(flags or ())]
 
 
 def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> frozenset[str]:
@@ -59,15 +64,22 @@ def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> frozenset[str]:
     return frozenset()
 
 
+def _hardware(device, probe: bool) -> tuple[str, frozenset[str], bool]:
+    """(device type, CPU flags, CUDA bf16) of ``device`` on this machine; with ``probe`` False (nothing is
+    "auto") nothing is read."""
+    device_type = getattr(device, "type", str(device))
+    flags = cpu_flags() if probe and device_type == "cpu" else frozenset()
+    cuda_bf16 = False
+    if probe and device_type == "cuda":
+        import torch
+
+        cuda_bf16 = bool(torch.cuda.is_bf16_supported())
+    return device_type, flags, cuda_bf16
+
+
 def resolve_here(requested: str, device) -> tuple[str, str]:
     """:func:`resolve_precision` on this machine's CPU flags and, for a CUDA ``device``, its GPU."""
-    import torch
-
-    device_type = getattr(device, "type", str(device))
-    cuda_bf16 = False
-    if requested == "auto" and device_type == "cuda":
-        cuda_bf16 = bool(torch.cuda.is_bf16_supported())
-    flags = cpu_flags() if requested == "auto" and device_type == "cpu" else frozenset()
+    device_type, flags, cuda_bf16 = _hardware(device, requested == "auto")
     return resolve_precision(requested, device_type, flags, cuda_bf16)
 
 
@@ -87,18 +99,16 @@ def resolve_channels_last(requested, precision: str, device_type: str, cpu_flags
             return True, "bf16 on a GPU with bf16"
         return False, "the GPU has no bf16"
     if device_type == "cpu":
-        if any(f in set(cpu_flags or ()) for f in CPU_BF16_FLAGS):
+        if _cpu_bf16(cpu_flags):
             return True, "bf16 on a CPU with AMX or AVX512-BF16 (oneDNN's bf16 kernels want NHWC)"
         return False, "bf16 is emulated on this CPU (no AMX or AVX512-BF16)"
     return False, f"no channels-last rule for device type {device_type!r}"
 
 
-def resolve_layout_here(requested, precision: str, device) -> tuple[bool, str]:
-    """:func:`resolve_channels_last` on this machine."""
-    import torch
-
-    device_type = getattr(device, "type", str(device))
-    auto = requested == "auto"
-    cuda_bf16 = bool(torch.cuda.is_bf16_supported()) if auto and device_type == "cuda" else False
-    flags = cpu_flags() if auto and device_type == "cpu" else frozenset()
-    return resolve_channels_last(requested, precision, device_type, flags, cuda_bf16)
+def resolve_both_here(precision: str, channels_last, device) -> tuple[str, str, bool, str]:
+    """(precision, why, channels_last, why) for a run's requested values on this machine: :func:`resolve_precision`
+    then :func:`resolve_channels_last` on the precision it chose, the hardware read once."""
+    device_type, flags, cuda_bf16 = _hardware(device, "auto" in (precision, channels_last))
+    precision, why = resolve_precision(precision, device_type, flags, cuda_bf16)
+    layout, layout_why = resolve_channels_last(channels_last, precision, device_type, flags, cuda_bf16)
+    return precision, why, layout, layout_why

@@ -317,18 +317,16 @@ def _resolve_precision(cfg: TrainConfig, info: dist.DistInfo, device) -> tuple[T
     saved (config.yaml, checkpoints) holds the resolved values."""
     import dataclasses
 
-    from chexnet.precision import resolve_here, resolve_layout_here
+    from chexnet.precision import resolve_both_here
 
-    precision, why = cfg.precision, "as requested"
+    if "auto" not in (cfg.precision, cfg.channels_last):
+        return cfg, "as requested"
+    chosen = resolve_both_here(cfg.precision, cfg.channels_last, device) if info.is_main else None
+    precision, why, channels_last, layout_why = dist.broadcast_object(chosen)  # one collective for both
     if cfg.precision == "auto":
-        chosen = resolve_here(cfg.precision, device) if info.is_main else None
-        precision, why = dist.broadcast_object(chosen)
         _say(info, f"precision auto -> {precision} ({why})")
         why = f"auto: {why}"
-    channels_last = cfg.channels_last
-    if channels_last == "auto":
-        chosen = resolve_layout_here("auto", precision, device) if info.is_main else None
-        channels_last, layout_why = dist.broadcast_object(chosen)
+    if cfg.channels_last == "auto":
         _say(info, f"channels-last auto -> {'on' if channels_last else 'off'} ({layout_why})")
     return dataclasses.replace(cfg, precision=precision, channels_last=bool(channels_last)), why
 
