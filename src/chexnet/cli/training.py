@@ -85,6 +85,13 @@ TRAIN_SWITCHES = {
 }
 
 
+# switches that also take "auto" (config.AUTO_SWITCHES, resolved when training starts): (name, help, --no-X help)
+TRAIN_AUTO_SWITCHES = {
+    "performance": [("channels_last", "channels-last memory format; auto: on where the run trains in bf16 on bf16 "
+                     "hardware (AMX, AVX512-BF16, a GPU with bf16), off elsewhere", "the default NCHW layout")],
+}
+
+
 def _on_off_auto(value: str):
     v = value.lower()
     if v in ("auto", "on", "off", "true", "false"):
@@ -105,7 +112,7 @@ def add_train(sub) -> None:
     p.add_argument("--out", required=True, help="run directory to create or resume")
     p.add_argument("--config", help="YAML recipe: a file, or the name of a bundled recipe (chexnet, keras-horovod, vgg16, demo)")
     groups = {}
-    for title in list(TRAIN_FLAGS) + [t for t in TRAIN_SWITCHES if t not in TRAIN_FLAGS]:
+    for title in list(TRAIN_FLAGS) + [t for t in {**TRAIN_SWITCHES, **TRAIN_AUTO_SWITCHES} if t not in TRAIN_FLAGS]:
         groups[title] = p.add_argument_group(title)
     for title, flags in TRAIN_FLAGS.items():
         for name, typ, text in flags:
@@ -115,12 +122,12 @@ def add_train(sub) -> None:
         for name, text in switches:
             groups[title].add_argument("--" + name.replace("_", "-"), dest=name, action=argparse.BooleanOptionalAction,
                                        default=None, help=text)
-    perf = groups["performance"]
-    perf.add_argument("--channels-last", dest="channels_last", nargs="?", const=True, default=None, type=_on_off_auto,
-                      metavar="on|off|auto", help="channels-last memory format; auto: on where the run trains in bf16 "
-                      "on bf16 hardware (AMX, AVX512-BF16, a GPU with bf16), off elsewhere (bare: on)")
-    perf.add_argument("--no-channels-last", dest="channels_last", action="store_const", const=False,
-                      help="the default NCHW layout")
+    for title, switches in TRAIN_AUTO_SWITCHES.items():
+        for name, text, off in switches:
+            flag = "--" + name.replace("_", "-")
+            groups[title].add_argument(flag, dest=name, nargs="?", const=True, default=None, type=_on_off_auto,
+                                       metavar="on|off|auto", help=text + " (bare: on)")
+            groups[title].add_argument("--no-" + flag[2:], dest=name, action="store_const", const=False, help=off)
     p = groups["output and checkpoints"]
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config field (repeatable)")
     p.add_argument("--resume", nargs="?", const="last", default=None,
@@ -204,7 +211,8 @@ def add_tune(sub) -> None:
 
 def train_cli_overrides(args) -> dict:
     names = [n for flags in TRAIN_FLAGS.values() for n, _, _ in flags]
-    names += [n for switches in TRAIN_SWITCHES.values() for n, _ in switches] + ["channels_last"]
+    names += [n for switches in TRAIN_SWITCHES.values() for n, _ in switches]
+    names += [n for switches in TRAIN_AUTO_SWITCHES.values() for n, _, _ in switches]
     return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
 
 
