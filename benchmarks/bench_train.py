@@ -7,6 +7,7 @@ first --warmup steps). Prints one table row per (arch, precision, processes) and
 
     python benchmarks/bench_train.py --archs densenet121 --precisions fp32 --nprocs 1 --steps 6
     python benchmarks/bench_train.py --archs densenet121,vgg16,resnet50 --precisions fp32,bf16 --nprocs 1,2
+    python benchmarks/bench_train.py --precisions fp32,bf16 --layouts nchw,channels_last --skip-full --profile
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from chexnet.models import create_model
 
 
 def bare_step_rate(arch: str, precision: str, batch: int, size: int, steps: int, warmup: int, device: str,
-                   channels_last: bool) -> float:
+                   channels_last: bool, profile: bool = False) -> tuple[float, str | None]:
+    """img/s of the bare step, and with ``profile`` torch.profiler's top operators (self time) of one more step."""
     torch.manual_seed(0)
     torch.backends.cudnn.benchmark = True  # as chexnet train does on CUDA
     model = create_model(arch, "none").to(device)
@@ -62,7 +64,17 @@ def bare_step_rate(arch: str, precision: str, batch: int, size: int, steps: int,
     loss.item()
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-    return batch * steps / (time.perf_counter() - t0)
+    rate = batch * steps / (time.perf_counter() - t0)
+    if not profile:
+        return rate, None
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as profiler
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
+    with profiler(activities=activities) as prof:
+        step().item()
+    key = "self_cuda_time_total" if device.startswith("cuda") else "self_cpu_time_total"
+    return rate, prof.key_averages().table(sort_by=key, row_limit=20, max_name_column_width=40)
 
 
 def full_loop_rate(cache: Path, work: Path, arch: str, precision: str, batch: int, size: int, steps: int,
@@ -96,7 +108,11 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2, help="loader processes per training process")
     ap.add_argument("--images", type=int, default=400, help="synthetic images in the benchmark cache")
     ap.add_argument("--work", default="/tmp/chexnet-bench-train")
-    ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument("--channels-last", action="store_true", help="= --layouts channels_last")
+    ap.add_argument("--layouts", default=None, help="comma-separated memory formats: nchw, channels_last "
+                    "(default nchw)")
+    ap.add_argument("--profile", action="store_true", help="print torch.profiler's top operators of one bare step "
+                    "per configuration")
     ap.add_argument("--skip-full", action="store_true", help="bare step only")
     ap.add_argument("--markdown", default=None, help="append a results table to this file")
     args = ap.parse_args()
@@ -108,21 +124,26 @@ def main() -> None:
     header = (f"device {name}, torch {torch.__version__}, {os.cpu_count()} cpus, batch {args.batch}/worker, "
               f"{args.size} px, {args.steps} measured steps after {args.warmup} warmup")
     print(header)
-    rows = ["| arch | precision | processes | bare step img/s (per process) | full loop img/s (all processes) | full / bare |",
-            "|---|---|---|---|---|---|"]
+    layouts = (args.layouts or ("channels_last" if args.channels_last else "nchw")).split(",")
+    rows = ["| arch | precision | layout | processes | bare step img/s (per process) | full loop img/s (all processes) "
+            "| full / bare |", "|---|---|---|---|---|---|---|"]
     for arch in args.archs.split(","):
-        for precision in args.precisions.split(","):
-            bare = bare_step_rate(arch, precision, args.batch, args.size, args.steps, args.warmup, device,
-                                  args.channels_last)
-            for nproc in [int(n) for n in args.nprocs.split(",")]:
-                full = float("nan")
-                if cache is not None:
-                    full = full_loop_rate(cache, work, arch, precision, args.batch, args.size, args.steps,
-                                          args.warmup, nproc, args.workers, args.channels_last)
-                ratio = full / bare  # on this CPU all processes share the cores the bare step used alone
-                row = f"| {arch} | {precision} | {nproc} | {bare:.1f} | {full:.1f} | {ratio:.2f} |"
-                rows.append(row)
-                print(row, flush=True)
+        for layout in layouts:
+            channels_last = layout == "channels_last"
+            for precision in args.precisions.split(","):
+                bare, table = bare_step_rate(arch, precision, args.batch, args.size, args.steps, args.warmup,
+                                             device, channels_last, args.profile)
+                if table:
+                    print(f"{arch} {precision} {layout}: one bare step, top operators by self time\n{table}")
+                for nproc in [int(n) for n in args.nprocs.split(",")]:
+                    full = float("nan")
+                    if cache is not None:
+                        full = full_loop_rate(cache, work, arch, precision, args.batch, args.size, args.steps,
+                                              args.warmup, nproc, args.workers, channels_last)
+                    ratio = full / bare  # on this CPU all processes share the cores the bare step used alone
+                    row = f"| {arch} | {precision} | {layout} | {nproc} | {bare:.1f} | {full:.1f} | {ratio:.2f} |"
+                    rows.append(row)
+                    print(row, flush=True)
     if args.markdown:
         with open(args.markdown, "a") as f:
             f.write(f"\n{header}\n\n" + "\n".join(rows) + "\n")
