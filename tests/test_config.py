@@ -222,3 +222,15 @@ def test_resolve_config_uses_the_saved_config_when_resuming(tmp_path):
     assert resumed.lr == 0.123 and resumed.epochs == 5 and resumed.arch == "resnet18"
     fresh = resolve_config(run, None, {"epochs": 5}, [], resume=None)
     assert fresh.lr == TrainConfig().lr
+
+
+def test_every_auto_switch_has_an_on_off_auto_flag():
+    from chexnet.cli.training import TRAIN_AUTO_SWITCHES
+    from chexnet.config import AUTO_SWITCHES
+
+    assert sorted(n for switches in TRAIN_AUTO_SWITCHES.values() for n, _, _ in switches) == sorted(AUTO_SWITCHES)
+    for name in AUTO_SWITCHES:
+        flag = "--" + name.replace("_", "-")
+        for argv, want in (([flag], True), ([flag, "auto"], "auto"), ([flag, "off"], False), (["--no-" + flag[2:]], False)):
+            args = cli.build_parser().parse_args(["train", "--cache", "c", "--out", "o", *argv])
+            assert train_cli_overrides(args)[name] == want, argv
