@@ -51,7 +51,7 @@ $(KERAS_VENV)/.installed:
 	touch $@
 bench-peer: $(VENV)/.installed-dev $(KERAS_VENV)/.installed
 	mkdir -p $(BENCH_OUT)
-	$(PY) benchmarks/bench_peer.py --keras-python $(KERAS_VENV)/bin/python --rounds 3 --precisions fp32,bf16 --json $(BENCH_OUT)/peer.json
+	$(PY) benchmarks/bench_peer.py --keras-python $(KERAS_VENV)/bin/python --rounds 3 --precisions fp32,bf16 --variants base,per_core --json $(BENCH_OUT)/peer.json
 
 clean:
 	rm -rf $(VENV) $(KERAS_VENV) $(BENCH_OUT) demo build *.egg-info src/*.egg-info .pytest_cache

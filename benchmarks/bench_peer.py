@@ -15,7 +15,12 @@ best" is the performance issue's ratio):
 Variants of the chexnet side (``--variants``), each from chexnet's own layout rule (``--channels-last auto``:
 channels-last where bf16 runs on AMX or AVX512-BF16, NCHW elsewhere): ``base``, ``nchw`` (``--no-channels-last``),
 ``channels_last`` (always), ``compile`` (``torch.compile``, its compile time excluded), ``threads1`` (one
-intra-op thread), ``workers0`` (no loader process). Every number goes to ``--json``.
+intra-op thread), ``workers0`` (no loader process), ``per_core`` (one rank per usable core, ``--nproc C``, each
+with batch B / C, so the global batch stays B: the layout of the report's own runs, 2 MPI ranks per node).
+With ``per_core`` the Keras side runs that layout too (``keras_per_core``): C ``keras_peer.py`` processes at once,
+each pinned to its own core with one thread and batch B / C, counted as C x the slowest one's img/s and without
+Horovod's all-reduce, so an upper bound for Keras + Horovod at one rank per core. "Keras best" is the best of its
+precisions and layouts. Every number goes to ``--json``.
 
     python benchmarks/bench_peer.py --keras-python .venv-keras/bin/python --rounds 3 --json peer.json
 """
@@ -40,7 +45,18 @@ VARIANT_FLAGS = {  # every variant starts from --channels-last auto (chexnet.pre
     "compile": (["--compile"], {}),
     "threads1": ([], {"OMP_NUM_THREADS": "1"}),
     "workers0": (["--workers", "0"], {}),
+    "per_core": ([], {}),  # --nproc C and batch B / C: chexnet_rate adds them
 }
+
+
+def usable_cores() -> list[int]:
+    return sorted(os.sched_getaffinity(0))
+
+
+def per_core_batch(batch: int, cores: int) -> int:
+    if batch % cores:
+        raise SystemExit(f"bench_peer: --batch {batch} does not split over {cores} cores (per_core keeps the global batch)")
+    return batch // cores
 
 
 def keras_run(python: str, batch: int, size: int, steps: int, precision: str) -> dict:
@@ -51,10 +67,32 @@ def keras_run(python: str, batch: int, size: int, steps: int, precision: str) ->
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def keras_per_core_run(python: str, batch: int, size: int, steps: int, precision: str) -> dict:
+    """One keras_peer.py process per usable core, started together, each pinned to its core with one thread and
+    batch B / C. A synchronous C-rank job runs at the pace of its slowest rank: C x the slowest img/s, with no
+    all-reduce counted (an upper bound for Keras + Horovod at one rank per core)."""
+    cores = usable_cores()
+    each = per_core_batch(batch, len(cores))
+    cmd = [python, str(Path(__file__).with_name("keras_peer.py")), "--batch", str(each), "--size", str(size),
+           "--steps", str(steps), "--precision", precision, "--threads", "1"]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                              preexec_fn=lambda c=c: os.sched_setaffinity(0, {c})) for c in cores]
+    outs = [p.communicate()[0] for p in procs]
+    for p in procs:
+        if p.returncode:
+            raise subprocess.CalledProcessError(p.returncode, cmd)
+    rates = [json.loads(o.strip().splitlines()[-1])["img_per_s"] for o in outs]
+    return {"img_per_s": len(cores) * min(rates), "ranks": rates}
+
+
 def chexnet_rate(cache: Path, work: Path, batch: int, size: int, steps: int, precision: str, variant: str) -> float:
     flags, env = VARIANT_FLAGS[variant]
     run = work / f"run-{variant}-{precision}-{time.time_ns()}"
     warm = 4 if "compile" in variant else 2
+    if variant == "per_core":
+        cores = len(usable_cores())
+        flags = ["--nproc", str(cores)]
+        batch = per_core_batch(batch, cores)
     cmd = [sys.executable, "-m", "chexnet", "train", "--cache", str(cache), "--out", str(run), "--arch", "densenet121",
            "--weights", "none", "--head-bias-init", "ones", "--optimizer", "adadelta", "--lr", "1",
            "--input-size", str(size), "--input-transform", "resize", "--batch-size", str(batch), "--precision",
@@ -67,25 +105,36 @@ def chexnet_rate(cache: Path, work: Path, batch: int, size: int, steps: int, pre
     return sum(r["img_per_s"] for r in steady) / len(steady)
 
 
+KERAS_LAYOUTS = ("keras", "keras_per_core")
+
+
+def _keras_best(runs: list[dict], stat: str) -> dict:
+    """The Keras configuration (precision and layout) with the highest ``stat`` ("medians" or "best")."""
+    precision, layout, rate = max(((r["precision"], k, r[stat][k]) for r in runs for k in KERAS_LAYOUTS
+                                   if k in r[stat]), key=lambda t: t[2])
+    return {"precision": precision, "layout": layout, "img_per_s": rate}
+
+
 def against_keras_best(runs: list[dict], variants: list[str]) -> dict:
-    """Each chexnet precision and variant against the Keras peer at *its* best precision (the one with the
-    higher median; the best single round likewise), by median and by best round."""
-    keras_med = max(runs, key=lambda r: r["medians"]["keras"])
-    keras_best = max(runs, key=lambda r: r["best"]["keras"])
-    out = {"keras_median": {"precision": keras_med["precision"], "img_per_s": keras_med["medians"]["keras"]},
-           "keras_best": {"precision": keras_best["precision"], "img_per_s": keras_best["best"]["keras"]},
-           "ratios": {}, "lines": []}
+    """Each chexnet precision and variant against the Keras peer at *its* best: the precision and layout (one
+    process, or one per core) with the highest median; the best single round likewise. By median and by best
+    round."""
+    keras_med, keras_best = _keras_best(runs, "medians"), _keras_best(runs, "best")
+    out = {"keras_median": keras_med, "keras_best": keras_best, "ratios": {}, "lines": []}
+
+    def name(k):
+        return k["precision"] + (", one rank per core" if k["layout"] == "keras_per_core" else "")
+
     for run in runs:
         for v in variants:
             key = f"{run['precision']}/{v}"
-            by_median = run["medians"][v] / keras_med["medians"]["keras"]
-            by_best = run["best"][v] / keras_best["best"]["keras"]
+            by_median = run["medians"][v] / keras_med["img_per_s"]
+            by_best = run["best"][v] / keras_best["img_per_s"]
             out["ratios"][key] = {"median": by_median, "best": by_best}
             out["lines"].append(
-                f"chexnet {run['precision']} {v} full loop / Keras best ({keras_med['precision']}): median "
-                f"{run['medians'][v]:.2f} / {keras_med['medians']['keras']:.2f} = {by_median:.2f}x; best round "
-                f"{run['best'][v]:.2f} / {keras_best['best']['keras']:.2f} ({keras_best['precision']}) = "
-                f"{by_best:.2f}x")
+                f"chexnet {run['precision']} {v} full loop / Keras best ({name(keras_med)}): median "
+                f"{run['medians'][v]:.2f} / {keras_med['img_per_s']:.2f} = {by_median:.2f}x; best round "
+                f"{run['best'][v]:.2f} / {keras_best['img_per_s']:.2f} ({name(keras_best)}) = {by_best:.2f}x")
     return out
 
 
@@ -106,13 +155,19 @@ def main() -> None:
     result = {"machine": machine(), "args": vars(args), "runs": []}
     variants = args.variants.split(",")
     for precision in args.precisions.split(","):
-        rates = {"keras": [], **{v: [] for v in variants}}
+        keras_layouts = ["keras"] + (["keras_per_core"] if "per_core" in variants else [])
+        rates = {**{k: [] for k in keras_layouts}, **{v: [] for v in variants}}
         for r in range(args.rounds):
             peer = keras_run(args.keras_python, args.batch, args.size, args.steps, precision)
             result.setdefault("peer", {k: peer[k] for k in ("tensorflow", "keras", "threads")})
             k = peer["img_per_s"]
             rates["keras"].append(k)
             print(f"round {r + 1} {precision}: keras {k:.2f} img/s", flush=True)
+            if "keras_per_core" in rates:
+                pc = keras_per_core_run(args.keras_python, args.batch, args.size, args.steps, precision)
+                rates["keras_per_core"].append(pc["img_per_s"])
+                print(f"round {r + 1} {precision}: keras per core {pc['img_per_s']:.2f} img/s (ranks "
+                      f"{', '.join(f'{x:.2f}' for x in pc['ranks'])}; no all-reduce counted)", flush=True)
             for v in variants:
                 c = chexnet_rate(cache, work, args.batch, args.size, args.steps, precision, v)
                 rates[v].append(c)

@@ -9,7 +9,7 @@ import json
 import pytest
 import yaml
 
-from chexnet.precision import cpu_flags, resolve_channels_last, resolve_here, resolve_precision
+from chexnet.precision import cpu_flags, resolve_both_here, resolve_channels_last, resolve_precision
 
 SAPPHIRE_RAPIDS = "fpu sse2 avx2 avx512f avx512_vnni avx512_bf16 amx_bf16 amx_tile amx_int8".split()
 COOPER_LAKE = "fpu sse2 avx2 avx512f avx512_vnni avx512_bf16".split()
@@ -51,7 +51,8 @@ def test_cpu_flags_reads_the_first_flags_line(tmp_path):
                     "flags\t\t: fpu\n")
     assert cpu_flags(info) == {"fpu", "avx2", "amx_bf16"}
     assert cpu_flags(tmp_path / "missing") == frozenset()
-    assert resolve_here("fp16", "cpu") == ("fp16", "as requested")
+    # nothing "auto": the machine is not read, the requests come back as they are
+    assert resolve_both_here("fp16", False, "cpu") == ("fp16", "as requested", False, "as requested")
 
 
 def test_step_context_refuses_an_unresolved_precision():

@@ -5,8 +5,8 @@
 * CUDA: bf16 where the GPU supports it (``torch.cuda.is_bf16_supported()``: Ampere and newer), else fp32
   (fp16 is never chosen automatically: it needs loss scaling and can overflow).
 
-:func:`resolve_precision` is the pure rule (tested on given flags); :func:`resolve_here` applies it to this
-machine. Training resolves ``auto`` once, on rank 0, and broadcasts the answer (every rank trains alike); the
+:func:`resolve_precision` is the pure rule (tested on given flags); :func:`resolve_both_here` applies it, and
+the layout rule below, to this machine. Training resolves ``auto`` once, on rank 0, and broadcasts the answer (every rank trains alike); the
 resolved value is what config.yaml, the checkpoints and run.json record, so evaluate, calibrate and export use it.
 
 ``channels_last: auto`` follows the precision (:func:`resolve_channels_last`; :func:`resolve_both_here` applies both):
@@ -75,12 +75,6 @@ def _hardware(device, probe: bool) -> tuple[str, frozenset[str], bool]:
 
         cuda_bf16 = bool(torch.cuda.is_bf16_supported())
     return device_type, flags, cuda_bf16
-
-
-def resolve_here(requested: str, device) -> tuple[str, str]:
-    """:func:`resolve_precision` on this machine's CPU flags and, for a CUDA ``device``, its GPU."""
-    device_type, flags, cuda_bf16 = _hardware(device, requested == "auto")
-    return resolve_precision(requested, device_type, flags, cuda_bf16)
 
 
 def resolve_channels_last(requested, precision: str, device_type: str, cpu_flags,
