@@ -64,6 +64,8 @@ class SharedStatsTrunk(nn.Sequential):
         if len({m.eps for m in norms}) != 1 or not all(m.affine and m.track_running_stats for m in norms):
             raise ValueError("SharedStatsTrunk: every BatchNorm must have the same eps, an affine map and running "
                              "statistics")
+        if any(getattr(m, "drop_rate", 0) > 0 for m in features.modules()):
+            raise ValueError("SharedStatsTrunk: dense layers with dropout (drop_rate > 0) are not reformulated")
         self._compiled = torch.compile(_affine_relu, dynamic=True) if compile_affine else None
 
     def _normalize(self, f: torch.Tensor, eps: float):
