@@ -59,11 +59,14 @@ def per_core_batch(batch: int, cores: int) -> int:
     return batch // cores
 
 
+def keras_cmd(python: str, batch: int, size: int, steps: int, precision: str, *extra: str) -> list[str]:
+    return [python, str(Path(__file__).with_name("keras_peer.py")), "--batch", str(batch), "--size", str(size),
+            "--steps", str(steps), "--precision", precision, *extra]
+
+
 def keras_run(python: str, batch: int, size: int, steps: int, precision: str) -> dict:
     """One keras_peer.py run: its JSON line (img_per_s, and the TensorFlow and Keras versions it ran on)."""
-    out = subprocess.run([python, str(Path(__file__).with_name("keras_peer.py")), "--batch", str(batch), "--size",
-                          str(size), "--steps", str(steps), "--precision", precision],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(keras_cmd(python, batch, size, steps, precision), capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -73,8 +76,7 @@ def keras_per_core_run(python: str, batch: int, size: int, steps: int, precision
     all-reduce counted (an upper bound for Keras + Horovod at one rank per core)."""
     cores = usable_cores()
     each = per_core_batch(batch, len(cores))
-    cmd = [python, str(Path(__file__).with_name("keras_peer.py")), "--batch", str(each), "--size", str(size),
-           "--steps", str(steps), "--precision", precision, "--threads", "1"]
+    cmd = keras_cmd(python, each, size, steps, precision, "--threads", "1")
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                               preexec_fn=lambda c=c: os.sched_setaffinity(0, {c})) for c in cores]
     outs = [p.communicate()[0] for p in procs]
