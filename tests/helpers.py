@@ -1,11 +1,13 @@
 """Plain helpers shared by the tests (fixtures are in tests/conftest.py): the tiny training config, a free
-port, the environment of a chexnet subprocess, training arguments, torch's thread count for a block, and the
-comparisons of runs that every launcher must reproduce."""
+port, the environment of a chexnet subprocess, training arguments, torch's thread count for a block, the
+comparisons of runs that every launcher must reproduce, and a benchmark script loaded as a module."""
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
+import sys
 import re
 import socket
 from pathlib import Path
@@ -137,3 +139,17 @@ def make_chexpert_folder(root: Path, size: int = 40) -> Path:
         dest.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(xray_like(rng, size)).save(dest, quality=90)
     return root
+
+
+def load_benchmark(name: str):
+    """benchmarks/NAME.py as a module (benchmarks/ is not a package), with benchmarks/ on sys.path while it loads
+    so that its ``from bench_common import ...`` resolves."""
+    folder = Path(__file__).resolve().parents[1] / "benchmarks"
+    sys.path.insert(0, str(folder))
+    try:
+        spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+    finally:
+        sys.path.remove(str(folder))

@@ -3,28 +3,17 @@ same state_dict keys, and (in float64, where rounding cannot hide a wrong formul
 running statistics after training steps; torchvision's own forward in eval mode; fp32 logits within 1e-5."""
 
 import copy
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from chexnet.models import create_model
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        spec = importlib.util.spec_from_file_location("bench_densenet_bn", ROOT / "benchmarks" / "bench_densenet_bn.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        return mod
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    return load_benchmark("bench_densenet_bn")
 
 
 def _pair(bench, dtype, momentum=0.1):

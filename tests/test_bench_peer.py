@@ -1,23 +1,8 @@
 """benchmarks/bench_peer.py's summary: each chexnet precision against the Keras peer at its best precision."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        spec = importlib.util.spec_from_file_location("bench_peer", ROOT / "benchmarks" / "bench_peer.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        return mod
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+from tests.helpers import load_benchmark
 
 
 def _run(precision, keras, base):
@@ -27,7 +12,7 @@ def _run(precision, keras, base):
 
 
 def test_ratio_is_against_keras_at_its_best_precision():
-    bp = _load()
+    bp = load_benchmark("bench_peer")
     # Keras: fp32 median 4, bf16 median 5 (its best by median); best single round fp32 7 (its best round).
     runs = [_run("fp32", [3.0, 4.0, 7.0], [6.0, 8.0, 9.0]), _run("bf16", [5.0, 5.0, 6.0], [12.0, 15.0, 21.0])]
     out = bp.against_keras_best(runs, ["base"])
@@ -40,7 +25,7 @@ def test_ratio_is_against_keras_at_its_best_precision():
 
 
 def test_keras_best_includes_its_one_rank_per_core_layout():
-    bp = _load()
+    bp = load_benchmark("bench_peer")
     fp32 = _run("fp32", [3.0, 4.0, 7.0], [6.0, 8.0, 9.0])
     bf16 = _run("bf16", [5.0, 5.0, 6.0], [12.0, 15.0, 21.0])
     # Keras at one rank per core: bf16 median 6, best round 8 -- better than one process at either precision
@@ -55,18 +40,13 @@ def test_keras_best_includes_its_one_rank_per_core_layout():
 
 
 def test_per_core_keeps_the_global_batch():
-    bp = _load()
+    bp = load_benchmark("bench_peer")
     assert bp.per_core_batch(16, 2) == 8
     with pytest.raises(SystemExit, match="--batch 16 does not split over 3 cores"):
         bp.per_core_batch(16, 3)
 
 
 def test_machine_records_the_bf16_flags():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import bench_common
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
-    flags = bench_common.machine()["flags"]
+    flags = load_benchmark("bench_common").machine()["flags"]
     assert set(flags) >= {"avx512_bf16", "amx_bf16", "avx512_vnni"}
     assert all(isinstance(v, bool) for v in flags.values())

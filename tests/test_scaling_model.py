@@ -1,23 +1,15 @@
 """benchmarks/scaling_model.py: BytePS's formulas on inputs whose answer is known, the models' byte counts, the CLI."""
 
-import importlib.util
 import json
 import math
 from pathlib import Path
 
 import pytest
 
+from tests.helpers import load_benchmark
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("scaling_model", ROOT / "benchmarks" / "scaling_model.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-sm = _load()
+sm = load_benchmark("scaling_model")
 M, B = 100e6, 10e9  # 100 MB over 10 GB/s: M / B = 10 ms
 
 
