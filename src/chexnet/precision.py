@@ -6,11 +6,11 @@
   (fp16 is never chosen automatically: it needs loss scaling and can overflow).
 
 :func:`resolve_precision` is the pure rule (tested on given flags); :func:`resolve_both_here` applies it, and
-the layout rule below, to this machine. Training resolves ``auto`` once, on rank 0, and broadcasts the answer (every rank trains alike); the
-resolved value is what config.yaml, the checkpoints and run.json record, so evaluate, calibrate and export use it.
+the layout rule below, to this machine. Training resolves ``auto`` once, on rank 0, and broadcasts the answer
+(every rank trains alike); the resolved value is what config.yaml, the checkpoints and run.json record, so
+evaluate, calibrate and export use it.
 
-``channels_last: auto`` follows the precision (:func:`resolve_channels_last`; :func:`resolve_both_here` applies both):
-channels-last where the run trains in bf16 on bf16 hardware (oneDNN's AVX512-BF16 and AMX kernels and the GPUs'
+``channels_last: auto`` follows the precision (:func:`resolve_channels_last`): channels-last where the run trains in bf16 on bf16 hardware (oneDNN's AVX512-BF16 and AMX kernels and the GPUs'
 tensor cores want NHWC), the default NCHW elsewhere. Measured on the CPU (benchmarks/RESULTS.md): DenseNet-121
 bf16 training 1.2-1.4x faster channels-last on an AVX512-BF16 EPYC, while fp32 channels-last was 3.6x slower on
 an AVX2 EPYC. It is resolved and recorded like the precision.
