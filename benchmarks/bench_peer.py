@@ -38,14 +38,16 @@ from pathlib import Path
 
 from bench_common import machine, make_cache
 
-VARIANT_FLAGS = {  # every variant starts from --channels-last auto (chexnet.precision: on with bf16 hardware)
-    "base": ([], {}),
-    "nchw": (["--no-channels-last"], {}),
-    "channels_last": (["--channels-last"], {}),
-    "compile": (["--compile"], {}),
-    "threads1": ([], {"OMP_NUM_THREADS": "1"}),
-    "workers0": (["--workers", "0"], {}),
-    "per_core": ([], {}),  # --nproc C and batch B / C: chexnet_rate adds them
+# variant: (extra flags, extra environment, one rank per core); every variant starts from --channels-last auto
+# (chexnet.precision: on with bf16 hardware). One rank per core adds --nproc C and batch B / C (chexnet_rate).
+VARIANT_FLAGS = {
+    "base": ([], {}, False),
+    "nchw": (["--no-channels-last"], {}, False),
+    "channels_last": (["--channels-last"], {}, False),
+    "compile": (["--compile"], {}, False),
+    "threads1": ([], {"OMP_NUM_THREADS": "1"}, False),
+    "workers0": (["--workers", "0"], {}, False),
+    "per_core": ([], {}, True),
 }
 
 
@@ -88,12 +90,12 @@ def keras_per_core_run(python: str, batch: int, size: int, steps: int, precision
 
 
 def chexnet_rate(cache: Path, work: Path, batch: int, size: int, steps: int, precision: str, variant: str) -> float:
-    flags, env = VARIANT_FLAGS[variant]
+    flags, env, per_core = VARIANT_FLAGS[variant]
     run = work / f"run-{variant}-{precision}-{time.time_ns()}"
     warm = 4 if "compile" in variant else 2
-    if variant == "per_core":
+    if per_core:
         cores = len(usable_cores())
-        flags = ["--nproc", str(cores)]
+        flags = [*flags, "--nproc", str(cores)]
         batch = per_core_batch(batch, cores)
     cmd = [sys.executable, "-m", "chexnet", "train", "--cache", str(cache), "--out", str(run), "--arch", "densenet121",
            "--weights", "none", "--head-bias-init", "ones", "--optimizer", "adadelta", "--lr", "1",
@@ -157,7 +159,7 @@ def main() -> None:
     result = {"machine": machine(), "args": vars(args), "runs": []}
     variants = args.variants.split(",")
     for precision in args.precisions.split(","):
-        keras_layouts = ["keras"] + (["keras_per_core"] if "per_core" in variants else [])
+        keras_layouts = ["keras"] + (["keras_per_core"] if any(VARIANT_FLAGS[v][2] for v in variants) else [])
         rates = {**{k: [] for k in keras_layouts}, **{v: [] for v in variants}}
         for r in range(args.rounds):
             peer = keras_run(args.keras_python, args.batch, args.size, args.steps, precision)
