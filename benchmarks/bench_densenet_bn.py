@@ -48,6 +48,15 @@ def _update_running(bn: nn.BatchNorm2d, mean: torch.Tensor, var_unbiased: torch.
         bn.running_var.lerp_(var_unbiased.to(bn.running_var.dtype), m)
 
 
+def _normalize(f: torch.Tensor, eps: float):
+    """(x_hat, batch mean, unbiased batch variance) of one feature map (BatchNorm without its affine map)."""
+    x_hat, mean, invstd = torch.ops.aten.native_batch_norm(f, None, None, None, None, True, 0.0, eps)
+    n = f.numel() // f.shape[1]
+    with torch.no_grad():
+        var = (invstd.double().pow(-2) - eps) * (n / max(n - 1, 1))
+    return x_hat, mean.detach(), var
+
+
 def _affine_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """relu(weight * x + bias) per channel, computed in at least fp32, returned in x's dtype."""
     acc = x.to(torch.promote_types(x.dtype, torch.float32))
@@ -67,14 +76,6 @@ class SharedStatsTrunk(nn.Sequential):
         if any(getattr(m, "drop_rate", 0) > 0 for m in features.modules()):
             raise ValueError("SharedStatsTrunk: dense layers with dropout (drop_rate > 0) are not reformulated")
         self._compiled = torch.compile(_affine_relu, dynamic=True) if compile_affine else None
-
-    def _normalize(self, f: torch.Tensor, eps: float):
-        """(x_hat, batch mean, unbiased batch variance) of one feature map."""
-        x_hat, mean, invstd = torch.ops.aten.native_batch_norm(f, None, None, None, None, True, 0.0, eps)
-        n = f.numel() // f.shape[1]
-        with torch.no_grad():
-            var = (invstd.double().pow(-2) - eps) * (n / max(n - 1, 1))
-        return x_hat, mean.detach(), var
 
     def _bn_relu(self, hats, means, variances, bn: nn.BatchNorm2d) -> torch.Tensor:
         """relu(bn(cat(features))) from the features' shared x_hat and statistics."""
@@ -97,12 +98,12 @@ class SharedStatsTrunk(nn.Sequential):
         blocks = [m for name, m in feats.named_children() if name.startswith("denseblock")]
         transitions = [m for name, m in feats.named_children() if name.startswith("transition")]
         for i, block in enumerate(blocks):
-            h, m, v = self._normalize(x, eps)
+            h, m, v = _normalize(x, eps)
             hats, means, variances = [h], [m], [v]
             for layer in block.values():
                 z = self._bn_relu(hats, means, variances, layer.norm1)
                 new = layer.conv2(layer.relu2(layer.norm2(layer.conv1(z))))
-                h, m, v = self._normalize(new, eps)
+                h, m, v = _normalize(new, eps)
                 hats.append(h)
                 means.append(m)
                 variances.append(v)
